@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Creates (or refreshes) the project virtualenv with ROS 2 Kilted wheels, CPU torch,
+# the generated vla_ros_msgs package and vla_ros itself. Idempotent: a second run
+# with unchanged inputs returns in about a second.
+#
+# Usage: scripts/setup_env.sh            (venv at ./.venv, or $VLA_ROS_VENV)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VLA_ROS_VENV:-$ROOT/.venv}"
+PY="$VENV/bin/python"
+STAMP="$VENV/.vla_ros_setup.sha"
+BUILD_DIR="$ROOT/build/vla_ros_msgs"
+
+inputs_hash() {
+  cat "$ROOT/requirements.txt" "$ROOT/scripts/setup_env.sh" "$ROOT/setup.py" \
+      "$ROOT"/vla_ros_msgs/CMakeLists.txt "$ROOT"/vla_ros_msgs/package.xml "$ROOT"/vla_ros_msgs/msg/*.msg \
+    | sha256sum | cut -d' ' -f1
+}
+WANT="$(inputs_hash)"
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] && "$PY" -c "import vla_ros_msgs.msg, rclpy, torch, vla_ros" 2>/dev/null; then
+  echo "[setup] environment up to date: $VENV"
+  exit 0
+fi
+
+log() { echo "[setup] $*"; }
+PIP=("$PY" -m pip --disable-pip-version-check -q)
+
+if [[ ! -x "$PY" ]]; then
+  log "creating virtualenv $VENV"
+  python3 -m venv "$VENV"
+fi
+
+# torch first and pinned: the local CPU wheel. Any later unpinned 'torch' requirement is then satisfied.
+log "installing torch==2.13.0 (CPU)"
+"${PIP[@]}" install torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+log "installing requirements (ROS 2 wheels, transformers, mujoco, ...)"
+"${PIP[@]}" install -r "$ROOT/requirements.txt" 2>&1 | grep -v "^WARNING: Location" || true
+"$PY" -c "import rclpy, torch, transformers, mujoco" || { echo "[setup] dependency install failed" >&2; exit 1; }
+
+# The ROS wheels' exported CMake targets point at the wheel builder's Python/NumPy include dirs.
+PYINC="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+NPINC="$("$PY" -c 'import numpy; print(numpy.get_include())')"
+mapfile -t BROKEN < <(grep -rlE "/opt/python/cp3[0-9]+-cp3[0-9]+/" "$VENV"/share/*/cmake 2>/dev/null || true)
+if (( ${#BROKEN[@]} )); then
+  log "fixing builder include paths in ${#BROKEN[@]} exported CMake files"
+  sed -i -E \
+    -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/lib/python3\.[0-9]+/site-packages/numpy/_core/include#$NPINC#g" \
+    -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/include/python3\.[0-9]+#$PYINC#g" "${BROKEN[@]}"
+fi
+
+# Generate + compile vla_ros_msgs with the real rosidl pipeline (C/C++/Python typesupport).
+log "generating vla_ros_msgs with rosidl (cmake)"
+mkdir -p "$(dirname "$BUILD_DIR")"
+export PYTHONPATH="$ROOT/scripts/ament_package_shim${PYTHONPATH:+:$PYTHONPATH}"
+cmake -S "$ROOT/vla_ros_msgs" -B "$BUILD_DIR" \
+  -DCMAKE_PREFIX_PATH="$VENV" -DCMAKE_INSTALL_PREFIX="$VENV" \
+  -DPython3_EXECUTABLE="$PY" -DBUILD_TESTING=OFF -DCMAKE_BUILD_TYPE=Release > "$BUILD_DIR.log" 2>&1 \
+  || { tail -40 "$BUILD_DIR.log"; exit 1; }
+cmake --build "$BUILD_DIR" -j"$(nproc)" >> "$BUILD_DIR.log" 2>&1 || { tail -40 "$BUILD_DIR.log"; exit 1; }
+cmake --install "$BUILD_DIR" >> "$BUILD_DIR.log" 2>&1 || { tail -40 "$BUILD_DIR.log"; exit 1; }
+unset PYTHONPATH
+
+log "installing vla_ros (editable)"
+"${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT" 2>&1 | grep -v "^WARNING: Location" || true
+"$PY" -c "import vla_ros_msgs.msg, vla_ros" || { echo "[setup] vla_ros install failed" >&2; exit 1; }
+
+echo "$WANT" > "$STAMP"
+log "done: $VENV"

@@ -1,0 +1,45 @@
+"""Fast system (action head + control loop) and safety configuration."""
+from dataclasses import dataclass, field
+from typing import List
+
+from vla_ros.config.base import ConfigError, param
+
+SMOOTHING_MODES = ('none', 'ensemble', 'rtc')
+
+
+@dataclass
+class SafetyConfig:
+    joint_lower: List[float] = param([-2.9, -1.76, -2.9, -3.07, -2.9, -0.02, -2.9],
+                                     'Lower joint position limits (rad), one per joint')
+    joint_upper: List[float] = param([2.9, 1.76, 2.9, -0.07, 2.9, 3.75, 2.9],
+                                     'Upper joint position limits (rad), one per joint')
+    max_velocity: float = param(1.5, 'Max joint speed (rad/s) of the commanded stream', range=(0.0, 100.0))
+    max_acceleration: float = param(10.0, 'Max joint acceleration (rad/s^2)', range=(0.0, 10000.0))
+    stale_plan_timeout_s: float = param(3.0, 'Plan older than this -> hold', range=(0.0, 3600.0))
+    stale_perception_timeout_s: float = param(1.0, 'Perception older than this -> hold', range=(0.0, 3600.0))
+    stale_behavior: str = param('hold', 'What to do on stale inputs', choices=('hold', 'decay'))
+
+
+@dataclass
+class ActionConfig:
+    checkpoint_path: str = param('', 'Action-head checkpoint (.pt); empty = random init (untrained)')
+    device: str = param('cpu', 'torch device for the action head', choices=('cpu', 'cuda'))
+    joint_names: List[str] = param(['joint1', 'joint2', 'joint3', 'joint4', 'joint5', 'joint6', 'joint7'],
+                                   'Commanded joints, in order')
+    horizon: int = param(16, 'Steps per action chunk', range=(1, 1024))
+    action_dim: int = param(7, 'Values per action step', range=(1, 64))
+    denoising_steps: int = param(10, 'Flow-matching integration steps', range=(1, 1000))
+    control_rate_hz: float = param(100.0, 'Command stream rate', range=(1.0, 2000.0))
+    chunk_rate_hz: float = param(10.0, 'How often a new chunk is inferred', range=(0.1, 1000.0))
+    action_dt: float = param(0.05, 'Seconds between chunk steps', range=(0.001, 10.0))
+    smoothing: str = param('rtc', 'Chunk-boundary smoothing', choices=SMOOTHING_MODES)
+    ensemble_decay: float = param(0.5, 'Exponential weight decay for temporal ensembling', range=(0.0, 100.0))
+    publish_trajectory: bool = param(True, 'Also publish trajectory_msgs/JointTrajectory')
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+
+    def validate(self):
+        n = len(self.joint_names)
+        if self.action_dim != n:
+            raise ConfigError(f'action.action_dim={self.action_dim} but {n} joint_names')
+        if len(self.safety.joint_lower) != n or len(self.safety.joint_upper) != n:
+            raise ConfigError('safety.joint_lower/joint_upper need one value per joint')

@@ -1,0 +1,33 @@
+"""Perception node configuration: encoder, token pruning, temporal reuse, sync."""
+from dataclasses import dataclass
+
+from vla_ros.config.base import ConfigError, param
+
+PRUNING_STRATEGIES = ('none', 'attention_topk', 'query', 'spatial_coverage')
+
+
+@dataclass
+class PerceptionConfig:
+    encoder_path: str = param('', 'Local directory of a transformers vision model (save_pretrained layout)')
+    device: str = param('cpu', 'torch device for the encoder', choices=('cpu', 'cuda'))
+    pruning: str = param('spatial_coverage', 'Token pruning strategy', choices=PRUNING_STRATEGIES)
+    keep_ratio: float = param(0.5, 'Fraction of patch tokens kept after pruning', range=(0.01, 1.0))
+    adaptive_budget: bool = param(False, 'Shrink the token budget when attention mass is concentrated')
+    min_tokens: int = param(8, 'Lower bound on kept tokens with an adaptive budget', range=(1, 100000))
+    reuse_enabled: bool = param(True, 'Reuse cached patch features for static patches between frames')
+    reuse_similarity: float = param(0.98, 'Cosine similarity of raw patches above which a patch counts static',
+                                    range=(0.0, 1.0))
+    keyframe_interval: int = param(10, 'Recompute every patch every N frames (0 = never)', range=(0, 100000))
+    task_relevant_ratio: float = param(0.1, 'Fraction of tokens (most instruction-relevant) always recomputed',
+                                       range=(0.0, 1.0))
+    sync_slop_s: float = param(0.05, 'Max stamp difference for image/joint-state synchronisation',
+                               range=(0.0, 10.0))
+    sync_queue_size: int = param(10, 'Messages buffered per input for synchronisation', range=(1, 1000))
+    max_input_age_s: float = param(1.0, 'Drop images older than this (clock now - header.stamp)',
+                                   range=(0.0, 3600.0))
+    max_rate_hz: float = param(15.0, 'Upper bound on processed frames per second (0 = every frame)',
+                               range=(0.0, 1000.0))
+
+    def validate(self):
+        if self.pruning not in PRUNING_STRATEGIES:
+            raise ConfigError(f'perception.pruning must be one of {PRUNING_STRATEGIES}')

@@ -1,0 +1,165 @@
+"""Shared plumbing for the thin node wrappers: QoS, stamps, drop accounting, diagnostics, tokens."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Dict, Optional, Sequence
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Time as TimeMsg
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_profile_sensor_data)
+
+from vla_ros_msgs.msg import LatentTokens
+
+SENSOR_QOS = qos_profile_sensor_data
+# Instructions must reach late joiners (planner restarted mid-task).
+LATCHED_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def reliable_qos(depth: int = 10) -> QoSProfile:
+    return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def stamp_to_ns(stamp: TimeMsg) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int) -> TimeMsg:
+    return TimeMsg(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+
+
+class DropCounter:
+    """Counts dropped inputs per reason and logs each reason at most once per `period_s`."""
+
+    def __init__(self, logger, period_s: float = 2.0):
+        self._logger = logger
+        self._period = period_s
+        self.counts: Dict[str, int] = {}
+        self._last_log: Dict[str, float] = {}
+
+    def drop(self, reason: str, detail: str = '') -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        now = time.monotonic()
+        if now - self._last_log.get(reason, -math.inf) >= self._period:
+            self._last_log[reason] = now
+            self._logger.warning(f'dropped input ({reason}, total {self.counts[reason]}): {detail}')
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class StampGate:
+    """Rejects messages whose header stamp is stale or goes backwards."""
+
+    def __init__(self, max_age_s: float):
+        self.max_age_ns = int(max_age_s * 1e9)
+        self.last_ns: Optional[int] = None
+
+    def check(self, stamp_ns: int, now_ns: int) -> Optional[str]:
+        """Return a drop reason, or None to accept (and remember the stamp)."""
+        if stamp_ns <= 0:
+            return 'missing_stamp'
+        if self.max_age_ns > 0 and now_ns - stamp_ns > self.max_age_ns:
+            return 'stale_stamp'
+        if self.last_ns is not None and stamp_ns < self.last_ns:
+            return 'out_of_order_stamp'
+        self.last_ns = stamp_ns
+        return None
+
+
+class Diagnostics:
+    """Publishes one DiagnosticStatus for the node on /diagnostics at a fixed period."""
+
+    def __init__(self, node: Node, status_fn: Callable[[], Dict[str, object]], period_s: float = 1.0,
+                 level_fn: Optional[Callable[[], tuple]] = None):
+        self._node = node
+        self._status_fn = status_fn
+        self._level_fn = level_fn
+        self._pub = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._timer = node.create_timer(period_s, self.publish)
+
+    def publish(self) -> None:
+        level, message = (self._level_fn() if self._level_fn else (DiagnosticStatus.OK, 'ok'))
+        status = DiagnosticStatus(level=bytes([level]) if isinstance(level, int) else level,
+                                  name=self._node.get_fully_qualified_name(), message=message,
+                                  hardware_id='vla_ros')
+        status.values = [KeyValue(key=str(k), value=_fmt(v)) for k, v in self._status_fn().items()]
+        arr = DiagnosticArray()
+        arr.header.stamp = self._node.get_clock().now().to_msg()
+        arr.status = [status]
+        self._pub.publish(arr)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f'{v:.4g}'
+    return str(v)
+
+
+def tokens_to_msg(tokens: np.ndarray, *, stamp: TimeMsg, frame_id: str, source: str,
+                  kept_indices: Optional[Sequence[int]] = None, grid_hw=(0, 0), keep_ratio: float = 1.0,
+                  reuse_ratio: float = 0.0, is_keyframe: bool = False, frame_counter: int = 0,
+                  plan_id: int = 0, proprio: Optional[Sequence[float]] = None,
+                  compute_ms: float = 0.0) -> LatentTokens:
+    tokens = np.ascontiguousarray(tokens, dtype=np.float32)
+    msg = LatentTokens()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.source = source
+    msg.shape = [int(s) for s in tokens.shape]
+    msg.data = tokens.ravel()
+    msg.kept_indices = np.asarray(kept_indices if kept_indices is not None else [], dtype=np.int32)
+    msg.grid_height, msg.grid_width = int(grid_hw[0]), int(grid_hw[1])
+    msg.keep_ratio = float(keep_ratio)
+    msg.reuse_ratio = float(reuse_ratio)
+    msg.is_keyframe = bool(is_keyframe)
+    msg.frame_id = int(frame_counter)
+    msg.plan_id = int(plan_id)
+    msg.proprio = np.asarray(proprio if proprio is not None else [], dtype=np.float32)
+    msg.compute_ms = float(compute_ms)
+    return msg
+
+
+class TokenDecodeError(ValueError):
+    pass
+
+
+def msg_to_tokens(msg: LatentTokens) -> np.ndarray:
+    """Decode and validate a LatentTokens message into a [num_tokens, dim] float32 array."""
+    shape = tuple(int(s) for s in msg.shape)
+    data = np.asarray(msg.data, dtype=np.float32)
+    if len(shape) != 2 or shape[0] == 0 or shape[1] == 0:
+        raise TokenDecodeError(f'expected a non-empty 2-D token shape, got {shape}')
+    if int(np.prod(shape)) != data.size:
+        raise TokenDecodeError(f'shape {shape} does not match {data.size} values')
+    if not np.all(np.isfinite(data)):
+        raise TokenDecodeError('tokens contain NaN/Inf')
+    return data.reshape(shape)
+
+
+def spin_node(node_factory: Callable[..., Node], args=None, num_threads: int = 4) -> None:
+    """Standard `main()` body: init, spin on a multi-threaded executor, shut down cleanly on Ctrl-C."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = node_factory()
+        executor = MultiThreadedExecutor(num_threads=num_threads)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            close = getattr(node, 'close', None)
+            if callable(close):
+                close()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()

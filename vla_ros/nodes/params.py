@@ -1,0 +1,73 @@
+"""Mirror a config dataclass as declared ROS parameters (with descriptors) and read it back."""
+from __future__ import annotations
+
+import typing
+
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                ParameterType)
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+from vla_ros.config.base import config_from_dict, flatten_config
+
+_ARRAY_TYPES = {
+    str: (Parameter.Type.STRING_ARRAY, ParameterType.PARAMETER_STRING_ARRAY),
+    float: (Parameter.Type.DOUBLE_ARRAY, ParameterType.PARAMETER_DOUBLE_ARRAY),
+    int: (Parameter.Type.INTEGER_ARRAY, ParameterType.PARAMETER_INTEGER_ARRAY),
+    bool: (Parameter.Type.BOOL_ARRAY, ParameterType.PARAMETER_BOOL_ARRAY),
+}
+_SCALAR_TYPES = {
+    str: ParameterType.PARAMETER_STRING,
+    float: ParameterType.PARAMETER_DOUBLE,
+    int: ParameterType.PARAMETER_INTEGER,
+    bool: ParameterType.PARAMETER_BOOL,
+}
+
+
+def _descriptor(name, typ, meta) -> ParameterDescriptor:
+    desc = ParameterDescriptor(name=name, description=meta.get('description', ''),
+                               read_only=bool(meta.get('read_only', False)))
+    origin = typing.get_origin(typ)
+    if origin in (list, typing.List):
+        (item_t,) = typing.get_args(typ)
+        desc.type = _ARRAY_TYPES[item_t][1]
+    else:
+        desc.type = _SCALAR_TYPES[typ]
+    rng = meta.get('range')
+    if rng is not None:
+        if typ is int:
+            desc.integer_range = [IntegerRange(from_value=int(rng[0]), to_value=int(rng[1]), step=0)]
+        elif typ is float:
+            desc.floating_point_range = [FloatingPointRange(from_value=float(rng[0]),
+                                                            to_value=float(rng[1]), step=0.0)]
+    choices = meta.get('choices')
+    if choices:
+        desc.additional_constraints = 'one of: ' + ', '.join(choices)
+    return desc
+
+
+def declare_config(node: Node, cls, prefix: str):
+    """Declare every field of `cls` as `<prefix>.<field>` and return the validated config.
+
+    Values come from the node's parameter overrides (a params YAML file, launch arguments or
+    `parameter_overrides`), defaults from the dataclass. Invalid values raise ConfigError.
+    """
+    defaults = flatten_config(cls())
+    values = {}
+    for name, (default, typ, meta) in defaults.items():
+        full = f'{prefix}.{name}' if prefix else name
+        desc = _descriptor(full, typ, meta)
+        is_list = typing.get_origin(typ) in (list, typing.List)
+        if is_list and not default:
+            (item_t,) = typing.get_args(typ)
+            node.declare_parameter(full, _ARRAY_TYPES[item_t][0], desc)
+            value = node.get_parameter(full).value
+            value = list(value) if value is not None else []
+        else:
+            value = node.declare_parameter(full, default, desc).value
+            if is_list:
+                value = list(value)
+            elif typ is float and isinstance(value, int):
+                value = float(value)
+        values[name] = value
+    return config_from_dict(cls, values, prefix=prefix + '.' if prefix else '')
