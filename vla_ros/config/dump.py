@@ -1,0 +1,64 @@
+"""Print a ROS 2 parameter file holding every node's defaults, with descriptions as comments.
+
+    python -m vla_ros.config.dump > config/vla.yaml
+"""
+import dataclasses
+import sys
+
+from vla_ros.config.base import flatten_config
+from vla_ros.config.layout import NODE_SECTIONS, SHARED_SECTIONS
+
+HEADER = """\
+# vla_ros parameters (ROS 2 params file), generated from the dataclasses in vla_ros/config/
+# by `python -m vla_ros.config.dump`. Used by launch/vla.launch.py and `python -m vla_ros.bringup`.
+# Copy and edit it for your robot; every key is a declared parameter with a description
+# (`ros2 param describe /vla/<node> <name>`).
+"""
+
+
+def _yaml_scalar(v):
+    if isinstance(v, bool):
+        return 'true' if v else 'false'
+    if isinstance(v, str):
+        return "''" if v == '' else repr(v) if any(c in v for c in ':#{}[],&*!|>%@`"\'') else v
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, list):
+        return '[' + ', '.join(_yaml_scalar(x) for x in v) + ']'
+    return str(v)
+
+
+def _section(prefix, cls, indent):
+    lines = []
+    pad = ' ' * indent
+
+    def emit(obj, path, depth):
+        lines.append(f'{pad}{"  " * depth}{path}:')
+        for f in dataclasses.fields(obj):
+            val = getattr(obj, f.name)
+            if dataclasses.is_dataclass(val):
+                emit(val, f.name, depth + 1)
+                continue
+            desc = f.metadata.get('description', '')
+            lines.append(f'{pad}{"  " * (depth + 1)}{f.name}: {_yaml_scalar(val)}  # {desc}')
+    emit(cls(), prefix, 0)
+    return lines
+
+
+def render() -> str:
+    out = [HEADER, '/**:', '  ros__parameters:']
+    for prefix, cls in SHARED_SECTIONS:
+        out += _section(prefix, cls, 4)
+    for node, sections in NODE_SECTIONS.items():
+        out += ['', f'/**/{node}:', '  ros__parameters:']
+        for prefix, cls in sections:
+            out += _section(prefix, cls, 4)
+    return '\n'.join(out) + '\n'
+
+
+def main():
+    sys.stdout.write(render())
+
+
+if __name__ == '__main__':
+    main()
