@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Main job: set up the environment, run the whole stack in closed loop on the simulated
+# MuJoCo arm (recording a rosbag2/MCAP bag) and print the evaluation report.
+# Extra arguments go to `python -m vla_ros.bringup` (e.g. --planner vlm, --episodes 10).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$ROOT/scripts/setup_env.sh"
+RUN="${VLA_RUN_DIR:-$ROOT/runs/demo_$(date +%Y%m%d_%H%M%S)}"
+mkdir -p "$RUN"
+cd "$ROOT"
+"$ROOT/.venv/bin/python" -m vla_ros.bringup --episodes "${VLA_EPISODES:-5}" --processes \
+  --record "$RUN/bag" --report "$RUN/report" "$@"
+echo "report: $RUN/report/report.html"
