@@ -9,3 +9,10 @@ class RecorderConfig:
     output_dir: str = param('runs/bag', 'rosbag2 output directory (must not exist)')
     storage: str = param('mcap', 'rosbag2 storage plugin', choices=('mcap', 'sqlite3'))
     record_images: bool = param(False, 'Also record camera images (large)')
+    subscription_depth: int = param(200, 'History depth of each recording subscription', range=(1, 100000))
+    max_queue: int = param(100000, 'Messages buffered for the writer thread before drops are counted',
+                           range=(1, 10000000))
+    discovery_period_s: float = param(0.5, 'How often to look for publishers (recording QoS follows theirs)',
+                                      range=(0.01, 60.0))
+    diagnostics_period_s: float = param(1.0, 'Period of the recorder status on /diagnostics',
+                                        range=(0.01, 60.0))
