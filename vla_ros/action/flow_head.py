@@ -134,9 +134,9 @@ class FlowMatchingActionHead(nn.Module):
         memory, pad = self.encode_condition(vis_tokens, vis_mask, plan_tokens, proprio, plan_mask)
         batch = actions.shape[0]
         noise = torch.randn(actions.shape, generator=generator, device=actions.device, dtype=actions.dtype)
-        # Slightly favour noisy times (where the velocity field is hardest), as in pi0's beta schedule.
+        # Slightly favour noisy times (t near 0, where the velocity field is hardest), as pi0 does.
         u = torch.rand(batch, generator=generator, device=actions.device)
-        t = 1.0 - u ** 1.5
+        t = u ** 1.5
         tt = t[:, None, None]
         x_t = (1.0 - tt) * noise + tt * actions
         target = actions - noise
@@ -209,6 +209,7 @@ class FlowMatchingActionHead(nn.Module):
             raise ValueError(f'{path}: not a FlowMatchingActionHead checkpoint')
         head = cls(FlowHeadConfig(**blob['config']))
         head.load_state_dict(blob['state_dict'])
-        head.to(map_location)
+        if isinstance(map_location, (str, torch.device)):
+            head.to(map_location)
         head.eval()
         return head

@@ -35,6 +35,12 @@ class ActionConfig:
     smoothing: str = param('rtc', 'Chunk-boundary smoothing', choices=SMOOTHING_MODES)
     ensemble_decay: float = param(0.5, 'Exponential weight decay for temporal ensembling', range=(0.0, 100.0))
     publish_trajectory: bool = param(True, 'Also publish trajectory_msgs/JointTrajectory')
+    inference_priority: str = param('normal', 'CPU priority of the inference thread: idle (Linux SCHED_IDLE) '
+                                    'keeps the 100 Hz tick regular (p99 jitter < 1 ms) but starves '
+                                    'inference when other work saturates the CPU; low = nice 10',
+                                    choices=('normal', 'low', 'idle'))
+    torch_threads: int = param(1, 'torch intra-op threads for the head (0 = torch default); few threads '
+                               'keep the control tick regular on small CPUs', range=(0, 256))
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
     def validate(self):

@@ -1,0 +1,160 @@
+"""SafetyFilter invariants and behaviours, without ROS."""
+import numpy as np
+import pytest
+
+from vla_ros.action.safety import SafetyFilter
+from vla_ros.config.action import SafetyConfig
+
+DT = 0.01
+
+
+def _cfg(**kw):
+    base = dict(joint_lower=[-1.0, -2.0, 0.0], joint_upper=[1.0, 2.0, 0.5], max_velocity=1.0,
+                max_acceleration=20.0, stale_plan_timeout_s=1.0, stale_perception_timeout_s=0.5)
+    base.update(kw)
+    return SafetyConfig(**base)
+
+
+FRESH = dict(plan_age_s=0.0, perception_age_s=0.0)
+
+
+def _adversarial_target(rng, prev):
+    kind = rng.integers(6)
+    if kind == 0:
+        return rng.uniform(-1e6, 1e6, 3)
+    if kind == 1:
+        t = rng.normal(size=3)
+        t[rng.integers(3)] = rng.choice([np.nan, np.inf, -np.inf])
+        return t
+    if kind == 2:
+        return None
+    if kind == 3:
+        return rng.normal(size=rng.integers(1, 6))  # wrong length sometimes
+    if kind == 4:
+        return prev + rng.normal(scale=1e-3, size=3)
+    return rng.uniform(-3, 3, 3)
+
+
+@pytest.mark.parametrize('behavior,max_acc', [('hold', 20.0), ('decay', 20.0), ('decay', 1e4)])
+def test_property_commands_stay_within_limits_and_velocity(behavior, max_acc):
+    rng = np.random.default_rng(42)
+    cfg = _cfg(stale_behavior=behavior, max_acceleration=max_acc)
+    f = SafetyFilter(cfg, DT)
+    lower, upper = np.array(cfg.joint_lower), np.array(cfg.joint_upper)
+    prev = None
+    for i in range(5000):
+        measured = rng.uniform(-3, 3, 3) if rng.random() < 0.9 else np.array([np.nan, 0, 0])
+        if rng.random() < 0.01:
+            f.set_estop(not f.estop_active)
+        ages = dict(plan_age_s=float(rng.choice([0.0, 0.2, 0.3, 2.0])),
+                    perception_age_s=float(rng.choice([0.1, 0.1, 0.1, 0.9])))
+        cmd, report = f.filter(_adversarial_target(rng, prev if prev is not None else np.zeros(3)), measured, **ages)
+        assert cmd is not None and cmd.shape == (3,)
+        assert np.all(np.isfinite(cmd))
+        assert np.all(cmd >= lower) and np.all(cmd <= upper)
+        if prev is not None:
+            assert np.max(np.abs(cmd - prev)) <= cfg.max_velocity * DT + 1e-12, f'step {i}'
+        prev = cmd
+    # The adversarial stream really exercised every guard.
+    limited = f.counters['limited_velocity'] if max_acc > 1e3 else f.counters['limited_acceleration']
+    assert f.counters['nan_target'] > 0 and limited > 0 and f.counters['stale'] > 0 and f.counters['estop'] > 0
+    assert f.counters['clamped_position'] > 0
+
+
+def test_first_command_is_clamped_measured_position_and_no_reference_gives_none():
+    f = SafetyFilter(_cfg(), DT)
+    cmd, report = f.filter(None, None, **FRESH)
+    assert cmd is None and report.no_reference
+    cmd, report = f.filter(np.array([0.0, 0.0, 0.25]), np.array([5.0, 0.5, 0.25]), **FRESH)
+    # First command starts from the measured position clamped into limits, then one
+    # acceleration-limited step (from rest: 20 rad/s^2 * 0.01 s -> 0.2 rad/s -> 0.002 rad).
+    assert report.clamped_position and report.limited_acceleration
+    np.testing.assert_allclose(cmd, [0.998, 0.498, 0.25])
+
+
+def test_tracks_reachable_target_exactly():
+    f = SafetyFilter(_cfg(max_acceleration=1000.0), DT)
+    q = np.array([0.1, 0.2, 0.3])
+    f.filter(q, q, **FRESH)
+    target = q + 0.005  # 0.5 rad/s, below the limit
+    cmd, report = f.filter(target, q, **FRESH)
+    np.testing.assert_allclose(cmd, target)
+    assert not report.intervened
+
+
+def test_acceleration_is_limited():
+    cfg = _cfg(max_velocity=10.0, max_acceleration=20.0)
+    f = SafetyFilter(cfg, DT)
+    q = np.zeros(3) + 0.1
+    f.filter(q, q, **FRESH)
+    cmd, report = f.filter(q + 1.0, q, **FRESH)   # asks for 100 rad/s from rest
+    assert report.limited_acceleration and not report.limited_velocity
+    np.testing.assert_allclose(cmd - q, 0.002)       # 20 rad/s^2 * 0.01 s = 0.2 rad/s for one tick
+    cmd2, _ = f.filter(q + 1.0, q, **FRESH)
+    np.testing.assert_allclose(cmd2 - cmd, 0.004)
+
+
+def test_nan_target_holds_last_safe_command():
+    f = SafetyFilter(_cfg(), DT)
+    q = np.array([0.1, 0.2, 0.3])
+    first, _ = f.filter(q, q, **FRESH)
+    cmd, report = f.filter(np.array([np.nan, 0.0, 0.0]), q + 0.5, **FRESH)
+    assert report.nan_target and report.holding
+    np.testing.assert_array_equal(cmd, first)
+    cmd, report = f.filter(np.array([0.0, np.inf, 0.0]), q, **FRESH)
+    assert report.nan_target
+    np.testing.assert_array_equal(cmd, first)
+
+
+def test_estop_latches_hold_until_released():
+    f = SafetyFilter(_cfg(), DT)
+    q = np.array([0.0, 0.0, 0.2])
+    for k in range(5):
+        held, _ = f.filter(q + 0.01 * (k + 1), q, **FRESH)
+    f.set_estop(True)
+    for _ in range(20):
+        cmd, report = f.filter(q + 0.5, q, **FRESH)
+        assert report.estop and report.holding
+        np.testing.assert_array_equal(cmd, held)
+    f.set_estop(False)
+    cmd, report = f.filter(q + 0.5, q, **FRESH)
+    assert not report.estop and np.any(cmd != held)
+
+
+def test_watchdog_hold_on_stale_and_missing_inputs():
+    f = SafetyFilter(_cfg(stale_behavior='hold'), DT)
+    q = np.array([0.0, 0.0, 0.2])
+    cmd0, report = f.filter(q + 0.005, q, plan_age_s=None, perception_age_s=0.0)  # never got a plan
+    assert report.stale and report.holding
+    np.testing.assert_array_equal(cmd0, q)
+    moving, _ = f.filter(q + 0.005, q, **FRESH)
+    cmd, report = f.filter(q + 0.1, q, plan_age_s=0.1, perception_age_s=0.6)  # perception too old
+    assert report.stale and report.holding
+    np.testing.assert_array_equal(cmd, moving)
+    assert not f.is_stale(0.99, 0.49) and f.is_stale(1.01, 0.0)
+
+
+def test_watchdog_decay_eases_velocity_to_zero():
+    cfg = _cfg(stale_behavior='decay', max_velocity=1.0, max_acceleration=20.0)
+    f = SafetyFilter(cfg, DT)
+    q = np.array([-0.5, 0.0, 0.1])
+    cmd, _ = f.filter(q, q, **FRESH)
+    for _ in range(30):  # reach full speed towards +
+        cmd, _ = f.filter(cmd + 1.0, q, **FRESH)
+    assert f.last_velocity[0] == pytest.approx(1.0)
+    speeds = []
+    for _ in range(10):
+        prev = cmd
+        cmd, report = f.filter(cmd + 1.0, q, plan_age_s=5.0, perception_age_s=0.0)
+        assert report.decaying
+        speeds.append(abs(cmd[0] - prev[0]) / DT)
+    # Speed falls by max_acceleration * dt per tick until it is zero.
+    np.testing.assert_allclose(speeds[:4], [0.8, 0.6, 0.4, 0.2], atol=1e-9)
+    assert speeds[-1] == 0.0
+
+
+def test_bad_limits_rejected():
+    with pytest.raises(ValueError):
+        SafetyFilter(_cfg(joint_lower=[1.5, 0.0, 0.0]), DT)
+    with pytest.raises(ValueError):
+        SafetyFilter(_cfg(), 0.0)

@@ -1,0 +1,146 @@
+"""Last line of defence between the policy and the joint command.
+
+Invariants (property-tested): every command is finite, inside [joint_lower, joint_upper], and
+differs from the previous command by at most max_velocity * control_dt per joint. The only
+exception is the very first command, which is the measured position clamped into the limits.
+
+Holding = commanding the last safe command again (or the measured position when nothing has
+been commanded yet), i.e. an immediate stop for a position-controlled arm.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from vla_ros.config.action import SafetyConfig
+
+
+@dataclass
+class SafetyReport:
+    """What the filter did on one tick."""
+    nan_target: bool = False           # target missing / wrong size / NaN / Inf -> held
+    estop: bool = False                # e-stop latched -> held
+    stale: bool = False                # plan or perception too old
+    holding: bool = False              # command == previous safe command
+    decaying: bool = False             # stale + 'decay': velocity eased to zero
+    clamped_position: bool = False
+    limited_velocity: bool = False
+    limited_acceleration: bool = False
+    no_reference: bool = False         # nothing commanded and no measurement: no command at all
+
+    @property
+    def intervened(self) -> bool:
+        return any(getattr(self, f.name) for f in fields(self) if f.name != 'holding')
+
+
+class SafetyFilter:
+    def __init__(self, config: SafetyConfig, control_dt: float):
+        if control_dt <= 0:
+            raise ValueError('control_dt must be positive')
+        self.config = config
+        self.dt = float(control_dt)
+        self.lower = np.asarray(config.joint_lower, dtype=np.float64)
+        self.upper = np.asarray(config.joint_upper, dtype=np.float64)
+        if self.lower.shape != self.upper.shape or np.any(self.lower > self.upper):
+            raise ValueError('joint_lower/joint_upper must have equal length and lower <= upper')
+        self.max_step = float(config.max_velocity) * self.dt
+        self.max_dv = float(config.max_acceleration) * self.dt
+        self.last_command: Optional[np.ndarray] = None
+        self.last_velocity = np.zeros_like(self.lower)
+        self._estop = False
+        self.counters: Dict[str, int] = {f.name: 0 for f in fields(SafetyReport)}
+        self.counters['ticks'] = 0
+
+    @property
+    def num_joints(self) -> int:
+        return int(self.lower.size)
+
+    @property
+    def estop_active(self) -> bool:
+        return self._estop
+
+    def set_estop(self, active: bool) -> None:
+        """Latch (True) or release (False) the emergency stop."""
+        self._estop = bool(active)
+
+    def reset(self) -> None:
+        """Forget the command history (next command starts from the measured position)."""
+        self.last_command = None
+        self.last_velocity = np.zeros_like(self.lower)
+
+    def is_stale(self, plan_age_s: Optional[float], perception_age_s: Optional[float]) -> bool:
+        """None age = never received. A timeout <= 0 disables that watchdog."""
+        for age, timeout in ((plan_age_s, self.config.stale_plan_timeout_s),
+                             (perception_age_s, self.config.stale_perception_timeout_s)):
+            if timeout <= 0:
+                continue
+            if age is None or not math.isfinite(age) or age > timeout:
+                return True
+        return False
+
+    def _valid(self, q) -> Optional[np.ndarray]:
+        if q is None:
+            return None
+        arr = np.asarray(q, dtype=np.float64).reshape(-1)
+        if arr.shape != self.lower.shape or not np.all(np.isfinite(arr)):
+            return None
+        return arr
+
+    def filter(self, target, measured=None, plan_age_s: Optional[float] = None,
+               perception_age_s: Optional[float] = None) -> Tuple[Optional[np.ndarray], SafetyReport]:
+        """Turn a policy target into a safe command; returns (command or None, report)."""
+        report = SafetyReport()
+        self.counters['ticks'] += 1
+        measured = self._valid(measured)
+        if self.last_command is not None:
+            ref = self.last_command
+        elif measured is not None:
+            ref = np.clip(measured, self.lower, self.upper)
+            report.clamped_position = bool(np.any(ref != measured))
+        else:
+            report.no_reference = True
+            self._count(report)
+            return None, report
+
+        target_arr = self._valid(target)
+        velocity = np.zeros_like(ref)
+        if self._estop:
+            report.estop = report.holding = True
+        elif self.is_stale(plan_age_s, perception_age_s):
+            report.stale = True
+            if self.config.stale_behavior == 'decay':
+                report.decaying = True
+                speed = np.maximum(np.abs(self.last_velocity) - self.max_dv, 0.0)
+                velocity = np.sign(self.last_velocity) * speed
+            else:
+                report.holding = True
+        elif target_arr is None:
+            report.nan_target = report.holding = True
+        else:
+            desired = (target_arr - ref) / self.dt
+            low, high = self.last_velocity - self.max_dv, self.last_velocity + self.max_dv
+            velocity = np.clip(desired, low, high)
+            report.limited_acceleration = bool(np.any(velocity != desired))
+            limited = np.clip(velocity, -self.config.max_velocity, self.config.max_velocity)
+            report.limited_velocity = bool(np.any(limited != velocity))
+            velocity = limited
+
+        step = np.clip(velocity * self.dt, -self.max_step, self.max_step)
+        command = np.clip(ref + step, self.lower, self.upper)
+        if np.any(command != ref + step):
+            report.clamped_position = True
+        if not np.all(np.isfinite(command)):  # cannot happen with finite ref, kept as a hard guard
+            command = ref.copy()
+            report.nan_target = report.holding = True
+        self.last_velocity = (command - ref) / self.dt
+        self.last_command = command
+        self._count(report)
+        return command.copy(), report
+
+    def _count(self, report: SafetyReport) -> None:
+        for f in fields(report):
+            if getattr(report, f.name):
+                self.counters[f.name] += 1

@@ -1,0 +1,274 @@
+"""Action node: the fast system. Latest plan + perception tokens + joint state in, safe joint
+commands out at control rate (std_msgs/Float64MultiArray for a forward position controller,
+optionally trajectory_msgs/JointTrajectory), ActionChunk for every committed chunk.
+
+All logic lives in vla_ros.action.controller.ControlLoop; this node only converts messages.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Optional
+
+import numpy as np
+import rclpy
+import torch
+from builtin_interfaces.msg import Duration
+from diagnostic_msgs.msg import DiagnosticStatus
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool, Float64MultiArray, MultiArrayDimension
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from vla_ros.action.controller import ChunkResult, ControlLoop, RateMonitor, build_head
+from vla_ros.config.action import ActionConfig
+from vla_ros.config.topics import TopicsConfig
+from vla_ros.nodes.common import (SENSOR_QOS, Diagnostics, DropCounter, TokenDecodeError, msg_to_tokens,
+                                  ns_to_stamp, reliable_qos)
+from vla_ros.nodes.params import declare_config
+from vla_ros_msgs.msg import ActionChunk, LatentTokens, Plan
+
+try:  # std_srvs ships with every ROS 2 install; the PyPI wheel is in requirements.txt
+    from std_srvs.srv import SetBool
+except ImportError:  # pragma: no cover - topic-only e-stop then
+    SetBool = None
+
+
+class ActionNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__('action', **kwargs)
+        self.cfg: ActionConfig = declare_config(self, ActionConfig, 'action')
+        self.topics: TopicsConfig = declare_config(self, TopicsConfig, 'topics')
+        self.drops = DropCounter(self.get_logger())
+        if self.cfg.torch_threads > 0:
+            torch.set_num_threads(self.cfg.torch_threads)
+        self._joint_index: Optional[np.ndarray] = None
+        self._lock = threading.Lock()
+        self.loop: Optional[ControlLoop] = None
+        self._head_loaded = False
+        self._published = 0
+        self._rate = RateMonitor(self.cfg.control_rate_hz)
+        self._last_mode = 'waiting'
+        self._pending_estop = False
+        self._plan_cache: Optional[tuple] = None    # (tokens, plan_id) seen before the head exists
+        self._vis_cache: Optional[tuple] = None     # (tokens, frame_id)
+        self._latest_q: Optional[np.ndarray] = None
+
+        self._chunk_pub = self.create_publisher(ActionChunk, self.topics.action_chunk, reliable_qos())
+        self._cmd_pub = self.create_publisher(Float64MultiArray, self.topics.joint_command, reliable_qos())
+        self._traj_pub = (self.create_publisher(JointTrajectory, self.topics.joint_trajectory, reliable_qos())
+                          if self.cfg.publish_trajectory else None)
+
+        inputs = MutuallyExclusiveCallbackGroup()
+        self.create_subscription(Plan, self.topics.plan, self._on_plan, reliable_qos(), callback_group=inputs)
+        # Best-effort subscription: matches reliable and best-effort perception publishers alike,
+        # and only the newest tokens matter.
+        self.create_subscription(LatentTokens, self.topics.perception_tokens, self._on_tokens, SENSOR_QOS,
+                                 callback_group=inputs)
+        self.create_subscription(JointState, self.topics.joint_states, self._on_joint_state, SENSOR_QOS,
+                                 callback_group=inputs)
+        # E-stop gets its own group so a busy input queue can never delay it.
+        estop_group = MutuallyExclusiveCallbackGroup()
+        self.create_subscription(Bool, self.topics.estop, self._on_estop, reliable_qos(),
+                                 callback_group=estop_group)
+        if SetBool is not None:
+            self.create_service(SetBool, self.topics.estop, self._on_estop_srv, callback_group=estop_group)
+        self._control_timer = self.create_timer(1.0 / self.cfg.control_rate_hz, self._on_control_tick,
+                                                callback_group=MutuallyExclusiveCallbackGroup())
+        self._diagnostics = Diagnostics(self, self._status, level_fn=self._level)
+        if self.cfg.checkpoint_path:
+            self._ensure_loop(None, None)  # dims come from the checkpoint; fail over loudly now
+
+    # ------------------------------------------------------------------ lazy head
+    def _ensure_loop(self, vis_dim: Optional[int], plan_dim: Optional[int]) -> Optional[ControlLoop]:
+        """Head dims come from the checkpoint, else from the first tokens seen (random head)."""
+        with self._lock:
+            if self.loop is not None:
+                return self.loop
+            try:
+                head, self._head_loaded = build_head(self.cfg, vis_dim or 0, plan_dim or 0)
+            except Exception as exc:  # a broken checkpoint must not take the node down
+                self.get_logger().error(f'cannot load action head {self.cfg.checkpoint_path!r}: {exc}; '
+                                        'falling back to a RANDOM head once token sizes are known')
+                self.cfg.checkpoint_path = ''
+                if vis_dim is None or plan_dim is None:
+                    return None
+                head, self._head_loaded = build_head(self.cfg, vis_dim, plan_dim)
+            if not self._head_loaded:
+                self.get_logger().warning('action.checkpoint_path is empty: using a RANDOMLY INITIALISED action '
+                                          'head. Commands are safe (clamped) but meaningless; train one with '
+                                          'vla_train.')
+            loop = ControlLoop(head, self.cfg, clock=time.monotonic, on_chunk=self._publish_chunk)
+            loop.set_estop(self._pending_estop)
+            loop.start()
+            self.loop = loop
+            return loop
+
+    # ------------------------------------------------------------------ inputs
+    def _on_plan(self, msg: Plan) -> None:
+        try:
+            tokens = msg_to_tokens(msg.plan_tokens)
+        except TokenDecodeError as exc:
+            self.drops.drop('bad_plan_tokens', str(exc))
+            return
+        self._plan_cache = (tokens, int(msg.plan_id))
+        self._feed()
+
+    def _on_tokens(self, msg: LatentTokens) -> None:
+        try:
+            tokens = msg_to_tokens(msg)
+        except TokenDecodeError as exc:
+            self.drops.drop('bad_perception_tokens', str(exc))
+            return
+        self._vis_cache = (tokens, int(msg.frame_id))
+        self._feed()
+
+    def _feed(self) -> None:
+        """Hand the newest tokens to the loop, building the head once both token widths are known."""
+        plan, vis = self._plan_cache, self._vis_cache
+        loop = self.loop
+        if loop is None:
+            if plan is None or vis is None:
+                return
+            loop = self._ensure_loop(vis[0].shape[1], plan[0].shape[1])
+            if loop is None:
+                return
+        hc = loop.head.config
+        if plan is not None:
+            if plan[0].shape[1] != hc.plan_dim:
+                self.drops.drop('plan_dim', f'plan token dim {plan[0].shape[1]} != head plan_dim {hc.plan_dim}')
+            else:
+                loop.update_plan(*plan)
+            self._plan_cache = None
+        if vis is not None:
+            if vis[0].shape[1] != hc.vis_dim:
+                self.drops.drop('perception_dim', f'token dim {vis[0].shape[1]} != head vis_dim {hc.vis_dim}')
+            else:
+                loop.update_perception(*vis)
+            self._vis_cache = None
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        names = list(msg.name)
+        positions = np.asarray(msg.position, dtype=np.float64)
+        if len(names) != positions.size:
+            self.drops.drop('bad_joint_state', f'{len(names)} names but {positions.size} positions')
+            return
+        index = {n: i for i, n in enumerate(names)}
+        missing = [n for n in self.cfg.joint_names if n not in index]
+        if missing:
+            self.drops.drop('missing_joints', f'joint_states lacks {missing}')
+            return
+        q = positions[[index[n] for n in self.cfg.joint_names]]
+        if not np.all(np.isfinite(q)):
+            self.drops.drop('nan_joint_state', 'non-finite joint position')
+            return
+        self._latest_q = q
+        if self.loop is not None:
+            self.loop.update_proprio(q)
+
+    def _set_estop(self, active: bool) -> None:
+        self._pending_estop = bool(active)
+        if self.loop is not None:
+            self.loop.set_estop(active)
+        if active:
+            self.get_logger().error('e-stop LATCHED: holding position')
+        else:
+            self.get_logger().warning('e-stop released')
+
+    def _on_estop(self, msg: Bool) -> None:
+        self._set_estop(bool(msg.data))
+
+    def _on_estop_srv(self, request, response):
+        self._set_estop(bool(request.data))
+        response.success = True
+        response.message = 'e-stop latched' if request.data else 'e-stop released'
+        return response
+
+    # ------------------------------------------------------------------ outputs
+    def _on_control_tick(self) -> None:
+        now = time.monotonic()
+        self._rate.record(now)
+        loop = self.loop
+        if loop is None:
+            self._last_mode = 'waiting'
+            return  # no head yet: nothing has been commanded, so the arm keeps its own hold
+        try:
+            if loop.measured is None and self._latest_q is not None:
+                loop.update_proprio(self._latest_q)
+            command, status = loop.tick(now)
+        except Exception as exc:  # never let the control timer die; publish nothing this tick
+            self.drops.drop('tick_error', f'{type(exc).__name__}: {exc}')
+            return
+        self._last_mode = status.mode
+        if command is None:
+            return
+        stamp = self.get_clock().now().to_msg()
+        cmd = Float64MultiArray()
+        cmd.layout.dim = [MultiArrayDimension(label='joints', size=len(command), stride=len(command))]
+        cmd.data = [float(v) for v in command]
+        self._cmd_pub.publish(cmd)
+        if self._traj_pub is not None:
+            traj = JointTrajectory()
+            traj.header.stamp = stamp
+            traj.joint_names = list(self.cfg.joint_names)
+            step = 1.0 / self.cfg.control_rate_hz
+            traj.points = [JointTrajectoryPoint(positions=cmd.data,
+                                                time_from_start=Duration(sec=0, nanosec=int(step * 1e9)))]
+            self._traj_pub.publish(traj)
+        self._published += 1
+
+    def _publish_chunk(self, chunk: ChunkResult) -> None:
+        msg = ActionChunk()
+        # Chunk step 0 applies at chunk.start_time (monotonic); express it on the ROS clock.
+        offset_ns = int((chunk.start_time - time.monotonic()) * 1e9)
+        msg.header.stamp = ns_to_stamp(max(0, self.get_clock().now().nanoseconds + offset_ns))
+        msg.chunk_id = int(chunk.chunk_id)
+        msg.horizon, msg.action_dim = int(chunk.actions.shape[0]), int(chunk.actions.shape[1])
+        msg.dt = float(chunk.dt)
+        msg.actions = chunk.actions.astype(np.float32).ravel()
+        msg.joint_names = list(self.cfg.joint_names)
+        msg.plan_id, msg.frame_id = int(chunk.plan_id), int(chunk.frame_id)
+        msg.inference_ms = float(chunk.inference_ms)
+        msg.smoothing = chunk.smoothing
+        self._chunk_pub.publish(msg)
+
+    # ------------------------------------------------------------------ diagnostics
+    def _status(self):
+        out = dict(self._rate.stats())
+        out.update(mode=self._last_mode, commands_published=self._published, dropped=self.drops.total,
+                   head_from_checkpoint=self._head_loaded, estop=self._pending_estop)
+        loop = self.loop
+        if loop is not None:
+            out.update(chunks=loop.chunk_count, inference_ms=loop.last_inference_ms,
+                       inference_errors=loop.inference_errors, inference_priority=loop.inference_priority,
+                       smoothing=self.cfg.smoothing)
+            if loop.last_error:
+                out['last_inference_error'] = loop.last_error
+            out.update({f'safety_{k}': v for k, v in loop.safety.counters.items()})
+        return out
+
+    def _level(self):
+        if self._pending_estop:
+            return DiagnosticStatus.ERROR, 'e-stop latched'
+        if self._last_mode in ('stale', 'decay'):
+            return DiagnosticStatus.WARN, f'inputs stale ({self._last_mode})'
+        if self._last_mode == 'waiting':
+            return DiagnosticStatus.WARN, 'waiting for plan, perception and joint state'
+        if not self._head_loaded:
+            return DiagnosticStatus.WARN, 'running with a random (untrained) action head'
+        return DiagnosticStatus.OK, self._last_mode
+
+    def close(self) -> None:
+        if self.loop is not None:
+            self.loop.close()
+        self._control_timer.cancel()
+
+
+def main(args=None):
+    from vla_ros.nodes.common import spin_node
+    spin_node(lambda: ActionNode(), args)
+
+
+if __name__ == '__main__':
+    main()
