@@ -3,7 +3,8 @@ import os
 
 import pytest
 
-os.environ['ROS_DOMAIN_ID'] = '212'
+DOMAIN = '212'
+os.environ['ROS_DOMAIN_ID'] = DOMAIN
 
 from vla_ros.config import ActionConfig, ConfigError, PerceptionConfig, config_from_dict, load_node_params_yaml
 from vla_ros.config.dump import render

@@ -7,7 +7,8 @@ import time
 import numpy as np
 import pytest
 
-os.environ['ROS_DOMAIN_ID'] = '211'
+DOMAIN = '211'
+os.environ['ROS_DOMAIN_ID'] = DOMAIN
 rclpy = pytest.importorskip('rclpy')
 from rclpy.node import Node  # noqa: E402
 
