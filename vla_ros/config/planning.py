@@ -1,23 +1,42 @@
 """Planner (slow system) configuration."""
 from dataclasses import dataclass
 
-from vla_ros.config.base import param
+from vla_ros.config.base import ConfigError, param
 
 PLANNER_TYPES = ('lightweight', 'vlm')
+PLAN_TOKEN_SOURCES = ('action_queries', 'last_positions')
 
 
 @dataclass
 class PlannerConfig:
-    type: str = param('lightweight', 'Planner implementation; swap by parameter', choices=PLANNER_TYPES)
+    type: str = param('lightweight', 'Planner implementation; switch at runtime with a parameter set '
+                      '(the new planner loads in the background, the old one keeps serving)',
+                      choices=PLANNER_TYPES)
     model_path: str = param('', 'Local directory of a transformers VLM checkpoint (planner.type=vlm)')
     device: str = param('cpu', 'torch device for the planner', choices=('cpu', 'cuda'))
+    torch_threads: int = param(1, 'torch CPU threads for the planner (0 = leave torch default)', range=(0, 256))
     rate_hz: float = param(2.0, 'How often the planner is asked for a plan', range=(0.01, 100.0))
     num_plan_tokens: int = param(8, 'Latent plan tokens exported per plan', range=(1, 4096))
     plan_token_dim: int = param(64, 'Dimension of exported plan tokens (projected)', range=(1, 65536))
     max_new_tokens: int = param(16, 'Max generated tokens for the sub-task text', range=(1, 4096))
+    plan_token_source: str = param('action_queries', 'VLM plan tokens: hidden states at appended action-query '
+                                   'positions, or at the last prompt positions', choices=PLAN_TOKEN_SOURCES)
+    plan_layer: int = param(-1, 'VLM hidden-state layer the plan tokens are read from (negative = from the end)',
+                            range=(-1000, 1000))
+    max_visual_tokens: int = param(64, 'Perception tokens injected into the VLM (pooled down to this many)',
+                                   range=(1, 100000))
+    prompt: str = param('Instruction: {instruction} . Next subtask :',
+                        'VLM prompt; {instruction} is replaced, perception tokens go in front of it')
+    seed: int = param(0, 'Seed of the fixed projections (plan tokens must be reproducible)', range=(0, 2**31 - 1))
     cache_enabled: bool = param(True, 'Reuse the last plan while instruction and scene are unchanged')
     cache_similarity: float = param(0.95, 'Scene-embedding cosine similarity needed for a cache hit',
                                     range=(0.0, 1.0))
     cache_timeout_s: float = param(5.0, 'A cached plan older than this is refreshed', range=(0.0, 3600.0))
-    default_instruction: str = param('pick up the red cube and place it on the green target',
+    max_input_age_s: float = param(2.0, 'Drop perception tokens older than this (0 = no age check)',
+                                   range=(0.0, 3600.0))
+    default_instruction: str = param('touch the red cube',
                                      'Instruction used until one arrives on the instruction topic')
+
+    def validate(self):
+        if '{instruction}' not in self.prompt:
+            raise ConfigError('planner.prompt must contain {instruction}')
