@@ -10,13 +10,19 @@ PRUNING_STRATEGIES = ('none', 'attention_topk', 'query', 'spatial_coverage')
 class PerceptionConfig:
     encoder_path: str = param('', 'Local directory of a transformers vision model (save_pretrained layout)')
     device: str = param('cpu', 'torch device for the encoder', choices=('cpu', 'cuda'))
+    torch_threads: int = param(0, 'torch intra-op threads for the encoder (0 = leave torch default)',
+                               range=(0, 256))
     pruning: str = param('spatial_coverage', 'Token pruning strategy', choices=PRUNING_STRATEGIES)
     keep_ratio: float = param(0.5, 'Fraction of patch tokens kept after pruning', range=(0.01, 1.0))
     adaptive_budget: bool = param(False, 'Shrink the token budget when attention mass is concentrated')
+    adaptive_mass: float = param(0.9, 'Adaptive budget: keep the fewest tokens holding this share of the '
+                                      'pruning scores', range=(0.01, 1.0))
     min_tokens: int = param(8, 'Lower bound on kept tokens with an adaptive budget', range=(1, 100000))
+    coverage_salient_fraction: float = param(0.5, 'spatial_coverage: share of the budget taken by the most '
+                                                  'salient tokens (rest spread over the grid)', range=(0.0, 1.0))
     reuse_enabled: bool = param(True, 'Reuse cached patch features for static patches between frames')
-    reuse_similarity: float = param(0.98, 'Cosine similarity of raw patches above which a patch counts static',
-                                    range=(0.0, 1.0))
+    reuse_similarity: float = param(0.98, 'Similarity of raw patches (a.b / max(|a|^2,|b|^2)) above which a '
+                                          'patch counts static', range=(0.0, 1.0))
     keyframe_interval: int = param(10, 'Recompute every patch every N frames (0 = never)', range=(0, 100000))
     task_relevant_ratio: float = param(0.1, 'Fraction of tokens (most instruction-relevant) always recomputed',
                                        range=(0.0, 1.0))
@@ -27,6 +33,10 @@ class PerceptionConfig:
                                    range=(0.0, 3600.0))
     max_rate_hz: float = param(15.0, 'Upper bound on processed frames per second (0 = every frame)',
                                range=(0.0, 1000.0))
+    expected_width: int = param(0, 'Drop images of another width (0 = accept any size)', range=(0, 100000))
+    expected_height: int = param(0, 'Drop images of another height (0 = accept any size)', range=(0, 100000))
+    depth_max_m: float = param(3.0, 'Depth images (16UC1 mm / 32FC1 m) are scaled 0..depth_max_m to 0..255',
+                               range=(0.001, 1000.0))
 
     def validate(self):
         if self.pruning not in PRUNING_STRATEGIES:

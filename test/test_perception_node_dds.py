@@ -1,0 +1,158 @@
+"""Perception node in its own process over real DDS: tokens with the image stamp, bad images dropped."""
+import os
+import subprocess
+import sys
+import time
+import zlib
+
+import numpy as np
+import pytest
+
+DOMAIN = str(1 + zlib.crc32(b'test_perception_node_dds') % 200)
+os.environ['ROS_DOMAIN_ID'] = DOMAIN
+rclpy = pytest.importorskip('rclpy')
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from sensor_msgs.msg import JointState  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+
+from vla_ros.models.vision import make_demo_vision_encoder  # noqa: E402
+from vla_ros.nodes.common import LATCHED_QOS, SENSOR_QOS, msg_to_tokens, reliable_qos, stamp_to_ns  # noqa: E402
+from vla_ros.perception.image_conversion import numpy_to_image_msg  # noqa: E402
+from vla_ros.perception.synthetic import moving_object_sequence  # noqa: E402
+from vla_ros_msgs.msg import LatentTokens  # noqa: E402
+
+NS = '/perctest'
+JOINTS = [0.1, -0.2, 0.3]
+
+
+@pytest.fixture(scope='module')
+def harness(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('perception')
+    encoder = make_demo_vision_encoder(str(tmp / 'vision'), seed=0, image_size=64, hidden_size=32)
+    params = tmp / 'params.yaml'
+    params.write_text(f"""
+/**:
+  ros__parameters:
+    perception:
+      encoder_path: {encoder}
+      pruning: spatial_coverage
+      keep_ratio: 0.5
+      keyframe_interval: 4
+      max_rate_hz: 0.0
+      max_input_age_s: 5.0
+      torch_threads: 1
+""")
+    env = dict(os.environ, ROS_DOMAIN_ID=DOMAIN)
+    proc = subprocess.Popen([sys.executable, '-c', 'from vla_ros.nodes.perception_node import main; main()',
+                             '--ros-args', '-r', f'__ns:={NS}', '--params-file', str(params)], env=env)
+    rclpy.init()
+    node = Node('perception_dds_test', namespace=NS)
+    try:
+        yield Harness(node)
+    finally:
+        node.destroy_node()
+        rclpy.shutdown()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Harness:
+    def __init__(self, node):
+        self.node = node
+        self.tokens, self.diagnostics = [], {}
+        node.create_subscription(LatentTokens, 'perception/tokens', self.tokens.append, reliable_qos(100))
+        node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, 10)
+        from sensor_msgs.msg import Image
+        self.img_pub = node.create_publisher(Image, 'camera/image_raw', SENSOR_QOS)
+        self.js_pub = node.create_publisher(JointState, 'joint_states', SENSOR_QOS)
+        self.instr_pub = node.create_publisher(String, 'instruction', LATCHED_QOS)
+        self.frames = moving_object_sequence(10_000, size=64)
+        self.sent_stamps = {}
+
+    def _on_diag(self, msg):
+        for status in msg.status:
+            if status.name == f'{NS}/perception':
+                self.diagnostics = {kv.key: kv.value for kv in status.values}
+
+    def publish(self, image_fn=None):
+        stamp = self.node.get_clock().now().to_msg()
+        js = JointState(name=['a', 'b', 'c'], position=JOINTS)
+        js.header.stamp = stamp
+        img = image_fn(stamp) if image_fn else numpy_to_image_msg(next(self.frames), 'rgb8', stamp, 'camera')
+        self.sent_stamps[stamp_to_ns(stamp)] = 'bad' if image_fn else 'good'
+        self.img_pub.publish(img)
+        self.js_pub.publish(js)
+
+    def run(self, seconds, until, image_fn=None, period=0.1):
+        end = time.monotonic() + seconds
+        next_pub = 0.0
+        while time.monotonic() < end:
+            if time.monotonic() >= next_pub:
+                self.publish(image_fn)
+                next_pub = time.monotonic() + period
+            rclpy.spin_once(self.node, timeout_sec=0.01)
+            if until():
+                return True
+        return until()
+
+
+def test_tokens_published_with_image_stamp_shapes_and_proprio(harness):
+    h = harness
+    h.instr_pub.publish(String(data='touch the red cube'))
+    assert h.run(60.0, until=lambda: len(h.tokens) >= 6), f'got {len(h.tokens)} token messages'
+    for msg in h.tokens:
+        tokens = msg_to_tokens(msg)
+        assert tokens.shape == (8, 32)                       # 4x4 grid at keep_ratio 0.5, hidden 32
+        assert h.sent_stamps.get(stamp_to_ns(msg.header.stamp)) == 'good'  # stamp = the image's stamp
+        assert msg.header.frame_id == 'camera' and msg.source.startswith('perception/')
+        assert (msg.grid_height, msg.grid_width) == (4, 4) and msg.keep_ratio == pytest.approx(0.5)
+        idx = np.asarray(msg.kept_indices)
+        assert len(idx) == 8 and np.all(np.diff(idx) > 0) and idx.max() < 16
+        np.testing.assert_allclose(msg.proprio, JOINTS, rtol=1e-6)
+        assert msg.compute_ms > 0
+    ids = [m.frame_id for m in h.tokens]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert h.tokens[0].is_keyframe and any(m.reuse_ratio > 0 for m in h.tokens)
+
+
+def test_bad_images_are_dropped_and_node_keeps_working(harness):
+    h = harness
+    start = len(h.tokens)
+
+    def wrong_encoding(stamp):
+        img = numpy_to_image_msg(np.zeros((64, 64, 3), np.uint8), 'rgb8', stamp)
+        img.encoding = 'yuv422'
+        return img
+
+    def nan_depth(stamp):
+        depth = np.ones((64, 64), np.float32)
+        depth[3, 5] = np.nan
+        return numpy_to_image_msg(depth, '32FC1', stamp)
+
+    def truncated(stamp):
+        img = numpy_to_image_msg(np.zeros((64, 64, 3), np.uint8), 'rgb8', stamp)
+        img.data = bytes(img.data[:100])
+        return img
+
+    bad = ('drops.unsupported_encoding', 'drops.non_finite', 'drops.size_mismatch')
+    for fn in (wrong_encoding, nan_depth, truncated):
+        h.run(1.0, until=lambda: False, image_fn=fn)
+    assert h.run(10.0, until=lambda: all(int(h.diagnostics.get(k, 0)) > 0 for k in bad)), h.diagnostics
+    bad_stamps = {s for s, kind in h.sent_stamps.items() if kind == 'bad'}
+    assert not any(stamp_to_ns(m.header.stamp) in bad_stamps for m in h.tokens)
+    # Still alive: good frames produce tokens again.
+    assert h.run(30.0, until=lambda: len(h.tokens) >= start + 3)
+    assert int(h.diagnostics['frames_processed']) >= 6
+
+
+def test_missing_encoder_path_fails_at_startup_with_a_clear_message():
+    env = dict(os.environ, ROS_DOMAIN_ID=DOMAIN)
+    proc = subprocess.run([sys.executable, '-c', 'from vla_ros.nodes.perception_node import main; main()'],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert 'perception.encoder_path is empty' in proc.stderr

@@ -1,0 +1,62 @@
+"""Instruction -> per-patch relevance, without a text encoder.
+
+Two honest, cheap signals:
+* colour words ("touch the red cube") -> fraction of each patch's pixels with that hue
+  (saturated enough to be a coloured object, not the table). Useful for the demo task.
+* any other text -> a hashed character-trigram bag projected by a fixed seeded matrix into the
+  encoder's hidden space, used as an attention query on layer 0. With real weights this is a crude
+  stand-in for a text tower; with random weights it is merely deterministic, so colour words win.
+"""
+from __future__ import annotations
+
+import re
+import zlib
+from typing import Dict, List, Optional
+
+import cv2
+import numpy as np
+
+# OpenCV hue centres (0..180 scale).
+COLOUR_HUES: Dict[str, float] = {
+    'red': 0.0, 'orange': 15.0, 'yellow': 30.0, 'green': 60.0, 'cyan': 90.0,
+    'blue': 120.0, 'purple': 140.0, 'violet': 140.0, 'magenta': 155.0, 'pink': 165.0,
+}
+HUE_TOLERANCE = 12.0          # +- hue units that still count as the named colour
+MIN_SATURATION = 90           # of 255: below this a pixel is grey/white/black, not "coloured"
+MIN_VALUE = 40                # of 255: too dark to judge hue
+TEXT_HASH_DIM = 512
+TEXT_PROJECTION_SEED = 1234
+
+
+def colour_words(text: str) -> List[str]:
+    return [w for w in re.findall(r'[a-z]+', (text or '').lower()) if w in COLOUR_HUES]
+
+
+def colour_relevance(resized_rgb: np.ndarray, grid_hw, colours: List[str]) -> Optional[np.ndarray]:
+    """[N] fraction of pixels in each patch matching any named colour; None without colour words."""
+    if not colours:
+        return None
+    hsv = cv2.cvtColor(np.ascontiguousarray(resized_rgb), cv2.COLOR_RGB2HSV).astype(np.float32)
+    hue, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    coloured = (sat >= MIN_SATURATION) & (val >= MIN_VALUE)
+    match = np.zeros(hue.shape, bool)
+    for name in colours:
+        d = np.abs(hue - COLOUR_HUES[name])
+        d = np.minimum(d, 180.0 - d)               # hue is circular
+        match |= coloured & (d <= HUE_TOLERANCE)
+    gh, gw = grid_hw
+    ph, pw = match.shape[0] // gh, match.shape[1] // gw
+    return match[:gh * ph, :gw * pw].reshape(gh, ph, gw, pw).mean(axis=(1, 3)).reshape(-1).astype(np.float32)
+
+
+def text_query_embedding(text: str, dim: int) -> np.ndarray:
+    """Deterministic unit vector in R^dim from hashed character trigrams of `text`."""
+    bag = np.zeros(TEXT_HASH_DIM, np.float32)
+    padded = f'  {(text or "").lower().strip()}  '
+    for i in range(len(padded) - 2):
+        bag[zlib.crc32(padded[i:i + 3].encode()) % TEXT_HASH_DIM] += 1.0
+    rng = np.random.default_rng(TEXT_PROJECTION_SEED + dim)
+    projection = rng.standard_normal((TEXT_HASH_DIM, dim)).astype(np.float32) / np.sqrt(TEXT_HASH_DIM)
+    vec = bag @ projection
+    norm = float(np.linalg.norm(vec))
+    return vec / norm * np.sqrt(dim) if norm > 0 else vec
