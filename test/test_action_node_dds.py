@@ -1,12 +1,11 @@
 """Action node in a separate process, driven over real DDS: commands, chunks, stale hold, e-stop."""
 import os
-import subprocess
-import sys
 import time
 import zlib
 
 import numpy as np
 import pytest
+from node_process import node_process
 
 DOMAIN = str(1 + zlib.crc32(b'test_action_node_dds') % 200)
 os.environ['ROS_DOMAIN_ID'] = DOMAIN
@@ -49,23 +48,15 @@ PARAMS = f"""
 def harness(tmp_path_factory):
     params = tmp_path_factory.mktemp('action') / 'params.yaml'
     params.write_text(PARAMS)
-    env = dict(os.environ, ROS_DOMAIN_ID=DOMAIN)
-    proc = subprocess.Popen([sys.executable, '-c', 'from vla_ros.nodes.action_node import main; main()',
-                             '--ros-args', '-r', f'__ns:={NS}', '--params-file', str(params)], env=env)
-    rclpy.init()
-    node = Node('action_dds_test', namespace=NS)
-    h = Harness(node)
-    try:
-        yield h
-    finally:
-        node.destroy_node()
-        rclpy.shutdown()
-        proc.terminate()
+    with node_process('vla_ros.nodes.action_node', NS, params, DOMAIN):
+        rclpy.init()
+        node = Node('action_dds_test', namespace=NS)
+        h = Harness(node)
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            yield h
+        finally:
+            node.destroy_node()
+            rclpy.shutdown()
 
 
 class Harness:

@@ -7,6 +7,7 @@ import zlib
 
 import numpy as np
 import pytest
+from node_process import node_process
 
 DOMAIN = str(1 + zlib.crc32(b'test_perception_node_dds') % 200)
 os.environ['ROS_DOMAIN_ID'] = DOMAIN
@@ -43,22 +44,14 @@ def harness(tmp_path_factory):
       max_input_age_s: 5.0
       torch_threads: 1
 """)
-    env = dict(os.environ, ROS_DOMAIN_ID=DOMAIN)
-    proc = subprocess.Popen([sys.executable, '-c', 'from vla_ros.nodes.perception_node import main; main()',
-                             '--ros-args', '-r', f'__ns:={NS}', '--params-file', str(params)], env=env)
-    rclpy.init()
-    node = Node('perception_dds_test', namespace=NS)
-    try:
-        yield Harness(node)
-    finally:
-        node.destroy_node()
-        rclpy.shutdown()
-        proc.terminate()
+    with node_process('vla_ros.nodes.perception_node', NS, params, DOMAIN):
+        rclpy.init()
+        node = Node('perception_dds_test', namespace=NS)
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            yield Harness(node)
+        finally:
+            node.destroy_node()
+            rclpy.shutdown()
 
 
 class Harness:

@@ -1,13 +1,12 @@
 """Planner node in a separate process over real DDS: plans with cache hits, replan, instruction change,
 bad input survival, and a runtime planner switch through the SetParameters service."""
 import os
-import subprocess
-import sys
 import time
 import zlib
 
 import numpy as np
 import pytest
+from node_process import node_process
 
 DOMAIN = str(1 + zlib.crc32(b'test_planning_node_dds') % 200)
 os.environ['ROS_DOMAIN_ID'] = DOMAIN
@@ -40,23 +39,15 @@ def harness(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('planner')
     params = tmp / 'params.yaml'
     params.write_text(PARAMS)
-    env = dict(os.environ, ROS_DOMAIN_ID=DOMAIN)
-    proc = subprocess.Popen([sys.executable, '-c', 'from vla_ros.nodes.planner_node import main; main()',
-                             '--ros-args', '-r', f'__ns:={NS}', '--params-file', str(params)], env=env)
-    rclpy.init()
-    node = Node('planner_dds_test', namespace=NS)
-    h = Harness(node, tmp)
-    try:
-        yield h
-    finally:
-        node.destroy_node()
-        rclpy.shutdown()
-        proc.terminate()
+    with node_process('vla_ros.nodes.planner_node', NS, params, DOMAIN):
+        rclpy.init()
+        node = Node('planner_dds_test', namespace=NS)
+        h = Harness(node, tmp)
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            yield h
+        finally:
+            node.destroy_node()
+            rclpy.shutdown()
 
 
 class Harness:
