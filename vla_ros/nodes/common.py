@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import signal
 import time
 from typing import Callable, Dict, Optional, Sequence
 
@@ -11,6 +12,7 @@ from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
 
@@ -144,10 +146,23 @@ def msg_to_tokens(msg: LatentTokens) -> np.ndarray:
     return data.reshape(shape)
 
 
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def spin_node(node_factory: Callable[..., Node], args=None, num_threads: int = 4) -> None:
-    """Standard `main()` body: init, spin on a multi-threaded executor, shut down cleanly on Ctrl-C."""
-    rclpy.init(args=args)
+    """Standard `main()` body: init, spin on a multi-threaded executor, shut down cleanly on Ctrl-C.
+
+    rclpy's own signal handler would shut the context down the moment SIGINT/SIGTERM arrives,
+    while worker threads (perception worker, inference, bag writer) may still publish or log.
+    Instead the signal stops the executor, then the node's close() stops its threads, and only
+    then is the context shut down.
+    """
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     node = None
+    executor = None
     try:
         node = node_factory()
         executor = MultiThreadedExecutor(num_threads=num_threads)
@@ -156,6 +171,9 @@ def spin_node(node_factory: Callable[..., Node], args=None, num_threads: int = 4
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        if executor is not None:
+            executor.shutdown(timeout_sec=2.0)
         if node is not None:
             close = getattr(node, 'close', None)
             if callable(close):
