@@ -1,15 +1,44 @@
-"""Simulated arm configuration."""
+"""Simulated arm configuration (MuJoCo Panda tabletop, `vla_ros.sim`)."""
 from dataclasses import dataclass
+from typing import List
 
-from vla_ros.config.base import param
+from vla_ros.config.base import ConfigError, param
+
+PANDA_JOINT_NAMES = ['joint1', 'joint2', 'joint3', 'joint4', 'joint5', 'joint6', 'joint7']
 
 
 @dataclass
 class SimConfig:
     image_width: int = param(128, 'Rendered camera width (px)', range=(16, 4096))
     image_height: int = param(128, 'Rendered camera height (px)', range=(16, 4096))
+    camera_name: str = param('front', 'MJCF camera the images are rendered from')
     camera_rate_hz: float = param(15.0, 'Camera publish rate', range=(0.1, 1000.0))
     joint_state_rate_hz: float = param(100.0, 'JointState publish rate', range=(1.0, 2000.0))
-    physics_rate_hz: float = param(500.0, 'Physics step rate', range=(10.0, 20000.0))
-    episode_timeout_s: float = param(30.0, 'Episode ends unsuccessfully after this', range=(1.0, 3600.0))
-    seed: int = param(0, 'Random seed for object placement', range=(0, 2**31 - 1))
+    physics_rate_hz: float = param(500.0, 'Physics step rate (1 / MuJoCo timestep)', range=(10.0, 20000.0))
+    episode_timeout_s: float = param(20.0, 'Episode ends unsuccessfully after this (sim time)',
+                                     range=(1.0, 3600.0))
+    seed: int = param(0, 'Seed of the first episode; episode i uses seed + i', range=(0, 2**31 - 1))
+    max_episodes: int = param(0, 'Stop resetting after this many episodes (0 = unlimited)',
+                              range=(0, 2**31 - 1))
+    joint_names: List[str] = param(list(PANDA_JOINT_NAMES),
+                                   'Arm joints in command/JointState order (must match the MJCF)')
+    success_threshold_m: float = param(0.035, 'End effector within this of the target cube top centre '
+                                       'counts as touching', range=(0.001, 1.0))
+    success_hold_s: float = param(0.15, 'Touch must be held this long (sim time) to succeed',
+                                  range=(0.0, 10.0))
+    cube_x_range: List[float] = param([0.40, 0.62], 'Cube centre x range on the table (m, robot base frame)')
+    cube_y_range: List[float] = param([-0.22, 0.22], 'Cube centre y range on the table (m)')
+    cube_min_separation_m: float = param(0.09, 'Minimum distance between cube centres', range=(0.0, 1.0))
+    initial_joint_noise: float = param(0.15, 'Uniform noise (rad) added to the home posture at reset',
+                                       range=(0.0, 1.0))
+    command_timeout_s: float = param(0.0, 'Hold the measured position if no command arrives for this long '
+                                     '(0 = keep the last target forever)', range=(0.0, 3600.0))
+    realtime_factor: float = param(1.0, 'Sim seconds per wall-clock second in the node', range=(0.01, 100.0))
+
+    def validate(self):
+        if not self.joint_names:
+            raise ConfigError('sim.joint_names must not be empty')
+        for name in ('cube_x_range', 'cube_y_range'):
+            rng = getattr(self, name)
+            if len(rng) != 2 or rng[0] > rng[1]:
+                raise ConfigError(f'sim.{name} must be [low, high]')

@@ -1,0 +1,246 @@
+"""Simulated arm node: MuJoCo Panda tabletop in real time behind the interfaces of a real arm.
+
+Publishes camera images (sensor_msgs/Image rgb8), joint states, the episode instruction
+(latched) and TaskStatus; executes joint position commands (Float64MultiArray or the first
+point of a JointTrajectory). Physics, rendering and publishing share one thread because the
+offscreen GL context belongs to the thread that created it.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Optional
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticStatus
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray, String
+from trajectory_msgs.msg import JointTrajectory
+
+from vla_ros.config.sim import SimConfig
+from vla_ros.config.topics import TopicsConfig
+from vla_ros.nodes.common import LATCHED_QOS, SENSOR_QOS, Diagnostics, DropCounter, reliable_qos, spin_node
+from vla_ros.nodes.params import declare_config
+from vla_ros.sim.arm_env import ArmEnv
+from vla_ros_msgs.msg import TaskStatus
+
+# Never simulate more than this much backlog in one go: after a stall (debugger, overloaded CPU)
+# the sim slows down instead of fast-forwarding through commands it never saw.
+_MAX_CATCH_UP_S = 0.1
+_STATUS_PERIOD_S = 0.5
+
+
+class SimArmNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__('sim_arm', **kwargs)
+        self.cfg: SimConfig = declare_config(self, SimConfig, 'sim')
+        self.topics: TopicsConfig = declare_config(self, TopicsConfig, 'topics')
+        self.drops = DropCounter(self.get_logger())
+        self.env = ArmEnv(self.cfg, seed=self.cfg.seed, render=False)
+        self._n_joints = len(self.cfg.joint_names)
+        self._lock = threading.Lock()
+        self._pending_target: Optional[np.ndarray] = None
+        self._last_command_sim_t = 0.0
+        self.counters = {'images': 0, 'joint_states': 0, 'commands': 0, 'episodes_done': 0, 'successes': 0,
+                         'physics_steps': 0}
+        self._finished = False
+        self._rtf = 0.0
+
+        self._image_pub = self.create_publisher(Image, self.topics.image, SENSOR_QOS)
+        # Reliable joint states reach both reliable and best-effort subscribers.
+        self._joint_pub = self.create_publisher(JointState, self.topics.joint_states, reliable_qos())
+        self._instruction_pub = self.create_publisher(String, self.topics.instruction, LATCHED_QOS)
+        self._status_pub = self.create_publisher(TaskStatus, self.topics.task_status, reliable_qos())
+        self.create_subscription(Float64MultiArray, self.topics.joint_command, self._on_command, reliable_qos())
+        self.create_subscription(JointTrajectory, self.topics.joint_trajectory, self._on_trajectory,
+                                 reliable_qos())
+        self._diagnostics = Diagnostics(self, self._status, level_fn=self._level)
+        self._publish_instruction()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name='sim_physics', daemon=True)
+        self._thread.start()
+        self.get_logger().info(f'sim arm ready: episode {self.env.episode} seed {self.env.seed}: '
+                               f'"{self.env.instruction}"')
+
+    # ------------------------------------------------------------------ commands
+    def _accept_target(self, values, source: str) -> None:
+        q = np.asarray(values, dtype=np.float64).reshape(-1)
+        if q.shape != (self._n_joints,):
+            self.drops.drop('wrong_length', f'{source}: {q.size} values for {self._n_joints} joints')
+            return
+        if not np.all(np.isfinite(q)):
+            self.drops.drop('non_finite', f'{source}: {q.tolist()}')
+            return
+        with self._lock:
+            self._pending_target = q
+            self.counters['commands'] += 1
+
+    def _on_command(self, msg: Float64MultiArray) -> None:
+        try:
+            self._accept_target(msg.data, 'joint_command')
+        except (TypeError, ValueError) as exc:
+            self.drops.drop('bad_command', str(exc))
+
+    def _on_trajectory(self, msg: JointTrajectory) -> None:
+        try:
+            if not msg.points:
+                self.drops.drop('empty_trajectory', 'no points')
+                return
+            positions = np.asarray(msg.points[0].positions, dtype=np.float64)
+            if msg.joint_names:
+                index = {n: i for i, n in enumerate(msg.joint_names)}
+                missing = [n for n in self.cfg.joint_names if n not in index]
+                if missing or len(positions) != len(msg.joint_names):
+                    self.drops.drop('trajectory_joint_mismatch', f'missing {missing}, '
+                                    f'{len(positions)} positions for {len(msg.joint_names)} names')
+                    return
+                positions = positions[[index[n] for n in self.cfg.joint_names]]
+            self._accept_target(positions, 'joint_trajectory')
+        except (TypeError, ValueError, IndexError) as exc:
+            self.drops.drop('bad_trajectory', str(exc))
+
+    # ------------------------------------------------------------------ simulation thread
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:
+            if self._stop.is_set() or not self.context.ok():
+                return  # shutting down: publishers may already be gone
+            self.get_logger().error(f'simulation thread stopped: {exc!r}')  # a dead sim must be loud
+            raise
+        finally:
+            self.env.close()  # the GL context is released by the thread that owns it
+
+    def _loop(self) -> None:
+        cfg, env = self.cfg, self.env
+        dt = env.model.opt.timestep
+        camera_period, joint_period = 1.0 / cfg.camera_rate_hz, 1.0 / cfg.joint_state_rate_hz
+        next_camera = next_joint = next_status = 0.0
+        wall0, sim0 = time.monotonic(), float(env.data.time)
+        while not self._stop.is_set():
+            with self._lock:
+                target, self._pending_target = self._pending_target, None
+            if target is not None:
+                env.set_target(target)  # clipped to joint limits inside the env
+                self._last_command_sim_t = float(env.data.time)
+            elif (cfg.command_timeout_s > 0.0
+                  and float(env.data.time) - self._last_command_sim_t > cfg.command_timeout_s):
+                env.set_target(env.joint_positions())
+                self._last_command_sim_t = float(env.data.time)
+
+            due = (time.monotonic() - wall0) * cfg.realtime_factor - (float(env.data.time) - sim0)
+            if due > _MAX_CATCH_UP_S:
+                sim0 += due - _MAX_CATCH_UP_S
+                due = _MAX_CATCH_UP_S
+            n_steps = int(due / dt)
+            # Step in small batches so commands and publish deadlines are honoured between them.
+            n_steps = min(n_steps, max(1, int(min(camera_period, joint_period) / dt)))
+            if n_steps > 0:
+                env.step_physics(n_steps)
+                self.counters['physics_steps'] += n_steps
+            t = env.elapsed_s
+            if t >= next_joint:
+                self._publish_joint_state()
+                next_joint = t + joint_period
+            if t >= next_camera:
+                self._publish_image()
+                next_camera = t + camera_period
+            if env.done() and not self._finished:
+                self._end_episode()
+                next_camera = next_joint = next_status = 0.0
+                continue
+            if t >= next_status:
+                self._publish_status(done=False)
+                next_status = t + _STATUS_PERIOD_S
+            elapsed_wall = time.monotonic() - wall0
+            if elapsed_wall > 0:
+                self._rtf = (float(env.data.time) - sim0) / elapsed_wall
+            if n_steps == 0:
+                time.sleep(min(dt, 0.002) / cfg.realtime_factor)
+
+    def _end_episode(self) -> None:
+        env = self.env
+        self.counters['episodes_done'] += 1
+        self.counters['successes'] += int(env.success())
+        self._publish_status(done=True)
+        self.get_logger().info(f'episode {env.episode} {"SUCCESS" if env.success() else "timeout"} '
+                               f'after {env.elapsed_s:.2f}s ({env.instruction})')
+        if self.cfg.max_episodes and self.counters['episodes_done'] >= self.cfg.max_episodes:
+            self._finished = True
+            self.get_logger().info(f'{self.cfg.max_episodes} episodes done; holding the arm, no more resets')
+            env.set_target(env.joint_positions())
+            return
+        env.reset()
+        self._publish_instruction()
+
+    # ------------------------------------------------------------------ publishing
+    def _stamp(self):
+        return self.get_clock().now().to_msg()
+
+    def _publish_image(self) -> None:
+        rgb = self.env.render()
+        msg = Image()
+        msg.header.stamp = self._stamp()
+        msg.header.frame_id = 'camera'
+        msg.height, msg.width = int(rgb.shape[0]), int(rgb.shape[1])
+        msg.encoding = 'rgb8'
+        msg.is_bigendian = 0
+        msg.step = int(rgb.shape[1] * 3)
+        msg.data = rgb.tobytes()
+        self._image_pub.publish(msg)
+        self.counters['images'] += 1
+
+    def _publish_joint_state(self) -> None:
+        msg = JointState()
+        msg.header.stamp = self._stamp()
+        msg.header.frame_id = 'base'
+        msg.name = list(self.cfg.joint_names)
+        msg.position = self.env.joint_positions().tolist()
+        msg.velocity = self.env.joint_velocities().tolist()
+        self._joint_pub.publish(msg)
+        self.counters['joint_states'] += 1
+
+    def _publish_instruction(self) -> None:
+        self._instruction_pub.publish(String(data=self.env.instruction))
+
+    def _publish_status(self, done: bool) -> None:
+        env = self.env
+        msg = TaskStatus()
+        msg.header.stamp = self._stamp()
+        msg.header.frame_id = 'base'
+        msg.episode = int(env.episode)
+        msg.instruction = env.instruction
+        msg.success = bool(env.success())
+        msg.done = bool(done)
+        msg.distance_to_goal = float(env.distance_to_goal())
+        msg.elapsed_s = float(env.elapsed_s)
+        self._status_pub.publish(msg)
+
+    # ------------------------------------------------------------------ diagnostics
+    def _status(self):
+        return dict(self.counters, episode=self.env.episode, seed=self.env.seed, instruction=self.env.instruction,
+                    realtime_factor=self._rtf, drops=self.drops.total, **{f'drop_{k}': v for k, v in
+                                                                         self.drops.counts.items()})
+
+    def _level(self):
+        if not self._thread.is_alive() and not self._stop.is_set():
+            return DiagnosticStatus.ERROR, 'simulation thread stopped'
+        if self._rtf and self._rtf < 0.8 * self.cfg.realtime_factor:
+            return DiagnosticStatus.WARN, f'sim runs slower than real time ({self._rtf:.2f}x)'
+        return DiagnosticStatus.OK, 'finished' if self._finished else 'running'
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2.0)
+        if not self._thread.is_alive():
+            self.env.close()
+
+
+def main(args=None):
+    spin_node(lambda: SimArmNode(), args)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,163 @@
+"""Expert demonstrations -> action-head training samples, and closed-loop policy evaluation (no ROS).
+
+Collection records, every action_dt, the camera image, joint positions, instruction and the
+expert's next H joint targets. Featurisation then runs the real perception pipeline and planner
+over each episode in time order (temporal feature reuse included), so the head is trained on
+exactly the token distribution the ROS closed loop feeds it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from vla_ros.sim.arm_env import ArmEnv
+from vla_ros.sim.expert import TouchExpert
+
+
+@dataclass
+class Episode:
+    seed: int
+    instruction: str
+    images: np.ndarray        # uint8 [T, H, W, 3]
+    proprio: np.ndarray       # float32 [T, J] measured joint positions at each decision
+    chunks: np.ndarray        # float32 [T, horizon, J] expert targets; step k applies k * dt later
+    success: bool
+    steps_to_success: int = -1
+
+    def to_arrays(self) -> Dict[str, np.ndarray]:
+        return {'seed': np.array(self.seed), 'instruction': np.array(self.instruction),
+                'images': self.images, 'proprio': self.proprio, 'chunks': self.chunks,
+                'success': np.array(self.success), 'steps_to_success': np.array(self.steps_to_success)}
+
+    @classmethod
+    def from_arrays(cls, d) -> 'Episode':
+        return cls(seed=int(d['seed']), instruction=str(d['instruction']), images=d['images'],
+                   proprio=d['proprio'], chunks=d['chunks'], success=bool(d['success']),
+                   steps_to_success=int(d['steps_to_success']))
+
+
+def collect_episode(env: ArmEnv, expert: TouchExpert, seed: int, noise_std: float = 0.0,
+                    hold_steps: int = 10, rng: Optional[np.random.Generator] = None) -> Episode:
+    """Run one expert episode; executed targets get Gaussian noise (labels stay clean).
+
+    Noise injection (DART-style) puts the expert in states a learned policy drifts into and
+    labels them with the expert's correction, which plain behaviour cloning never sees.
+    `hold_steps` extra decisions after success teach the policy to stay on the cube.
+    """
+    rng = rng or np.random.default_rng(seed)
+    env.reset(seed=seed)
+    dt = expert.config.action_dt
+    images, proprio, chunks = [], [], []
+    steps_to_success, extra = -1, 0
+    while not env.timed_out():
+        q = env.joint_positions()
+        chunk = expert.chunk(q)
+        images.append(env.render())
+        proprio.append(q.astype(np.float32))
+        chunks.append(chunk.astype(np.float32))
+        command = chunk[0] + (rng.normal(0.0, noise_std, size=chunk.shape[1]) if noise_std > 0 else 0.0)
+        env.step_to(command, dt)
+        if env.success():
+            if steps_to_success < 0:
+                steps_to_success = len(proprio)
+            extra += 1
+            if extra > hold_steps:
+                break
+    return Episode(seed=seed, instruction=env.instruction, images=np.stack(images), proprio=np.stack(proprio),
+                   chunks=np.stack(chunks), success=env.success(), steps_to_success=steps_to_success)
+
+
+def featurize_episode(episode: Episode, pipeline, planner, plan_every: int = 1) -> List[Dict[str, np.ndarray]]:
+    """Training samples (vis_tokens, plan_tokens, proprio, actions) for one episode, in time order.
+
+    `plan_every` > 1 reuses plan tokens between planner calls, as the slow planner does online.
+    """
+    from vla_ros.planning.base import PlanRequest
+
+    pipeline.reset()
+    pipeline.set_instruction(episode.instruction)
+    samples: List[Dict[str, np.ndarray]] = []
+    plan_tokens = None
+    for t in range(len(episode.proprio)):
+        result = pipeline.process(episode.images[t])
+        if plan_tokens is None or t % plan_every == 0:
+            plan = planner.plan(PlanRequest(instruction=episode.instruction, visual_tokens=result.tokens,
+                                            kept_indices=result.kept_indices, grid_hw=tuple(result.grid_hw),
+                                            proprio=episode.proprio[t], stamp_ns=0, frame_id=t))
+            plan_tokens = plan.plan_tokens
+        samples.append({'vis_tokens': result.tokens.astype(np.float32),
+                        'plan_tokens': np.asarray(plan_tokens, dtype=np.float32),
+                        'proprio': episode.proprio[t].astype(np.float32),
+                        'actions': episode.chunks[t].astype(np.float32)})
+    return samples
+
+
+@dataclass
+class EvalResult:
+    seeds: List[int]
+    successes: List[bool]
+    final_distances: List[float]
+    elapsed_s: List[float]
+    instructions: List[str] = field(default_factory=list)
+
+    @property
+    def success_rate(self) -> float:
+        return float(np.mean(self.successes)) if self.successes else 0.0
+
+    def summary(self) -> Dict[str, object]:
+        return {'episodes': len(self.seeds), 'success_rate': self.success_rate,
+                'mean_final_distance_m': float(np.mean(self.final_distances)),
+                'mean_elapsed_s': float(np.mean(self.elapsed_s)),
+                'per_episode': [{'seed': s, 'success': bool(ok), 'final_distance_m': round(float(d), 4),
+                                 'elapsed_s': round(float(e), 2), 'instruction': i}
+                                for s, ok, d, e, i in zip(self.seeds, self.successes, self.final_distances,
+                                                          self.elapsed_s, self.instructions)]}
+
+
+def evaluate_policy(env: ArmEnv, pipeline, planner, head, action_cfg, seeds, perception_rate_hz: float = 10.0,
+                    plan_rate_hz: float = 2.0, progress: Optional[Callable] = None) -> EvalResult:
+    """Closed loop on simulated time, no ROS: the same ControlLoop (chunk buffer + RTC/ensembling +
+    safety filter) the action node runs, driven at control rate; perception and chunk inference at
+    `perception_rate_hz`, planning at `plan_rate_hz`. Inference latency is not simulated (zero).
+    """
+    from vla_ros.action.controller import ControlLoop
+    from vla_ros.planning.base import PlanRequest
+
+    control_dt = 1.0 / action_cfg.control_rate_hz
+    perceive_every = max(1, int(round(1.0 / (perception_rate_hz * control_dt))))
+    plan_every = max(1, int(round(1.0 / (plan_rate_hz * control_dt))))
+    result = EvalResult([], [], [], [], [])
+    for seed in seeds:
+        env.reset(seed=int(seed))
+        clock_now = [env.elapsed_s]
+        loop = ControlLoop(head, action_cfg, clock=lambda: clock_now[0], seed=int(seed))
+        pipeline.reset()
+        pipeline.set_instruction(env.instruction)
+        tick = 0
+        while not env.done():
+            now = env.elapsed_s
+            clock_now[0] = now
+            q = env.joint_positions()
+            loop.update_proprio(q, now=now)
+            if tick % perceive_every == 0:
+                perceived = pipeline.process(env.render())
+                loop.update_perception(perceived.tokens, frame_id=tick, now=now)
+                if tick % plan_every == 0:
+                    plan = planner.plan(PlanRequest(instruction=env.instruction, visual_tokens=perceived.tokens,
+                                                    kept_indices=perceived.kept_indices,
+                                                    grid_hw=tuple(perceived.grid_hw), proprio=q, frame_id=tick))
+                    loop.update_plan(plan.plan_tokens, plan_id=tick, now=now)
+                loop.infer_chunk(now=now, active_from=now)
+            command, _status = loop.tick(now)
+            env.step_to(command if command is not None else q, control_dt)
+            tick += 1
+        result.seeds.append(int(seed))
+        result.successes.append(env.success())
+        result.final_distances.append(env.distance_to_goal())
+        result.elapsed_s.append(env.elapsed_s)
+        result.instructions.append(env.instruction)
+        if progress is not None:
+            progress(result)
+    return result

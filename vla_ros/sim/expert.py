@@ -1,0 +1,100 @@
+"""Scripted expert for the touch task: Cartesian funnel + damped-least-squares IK.
+
+The expert is a feedback policy: from any measured joint state it rolls the arm's kinematics
+forward `horizon` steps of `action_dt` and returns the joint targets, i.e. exactly the action
+chunk format the flow-matching head is trained to produce (step k is the target to apply
+k * action_dt after the request). Being state-based it also labels perturbed states, which is
+what the noise-injection (DART/DAgger-style) data collection relies on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import mujoco
+import numpy as np
+
+from vla_ros.sim.arm_env import HOME_Q, ArmEnv
+
+DOWN = np.array([0.0, 0.0, -1.0])
+
+
+@dataclass
+class ExpertConfig:
+    action_dt: float = 0.05          # seconds between chunk steps (ActionConfig.action_dt)
+    horizon: int = 16                # steps per chunk (ActionConfig.horizon)
+    max_speed: float = 0.35          # fingertip Cartesian speed limit (m/s)
+    max_joint_speed: float = 1.2     # per-joint speed limit (rad/s), below the safety filter's 1.5
+    hover_height: float = 0.10       # approach height above the cube top (m)
+    touch_height: float = 0.008      # final fingertip height above the cube top (m)
+    funnel_slope: float = 2.0        # allowed height above touch per metre of horizontal error
+    damping: float = 0.05            # DLS damping (lambda)
+    orientation_weight: float = 0.5  # weight of the "point down" error relative to position
+    posture_gain: float = 0.1        # null-space pull towards the home posture
+    ik_iterations: int = 2           # IK refinements per chunk step
+
+
+class TouchExpert:
+    """Moves the fingertip above the target cube, then straight down onto its top face."""
+
+    def __init__(self, env: ArmEnv, config: Optional[ExpertConfig] = None):
+        self.env = env
+        self.config = config or ExpertConfig()
+        self.model = env.model
+        self._scratch = mujoco.MjData(self.model)  # kinematic rollouts never touch the live sim
+        self._jacp = np.zeros((3, self.model.nv))
+        self._jacr = np.zeros((3, self.model.nv))
+        self._dofs = env._qvel_adr
+        self._qadr = env._qpos_adr
+        margin = 0.02
+        self._lo = env.joint_lower + margin
+        self._hi = env.joint_upper - margin
+
+    def subgoal(self, ee: np.ndarray, goal_top: np.ndarray) -> np.ndarray:
+        """Funnel: the further the fingertip is sideways from the cube, the higher it must stay."""
+        c = self.config
+        horizontal = float(np.linalg.norm(ee[:2] - goal_top[:2]))
+        height = c.touch_height + min(c.hover_height, c.funnel_slope * max(0.0, horizontal - 0.005))
+        return np.array([goal_top[0], goal_top[1], goal_top[2] + height])
+
+    def _forward(self, q: np.ndarray):
+        self._scratch.qpos[self._qadr] = q
+        mujoco.mj_kinematics(self.model, self._scratch)
+        mujoco.mj_comPos(self.model, self._scratch)
+        site = self.env.ee_site_id
+        pos = self._scratch.site_xpos[site].copy()
+        z_axis = self._scratch.site_xmat[site].reshape(3, 3)[:, 2].copy()
+        return pos, z_axis
+
+    def _ik_step(self, q: np.ndarray, p_des: np.ndarray) -> np.ndarray:
+        c = self.config
+        pos, z_axis = self._forward(q)
+        mujoco.mj_jacSite(self.model, self._scratch, self._jacp, self._jacr, self.env.ee_site_id)
+        jac = np.vstack([self._jacp[:, self._dofs], c.orientation_weight * self._jacr[:, self._dofs]])
+        err = np.concatenate([p_des - pos, c.orientation_weight * np.cross(z_axis, DOWN)])
+        jjt = jac @ jac.T + (c.damping ** 2) * np.eye(jac.shape[0])
+        j_pinv = jac.T @ np.linalg.solve(jjt, np.eye(jac.shape[0]))
+        null = np.eye(len(q)) - j_pinv @ jac
+        return j_pinv @ err + null @ (c.posture_gain * (HOME_Q - q))
+
+    def chunk(self, q_start, goal_top: Optional[np.ndarray] = None) -> np.ndarray:
+        """Joint targets [horizon, 7] for the next horizon * action_dt seconds from `q_start`."""
+        c = self.config
+        goal_top = self.env.goal_position() if goal_top is None else np.asarray(goal_top, dtype=np.float64)
+        q = np.clip(np.asarray(q_start, dtype=np.float64), self._lo, self._hi)
+        max_dq = c.max_joint_speed * c.action_dt
+        out = np.empty((c.horizon, len(q)))
+        for k in range(c.horizon):
+            ee, _ = self._forward(q)
+            target = self.subgoal(ee, goal_top)
+            delta = target - ee
+            dist = float(np.linalg.norm(delta))
+            step = c.max_speed * c.action_dt
+            p_des = target if dist <= step else ee + delta * (step / dist)
+            q_next = q.copy()
+            for _ in range(c.ik_iterations):
+                q_next = q_next + self._ik_step(q_next, p_des)
+            q_next = q + np.clip(q_next - q, -max_dq, max_dq)
+            q = np.clip(q_next, self._lo, self._hi)
+            out[k] = q
+        return out
