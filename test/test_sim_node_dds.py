@@ -162,6 +162,10 @@ def test_bad_commands_are_dropped_without_crashing(harness):
 
 def test_episode_timeout_reports_done_and_resets(short_episodes):
     harness = short_episodes
+    # The first episode's clock waits for the policy's first command (sim.wait_for_first_command).
+    harness.spin_until(lambda: False, 3.0)
+    assert not any(s.done for s in harness.status), 'episode timed out before any command arrived'
+    harness.cmd_pub.publish(Float64MultiArray(data=[float(v) for v in harness.latest_q()]))
     # Episodes last 1.5 s of sim time; after max_episodes=2 the node stops resetting.
     assert harness.spin_until(lambda: sum(s.done for s in harness.status) >= 2, 20)
     done = [s for s in harness.status if s.done]

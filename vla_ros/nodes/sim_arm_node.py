@@ -57,6 +57,7 @@ class SimArmNode(Node):
                                  reliable_qos())
         self._diagnostics = Diagnostics(self, self._status, level_fn=self._level)
         self._publish_instruction()
+        self._policy_live = not self.cfg.wait_for_first_command
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name='sim_physics', daemon=True)
         self._thread.start()
@@ -124,6 +125,10 @@ class SimArmNode(Node):
             if target is not None:
                 env.set_target(target)  # clipped to joint limits inside the env
                 self._last_command_sim_t = float(env.data.time)
+                if not self._policy_live:
+                    self._policy_live = True
+                    env.restart_clock()
+                    self.get_logger().info(f'first command received: episode {env.episode} clock started')
             elif (cfg.command_timeout_s > 0.0
                   and float(env.data.time) - self._last_command_sim_t > cfg.command_timeout_s):
                 env.set_target(env.joint_positions())
@@ -146,7 +151,7 @@ class SimArmNode(Node):
             if t >= next_camera:
                 self._publish_image()
                 next_camera = t + camera_period
-            if env.done() and not self._finished:
+            if self._policy_live and env.done() and not self._finished:
                 self._end_episode()
                 next_camera = next_joint = next_status = 0.0
                 continue

@@ -126,6 +126,12 @@ class ArmEnv:
     def target(self) -> np.ndarray:
         return self.data.ctrl[self._actuator_ids].copy()
 
+    def restart_clock(self) -> None:
+        """Start timing the current episode now (the layout and instruction stay)."""
+        self._start_time = float(self.data.time)
+        self._hold_time = 0.0
+        self._success = False
+
     def step_physics(self, n_steps: int = 1) -> None:
         """Advance physics, tracking how long the fingertip has stayed on the target."""
         dt = self.model.opt.timestep
