@@ -23,6 +23,7 @@ from vla_ros.config.topics import TopicsConfig
 from vla_ros.nodes.common import LATCHED_QOS, SENSOR_QOS, Diagnostics, DropCounter, reliable_qos, spin_node
 from vla_ros.nodes.params import declare_config
 from vla_ros.sim.arm_env import ArmEnv
+from vla_ros.sim.pacing import RealtimePacer
 from vla_ros_msgs.msg import TaskStatus
 
 # Never simulate more than this much backlog in one go: after a stall (debugger, overloaded CPU)
@@ -118,7 +119,9 @@ class SimArmNode(Node):
         dt = env.model.opt.timestep
         camera_period, joint_period = 1.0 / cfg.camera_rate_hz, 1.0 / cfg.joint_state_rate_hz
         next_camera = next_joint = next_status = 0.0
-        wall0, sim0 = time.monotonic(), float(env.data.time)
+        pacer = RealtimePacer(dt, cfg.realtime_factor, _MAX_CATCH_UP_S)
+        # Step in small batches so commands and publish deadlines are honoured between them.
+        batch = max(1, int(min(camera_period, joint_period) / dt))
         while not self._stop.is_set():
             with self._lock:
                 target, self._pending_target = self._pending_target, None
@@ -134,13 +137,7 @@ class SimArmNode(Node):
                 env.set_target(env.joint_positions())
                 self._last_command_sim_t = float(env.data.time)
 
-            due = (time.monotonic() - wall0) * cfg.realtime_factor - (float(env.data.time) - sim0)
-            if due > _MAX_CATCH_UP_S:
-                sim0 += due - _MAX_CATCH_UP_S
-                due = _MAX_CATCH_UP_S
-            n_steps = int(due / dt)
-            # Step in small batches so commands and publish deadlines are honoured between them.
-            n_steps = min(n_steps, max(1, int(min(camera_period, joint_period) / dt)))
+            n_steps = pacer.steps_due(time.monotonic(), batch)
             if n_steps > 0:
                 env.step_physics(n_steps)
                 self.counters['physics_steps'] += n_steps
@@ -158,9 +155,7 @@ class SimArmNode(Node):
             if t >= next_status:
                 self._publish_status(done=False)
                 next_status = t + _STATUS_PERIOD_S
-            elapsed_wall = time.monotonic() - wall0
-            if elapsed_wall > 0:
-                self._rtf = (float(env.data.time) - sim0) / elapsed_wall
+            self._rtf = pacer.achieved_factor(time.monotonic())
             if n_steps == 0:
                 time.sleep(min(dt, 0.002) / cfg.realtime_factor)
 
