@@ -8,7 +8,6 @@ import argparse
 import json
 import time
 
-import numpy as np
 import torch
 
 import vla_ros.sim  # noqa: F401  (headless GL backend)

@@ -17,7 +17,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E
 
 from vla_ros.eval.bag_io import BagError, BagWriter, bag_summary, msgtype_of, read_bag  # noqa: E402
 from vla_ros.nodes.common import ns_to_stamp, tokens_to_msg  # noqa: E402
-from vla_ros_msgs.msg import ActionChunk, LatentTokens, Plan, TaskStatus  # noqa: E402
+from vla_ros_msgs.msg import ActionChunk, Plan, TaskStatus  # noqa: E402
 
 
 def _sample_messages():

@@ -1,12 +1,11 @@
 """Sim arm node in its own process over real DDS: sensors out, commands in, bad commands dropped."""
 import os
-import subprocess
-import sys
 import time
 import zlib
 
 import numpy as np
 import pytest
+from node_process import node_process
 
 DOMAIN = str(1 + zlib.crc32(b'test_sim_node_dds') % 200)
 os.environ['ROS_DOMAIN_ID'] = DOMAIN
@@ -92,26 +91,16 @@ def short_episodes(tmp_path_factory, ros_context):
 def _run_sim(tmp_path_factory, namespace, timeout_s, max_episodes):
     params = tmp_path_factory.mktemp('sim') / 'params.yaml'
     params.write_text(params_yaml(timeout_s, max_episodes))
-    env = dict(os.environ, ROS_DOMAIN_ID=DOMAIN)
-    proc = subprocess.Popen([sys.executable, '-c', 'from vla_ros.nodes.sim_arm_node import main; main()',
-                             '--ros-args', '-r', f'__ns:={namespace}', '--params-file', str(params)], env=env)
-    node = None
-    try:
+    with node_process('vla_ros.nodes.sim_arm_node', namespace, params, DOMAIN) as proc:
         node = Node('sim_dds_test', namespace=namespace)
-        h = Harness(node)
-        assert h.spin_until(lambda: h.images and len(h.joint_states) > 3 and h.instructions, 60), \
-            'sim node published no sensors'
-        yield h
-        assert proc.poll() is None, 'sim node died'
-    finally:
-        if node is not None:
-            node.destroy_node()
-        proc.terminate()
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            h = Harness(node)
+            assert h.spin_until(lambda: h.images and len(h.joint_states) > 3 and h.instructions, 60), \
+                'sim node published no sensors'
+            yield h
+            assert proc.poll() is None, 'sim node died'
+        finally:
+            node.destroy_node()
 
 
 def test_publishes_camera_joint_states_and_instruction(harness):

@@ -5,7 +5,6 @@
 import dataclasses
 import sys
 
-from vla_ros.config.base import flatten_config
 from vla_ros.config.layout import NODE_SECTIONS, SHARED_SECTIONS
 
 HEADER = """\

@@ -11,7 +11,6 @@ import time
 from typing import Optional
 
 import numpy as np
-import rclpy
 import torch
 from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticStatus
