@@ -58,6 +58,9 @@ class ActionNode(Node):
         self._cmd_pub = self.create_publisher(Float64MultiArray, self.topics.joint_command, reliable_qos())
         self._traj_pub = (self.create_publisher(JointTrajectory, self.topics.joint_trajectory, reliable_qos())
                           if self.cfg.publish_trajectory else None)
+        # The single trajectory point is due one control period ahead (sec/nanosec split: valid at 1 Hz too).
+        period_ns = int(round(1e9 / self.cfg.control_rate_hz))
+        self._point_time = Duration(sec=period_ns // 1_000_000_000, nanosec=period_ns % 1_000_000_000)
 
         inputs = MutuallyExclusiveCallbackGroup()
         self.create_subscription(Plan, self.topics.plan, self._on_plan, reliable_qos(), callback_group=inputs)
@@ -211,9 +214,7 @@ class ActionNode(Node):
             traj = JointTrajectory()
             traj.header.stamp = stamp
             traj.joint_names = list(self.cfg.joint_names)
-            step = 1.0 / self.cfg.control_rate_hz
-            traj.points = [JointTrajectoryPoint(positions=cmd.data,
-                                                time_from_start=Duration(sec=0, nanosec=int(step * 1e9)))]
+            traj.points = [JointTrajectoryPoint(positions=cmd.data, time_from_start=self._point_time)]
             self._traj_pub.publish(traj)
         self._published += 1
 
