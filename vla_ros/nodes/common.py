@@ -16,6 +16,7 @@ from rclpy.signals import SignalHandlerOptions
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
 
+from vla_ros.timing import StampGate, stamp_to_ns  # noqa: F401  (re-exported for the nodes)
 from vla_ros_msgs.msg import LatentTokens
 
 SENSOR_QOS = qos_profile_sensor_data
@@ -26,10 +27,6 @@ LATCHED_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=R
 
 def reliable_qos(depth: int = 10) -> QoSProfile:
     return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
-
-
-def stamp_to_ns(stamp: TimeMsg) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 def ns_to_stamp(ns: int) -> TimeMsg:
@@ -55,25 +52,6 @@ class DropCounter:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
-
-
-class StampGate:
-    """Rejects messages whose header stamp is stale or goes backwards."""
-
-    def __init__(self, max_age_s: float):
-        self.max_age_ns = int(max_age_s * 1e9)
-        self.last_ns: Optional[int] = None
-
-    def check(self, stamp_ns: int, now_ns: int) -> Optional[str]:
-        """Return a drop reason, or None to accept (and remember the stamp)."""
-        if stamp_ns <= 0:
-            return 'missing_stamp'
-        if self.max_age_ns > 0 and now_ns - stamp_ns > self.max_age_ns:
-            return 'stale_stamp'
-        if self.last_ns is not None and stamp_ns < self.last_ns:
-            return 'out_of_order_stamp'
-        self.last_ns = stamp_ns
-        return None
 
 
 class Diagnostics:
@@ -133,8 +111,10 @@ class TokenDecodeError(ValueError):
     pass
 
 
-def msg_to_tokens(msg: LatentTokens) -> np.ndarray:
-    """Decode and validate a LatentTokens message into a [num_tokens, dim] float32 array."""
+def msg_to_tokens(msg: LatentTokens, max_abs: float = 0.0) -> np.ndarray:
+    """Decode and validate a LatentTokens message into a [num_tokens, dim] float32 array.
+
+    `max_abs > 0` also rejects finite but absurd values (|x| > max_abs)."""
     shape = tuple(int(s) for s in msg.shape)
     data = np.asarray(msg.data, dtype=np.float32)
     if len(shape) != 2 or shape[0] == 0 or shape[1] == 0:
@@ -143,6 +123,8 @@ def msg_to_tokens(msg: LatentTokens) -> np.ndarray:
         raise TokenDecodeError(f'shape {shape} does not match {data.size} values')
     if not np.all(np.isfinite(data)):
         raise TokenDecodeError('tokens contain NaN/Inf')
+    if max_abs > 0 and data.size and float(np.max(np.abs(data))) > max_abs:
+        raise TokenDecodeError(f'token magnitude {float(np.max(np.abs(data))):.3g} exceeds {max_abs:g}')
     return data.reshape(shape)
 
 
