@@ -28,6 +28,7 @@ from vla_ros.nodes.common import (SENSOR_QOS, Diagnostics, DropCounter, TokenDec
                                   ns_to_stamp, reliable_qos)
 from vla_ros.nodes.params import declare_config
 from vla_ros.timing import JointStateTracker, StampGate, local_time_of_stamp, stamp_to_ns
+from vla_ros.resources import resolve_path
 from vla_ros_msgs.msg import ActionChunk, LatentTokens, Plan
 
 try:  # std_srvs ships with every ROS 2 install; the PyPI wheel is in requirements.txt
@@ -48,6 +49,8 @@ class ActionNode(Node):
         self._plan_gate = StampGate(safety.stale_plan_timeout_s, timing.max_future_s, timing.clock_jump_s)
         self._tokens_gate = StampGate(safety.stale_perception_timeout_s, timing.max_future_s, timing.clock_jump_s)
         self._joints = JointStateTracker(self.cfg.joint_names, timing.max_future_s, timing.clock_jump_s)
+        if self.cfg.checkpoint_path:  # a missing/unreadable checkpoint is a startup error naming the parameter
+            self.cfg.checkpoint_path = resolve_path(self.cfg.checkpoint_path, 'action.checkpoint_path', kind='file')
         if self.cfg.torch_threads > 0:
             torch.set_num_threads(self.cfg.torch_threads)
         self._joint_index: Optional[np.ndarray] = None
