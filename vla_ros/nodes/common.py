@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import signal
+import threading
 import time
 from typing import Callable, Dict, Optional, Sequence
 
@@ -131,6 +132,9 @@ def msg_to_tokens(msg: LatentTokens, max_abs: float = 0.0) -> np.ndarray:
     return data.reshape(shape)
 
 
+_STOP_POLL_S = 0.1   # longest a stop request waits for the executor's wait to return
+
+
 def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -140,8 +144,12 @@ def spin_node(node_factory: Callable[..., Node], args=None, num_threads: int = 4
 
     rclpy's own signal handler would shut the context down the moment SIGINT/SIGTERM arrives,
     while worker threads (perception worker, inference, bag writer) may still publish or log.
-    Instead the signal stops the executor, then the node's close() stops its threads, and only
-    then is the context shut down.
+    Instead, once spinning, the signal only sets a flag: the executor finishes the callback it is
+    running (an exception thrown into it would abandon half-dispatched tasks, which then print
+    "exception was never retrieved ... cannot use Destroyable" and keep their subscription
+    marked busy), the node's optional drain(executor) takes what is still in flight (the
+    recorder), the executor stops, close() stops the node's threads, and only then is the
+    context shut down. During construction (model loading) Ctrl-C interrupts at once.
     """
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
@@ -152,7 +160,15 @@ def spin_node(node_factory: Callable[..., Node], args=None, num_threads: int = 4
         node = node_factory()
         executor = MultiThreadedExecutor(num_threads=num_threads)
         executor.add_node(node)
-        executor.spin()
+        stop = threading.Event()
+        signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+        signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+        while not stop.is_set():
+            executor.spin_once(timeout_sec=_STOP_POLL_S)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        drain = getattr(node, 'drain', None)
+        if callable(drain):
+            drain(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except ResourceError as exc:  # a bad model/checkpoint parameter: one clear line, exit code 2

@@ -86,6 +86,7 @@ class RecorderNode(Node):
                                                                            self.cfg.record_images)}
         self._recording_subs: Dict[str, object] = {}
         self._last_message = time.monotonic()
+        self._drained: Optional[int] = None
         self._writer_thread = threading.Thread(target=self._write_loop, name='bag_writer', daemon=True)
         self._writer_thread.start()
         self._discovery_timer = self.create_timer(self.cfg.discovery_period_s, self._discover)
@@ -163,19 +164,24 @@ class RecorderNode(Node):
         status.update({f'received{topic}': n for topic, n in self.received.items()})
         return status
 
-    def drain_subscriptions(self) -> int:
-        """Take what DDS still holds for the recording subscriptions (the executor has stopped).
+    def drain(self, executor=None) -> int:
+        """Take what DDS still holds for the recording subscriptions, before intake stops (once).
 
-        Spins this node alone until `drain_quiet_s` passes without a message or `drain_timeout_s`
-        is up; returns how many messages arrived meanwhile.
+        Spins `executor` (spin_node's, still running) or a private one until `drain_quiet_s` passes
+        without a message or `drain_timeout_s` is up; returns how many messages arrived meanwhile.
         """
         from rclpy.executors import SingleThreadedExecutor
+        if self._drained is not None:
+            return self._drained
+        self._drained = 0
         if not self.context.ok() or self.cfg.drain_timeout_s <= 0:
             return 0
         before = sum(self.received.values())
-        executor = SingleThreadedExecutor(context=self.context)
+        own = executor is None
         try:
-            executor.add_node(self)
+            if own:
+                executor = SingleThreadedExecutor(context=self.context)
+                executor.add_node(self)
             start = self._last_message = time.monotonic()
             while True:
                 now = time.monotonic()
@@ -185,16 +191,18 @@ class RecorderNode(Node):
         except Exception as exc:  # context shut down under us: keep what we have
             self.get_logger().warning(f'drain stopped early: {exc!r}')
         finally:
-            executor.remove_node(self)
-            executor.shutdown(timeout_sec=0.0)
-        return sum(self.received.values()) - before
+            if own and executor is not None:
+                executor.remove_node(self)
+                executor.shutdown(timeout_sec=0.0)
+        self._drained = sum(self.received.values()) - before
+        return self._drained
 
     def close(self) -> None:
         """Take what DDS still holds, stop intake, write everything received, finalise the bag (idempotent)."""
         if self._closed:
             return
         self._closed = True
-        drained = self.drain_subscriptions()
+        drained = self.drain()
         with self._intake_lock:
             self._accepting = False
         for entity, destroy in ((self._discovery_timer, self.destroy_timer),):
