@@ -54,13 +54,14 @@ def install_venv_hook(prefix: str) -> None:
     prefix = os.path.abspath(prefix)
     site = next(p for p in sys.path if p.endswith('site-packages') and os.path.abspath(p).startswith(prefix))
     with open(os.path.join(site, PTH_NAME), 'w') as fh:
+        # appended: the venv is an underlay (like /opt/ros/<distro>); a sourced workspace overlays it
         fh.write(f"import os; _p = os.environ.get('AMENT_PREFIX_PATH', ''); "
                  f"os.environ['AMENT_PREFIX_PATH'] = _p if {prefix!r} in _p.split(os.pathsep) "
-                 f"else os.pathsep.join(x for x in ({prefix!r}, _p) if x)\n")
+                 f"else os.pathsep.join(x for x in (_p, {prefix!r}) if x)\n")
     activate = os.path.join(prefix, 'bin', 'activate')
     if os.path.isfile(activate) and HOOK_MARK not in open(activate).read():
         with open(activate, 'a') as fh:
-            fh.write(f'\n{HOOK_MARK}\nexport AMENT_PREFIX_PATH="{prefix}${{AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}}"\n')
+            fh.write(f'\n{HOOK_MARK}\nexport AMENT_PREFIX_PATH="${{AMENT_PREFIX_PATH:+$AMENT_PREFIX_PATH:}}{prefix}"\n')
 
 
 def main(argv=None) -> int:

@@ -29,6 +29,7 @@ PARAMS = """
       cache_similarity: 0.9
       cache_timeout_s: 100.0
       max_new_tokens: 4
+      model_path: ''   # no VLM configured: switching to planner.type=vlm alone must be refused
 """
 RNG = np.random.default_rng(7)
 BASE_SCENE = RNG.standard_normal((20, 16)).astype(np.float32) + 0.5
@@ -152,13 +153,15 @@ def test_plans_cache_replan_instruction_and_runtime_switch(harness):
     assert h.params.wait_for_services(timeout_sec=10)
     res = h.call(h.params.set_parameters_atomically([Parameter('planner.type', value='vlm'),
                                                      Parameter('planner.model_path', value=str(h.tmp / 'missing'))]))
-    assert not res.result.successful and 'config.json' in res.result.reason
+    assert not res.result.successful and 'planner.model_path=' in res.result.reason \
+        and 'does not exist' in res.result.reason
     # Audit finding 9: SetParameters (what `ros2 param set/load` send) is all-or-nothing as well: the
     # bad path is not left behind when the type change in the same request is refused.
+    path_before = h.call(h.params.get_parameters(['planner.model_path'])).values[0].string_value
     res = h.call(h.params.set_parameters([Parameter('planner.model_path', value=str(h.tmp / 'missing')),
                                           Parameter('planner.type', value='vlm')]))
     assert [r.successful for r in res.results] == [False, False]
-    assert h.call(h.params.get_parameters(['planner.model_path'])).values[0].string_value == ''
+    assert h.call(h.params.get_parameters(['planner.model_path'])).values[0].string_value == path_before
     res = h.call(h.params.set_parameters([Parameter('planner.type', value='vlm')]))  # path still empty
     assert not res.results[0].successful
     n = len(h.plans)

@@ -201,13 +201,13 @@ class Supervisor:
 
 # ---------------------------------------------------------------------------- runners
 def _monitor(namespace: str, monitor_topic: str, episodes: int):
+    """The episode monitor node on its own executor, spun by _wait() in the calling thread (no extra thread)."""
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     node = Node('bringup_monitor', namespace=namespace)
     monitor = EpisodeMonitor(node, monitor_topic, episodes)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
     return node, monitor, executor
 
 
@@ -219,7 +219,7 @@ def run_processes(args, nodes: List[stack.ResolvedNode], monitor_topic: str) -> 
     node, monitor, executor = _monitor(nodes[0].namespace, monitor_topic, args.episodes)
     failure = None
     try:
-        failure = _wait(args, monitor, supervisor.poll)
+        failure = _wait(args, monitor, executor, supervisor.poll)
     finally:
         monitor.close()
         supervisor.stop(args.shutdown_grace)
@@ -249,7 +249,7 @@ def run_in_process(args, nodes: List[stack.ResolvedNode], monitor_topic: str) ->
         monitor_node, monitor, monitor_executor = _monitor(nodes[0].namespace, monitor_topic, args.episodes)
         log(f'running {", ".join(n.name for n in nodes)} in-process (namespace /{nodes[0].namespace})')
         threading.Thread(target=executor.spin, daemon=True).start()
-        _wait(args, monitor, lambda: None)
+        _wait(args, monitor, monitor_executor, lambda: None)
         monitor.close()
         monitor_executor.shutdown(timeout_sec=2.0)
         monitor_node.destroy_node()
@@ -268,11 +268,14 @@ def run_in_process(args, nodes: List[stack.ResolvedNode], monitor_topic: str) ->
             rclpy.shutdown()
 
 
-def _wait(args, monitor: EpisodeMonitor, poll) -> Optional[str]:
+def _wait(args, monitor: EpisodeMonitor, executor, poll) -> Optional[str]:
     start = time.monotonic()
     try:
         while True:
-            if monitor.done.wait(timeout=POLL_S):
+            deadline = time.monotonic() + POLL_S
+            while not monitor.done.is_set() and time.monotonic() < deadline:
+                executor.spin_once(timeout_sec=max(0.0, deadline - time.monotonic()))
+            if monitor.done.is_set():
                 return None
             if args.duration > 0 and time.monotonic() - start >= args.duration:
                 return None
