@@ -18,7 +18,7 @@ def _cfg(**kw):
                           max_acceleration=1e4, stale_plan_timeout_s=1.0, stale_perception_timeout_s=0.5,
                           max_tracking_error=0.0)
     base = dict(joint_names=NAMES, action_dim=3, horizon=8, denoising_steps=4, control_rate_hz=100.0,
-                chunk_rate_hz=10.0, action_dt=0.05, smoothing='rtc', safety=safety)
+                chunk_rate_hz=10.0, action_dt=0.05, smoothing='rtc', safety=safety, checkpoint_path='')
     base.update(kw)
     return ActionConfig(**base)
 

@@ -6,8 +6,9 @@ elapsed time is the real time since the previous command (at most `_MAX_TICK_GAP
 periods): ticks that bunch up after a stall command proportionally smaller steps, so the
 commanded speed in real time never exceeds max_velocity. The reference of every step is the
 last command, unless that is further than `max_tracking_error` from the MEASURED position:
-when the arm is not where it was commanded (episode reset, an obstruction), commands restart
-from where it is, at rest, instead of pulling it towards a stale command at actuator speed. The
+when a joint is not where it was commanded (episode reset, an obstruction), that joint's
+commands restart from where it is, at rest, instead of pulling it towards a stale command at
+actuator speed. The
 very first command, and the first after `reset()` or an e-stop release, is the measured
 position clamped into the limits.
 
@@ -139,10 +140,12 @@ class SafetyFilter:
         elif self.last_command is not None:
             ref = self.last_command
             tol = float(self.config.max_tracking_error)
-            if measured is not None and tol > 0 and np.any(np.abs(ref - measured) > tol):
-                ref = np.clip(measured, self.lower, self.upper)    # restart from rest where the arm IS
-                report.reanchored = True
-                self.last_velocity = np.zeros_like(self.lower)
+            if measured is not None and tol > 0:
+                far = np.abs(ref - measured) > tol
+                if np.any(far):                      # those joints restart from rest where the arm IS
+                    ref = np.where(far, np.clip(measured, self.lower, self.upper), ref)
+                    report.reanchored = True
+                    self.last_velocity = np.where(far, 0.0, self.last_velocity)
         elif measured is not None:
             ref = np.clip(measured, self.lower, self.upper)
             report.clamped_position = bool(np.any(ref != measured))
