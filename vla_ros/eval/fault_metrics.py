@@ -15,6 +15,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 import numpy as np
 
 HOLD_S = 0.1            # commands unchanged (or absent) this long = holding
+SPEED_WINDOW_S = 0.1    # measured speed = position change over this much wall-clock time
+TELEPORT_RAD = 0.3      # a joint moving this much between two joint states (10 ms) was reset, not moved
 MOVE_EPS = 1e-6         # rad: a command differing by more than this from the previous one moves
 
 
@@ -26,7 +28,8 @@ class Limits:
     max_acceleration: float
     position_tol: float = 0.01          # rad beyond the limit
     velocity_tol: float = 0.05          # fraction above max_velocity
-    acceleration_tol: float = 1.0       # fraction above max_acceleration (PD transients of the sim)
+    acceleration_tol: float = 1.0       # fraction above max_acceleration: the sim's PD tracking of a
+    #                                     10 rad/s^2 command stream peaks at ~18 rad/s^2 fault-free
 
 
 @dataclasses.dataclass
@@ -53,21 +56,47 @@ class Series:
 
 
 def measured_violations(js: Series, limits: Limits) -> Dict[str, float]:
-    """Counts of joint-state samples beyond position / velocity / acceleration limits, and the peaks."""
-    out = {'position': 0, 'velocity': 0, 'acceleration': 0, 'peak_speed': 0.0, 'peak_accel': 0.0}
-    if js.values.shape[0] == 0:
-        return out
+    """Joint-state samples beyond position / velocity / acceleration limits, and the peaks.
+
+    Speeds are judged in REAL time: position change over `SPEED_WINDOW_S` of header stamps (wall
+    clock), because the simulator's own velocities are in sim time, which falls behind the wall
+    clock on a loaded machine and makes a 1.5 rad/s command look faster. Windows containing a
+    teleport (an episode reset moves the arm instantly: |dq| > TELEPORT_RAD between two samples)
+    are not motion and are left out (counted in 'teleports'). Acceleration is the change between
+    consecutive windows' speeds.
+    """
+    out = {'position': 0, 'velocity': 0, 'acceleration': 0, 'peak_speed': 0.0, 'peak_accel': 0.0,
+           'peak_speed_sim': 0.0, 'teleports': 0}
     q = js.values
+    if q.shape[0] == 0:
+        return out
     out['position'] = int(np.sum(np.any((q < limits.lower - limits.position_tol) |
                                         (q > limits.upper + limits.position_tol), axis=1)))
     if js.extra is not None and js.extra.shape == q.shape:
-        speed = np.abs(js.extra)
-        out['peak_speed'] = float(speed.max())
-        out['velocity'] = int(np.sum(np.any(speed > limits.max_velocity * (1 + limits.velocity_tol), axis=1)))
-        dt = np.diff(js.stamp_ns) / 1e9
-        ok = dt > 0.005                  # samples closer than 5 ms give no usable difference
-        if np.any(ok):
-            acc = np.abs(np.diff(js.extra, axis=0))[ok] / dt[ok, None]
+        out['peak_speed_sim'] = float(np.abs(js.extra).max())
+    t = js.stamp_ns / 1e9
+    jump = np.r_[False, np.abs(np.diff(q, axis=0)).max(axis=1) > TELEPORT_RAD] if q.shape[0] > 1 else np.zeros(1, bool)
+    out['teleports'] = int(jump.sum())
+    segment = np.cumsum(jump)
+    i = np.arange(q.shape[0])
+    j = np.searchsorted(t, t + SPEED_WINDOW_S)
+    ok = (j < q.shape[0])
+    i, j = i[ok], j[ok]
+    ok = (segment[i] == segment[j]) & (t[j] > t[i])
+    i, j = i[ok], j[ok]
+    if i.size == 0:
+        return out
+    v = (q[j] - q[i]) / (t[j] - t[i])[:, None]
+    speed = np.abs(v)
+    out['peak_speed'] = float(speed.max())
+    out['velocity'] = int(np.sum(np.any(speed > limits.max_velocity * (1 + limits.velocity_tol), axis=1)))
+    k = np.searchsorted(t[i], t[i] + SPEED_WINDOW_S)
+    ok = k < i.size
+    if np.any(ok):
+        dt = t[i][k[ok]] - t[i][ok]
+        good = (dt > 0) & (segment[i][k[ok]] == segment[i][ok])
+        acc = np.abs(v[k[ok]] - v[ok])[good] / dt[good, None]
+        if acc.size:
             out['peak_accel'] = float(acc.max())
             out['acceleration'] = int(np.sum(np.any(
                 acc > limits.max_acceleration * (1 + limits.acceleration_tol), axis=1)))
