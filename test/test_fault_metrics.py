@@ -20,7 +20,7 @@ def _js(q_of_t, seconds=2.0, rate=100.0):
 def test_measured_speed_in_real_time_and_teleports_left_out():
     ok = fm.measured_violations(_js(lambda t: [1.0 * t, 0.0]), LIM)
     assert ok['velocity'] == ok['acceleration'] == ok['position'] == 0 and ok['peak_speed'] == pytest.approx(1.0)
-    fast = fm.measured_violations(_js(lambda t: [3.0 * t if t > 1 else 0.0, 0.0]), LIM)
+    fast = fm.measured_violations(_js(lambda t: [3.0 * (t - 1) if t > 1 else 0.0, 0.0]), LIM)
     assert fast['velocity'] > 0 and fast['peak_speed'] == pytest.approx(3.0, rel=0.05)
     reset = fm.measured_violations(_js(lambda t: [0.5 * t if t < 1 else -1.0, 0.0]), LIM)   # teleported home
     assert reset['teleports'] == 1 and reset['velocity'] == 0

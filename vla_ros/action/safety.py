@@ -140,6 +140,9 @@ class SafetyFilter:
         elif self.last_command is not None:
             ref = self.last_command
             tol = float(self.config.max_tracking_error)
+            if tol > 0 and joint_state_age_s is not None and math.isfinite(joint_state_age_s):
+                # an old measurement may trail the arm by what it could travel since
+                tol += float(self.config.max_velocity) * max(float(joint_state_age_s), 0.0)
             if measured is not None and tol > 0:
                 far = np.abs(ref - measured) > tol
                 if np.any(far):                      # those joints restart from rest where the arm IS

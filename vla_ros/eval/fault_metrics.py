@@ -15,7 +15,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 import numpy as np
 
 HOLD_S = 0.1            # commands unchanged (or absent) this long = holding
-SPEED_WINDOW_S = 0.1    # measured speed = position change over this much wall-clock time
+SPEED_WINDOW_S = 0.2    # measured speed = position change over this much wall-clock time (longer than the
+#                         sim's largest physics catch-up burst, 0.1 s, which would otherwise read as speed)
+ACCEL_WINDOW_S = 0.1    # acceleration = change between consecutive speeds over this window
 TELEPORT_RAD = 0.3      # a joint moving this much between two joint states (10 ms) was reset, not moved
 MOVE_EPS = 1e-6         # rad: a command differing by more than this from the previous one moves
 
@@ -27,7 +29,8 @@ class Limits:
     max_velocity: float
     max_acceleration: float
     position_tol: float = 0.01          # rad beyond the limit
-    velocity_tol: float = 0.05          # fraction above max_velocity
+    velocity_tol: float = 0.2           # fraction above max_velocity: the sim's weak wrist actuators
+    #                                     (kp 600, 12 Nm) overshoot a 1.5 rad/s ramp by up to ~15 % fault-free
     acceleration_tol: float = 1.0       # fraction above max_acceleration: the sim's PD tracking of a
     #                                     10 rad/s^2 command stream peaks at ~18 rad/s^2 fault-free
 
@@ -60,7 +63,8 @@ def measured_violations(js: Series, limits: Limits) -> Dict[str, float]:
 
     Speeds are judged in REAL time: position change over `SPEED_WINDOW_S` of header stamps (wall
     clock), because the simulator's own velocities are in sim time, which falls behind the wall
-    clock on a loaded machine and makes a 1.5 rad/s command look faster. Windows containing a
+    clock on a loaded machine (and then catches up in bursts) and makes a 1.5 rad/s command look
+    faster; the sim-time peak is reported as 'peak_speed_sim'. Windows containing a
     teleport (an episode reset moves the arm instantly: |dq| > TELEPORT_RAD between two samples)
     are not motion and are left out (counted in 'teleports'). Acceleration is the change between
     consecutive windows' speeds.
@@ -78,21 +82,15 @@ def measured_violations(js: Series, limits: Limits) -> Dict[str, float]:
     jump = np.r_[False, np.abs(np.diff(q, axis=0)).max(axis=1) > TELEPORT_RAD] if q.shape[0] > 1 else np.zeros(1, bool)
     out['teleports'] = int(jump.sum())
     segment = np.cumsum(jump)
-    i = np.arange(q.shape[0])
-    j = np.searchsorted(t, t + SPEED_WINDOW_S)
-    ok = (j < q.shape[0])
-    i, j = i[ok], j[ok]
-    ok = (segment[i] == segment[j]) & (t[j] > t[i])
-    i, j = i[ok], j[ok]
-    if i.size == 0:
-        return out
-    v = (q[j] - q[i]) / (t[j] - t[i])[:, None]
-    speed = np.abs(v)
-    out['peak_speed'] = float(speed.max())
-    out['velocity'] = int(np.sum(np.any(speed > limits.max_velocity * (1 + limits.velocity_tol), axis=1)))
-    k = np.searchsorted(t[i], t[i] + SPEED_WINDOW_S)
-    ok = k < i.size
-    if np.any(ok):
+    i, v = _window_speeds(t, q, segment, SPEED_WINDOW_S)
+    if i.size:
+        speed = np.abs(v)
+        out['peak_speed'] = float(speed.max())
+        out['velocity'] = int(np.sum(np.any(speed > limits.max_velocity * (1 + limits.velocity_tol), axis=1)))
+    i, v = _window_speeds(t, q, segment, ACCEL_WINDOW_S)
+    if i.size:
+        k = np.searchsorted(t[i], t[i] + ACCEL_WINDOW_S)
+        ok = k < i.size
         dt = t[i][k[ok]] - t[i][ok]
         good = (dt > 0) & (segment[i][k[ok]] == segment[i][ok])
         acc = np.abs(v[k[ok]] - v[ok])[good] / dt[good, None]
@@ -101,6 +99,17 @@ def measured_violations(js: Series, limits: Limits) -> Dict[str, float]:
             out['acceleration'] = int(np.sum(np.any(
                 acc > limits.max_acceleration * (1 + limits.acceleration_tol), axis=1)))
     return out
+
+
+def _window_speeds(t: np.ndarray, q: np.ndarray, segment: np.ndarray, window_s: float):
+    """(start indices, speeds [N, J]) over `window_s` of stamps, within one teleport-free segment."""
+    i = np.arange(q.shape[0])
+    j = np.searchsorted(t, t + window_s)
+    ok = j < q.shape[0]
+    i, j = i[ok], j[ok]
+    ok = (segment[i] == segment[j]) & (t[j] > t[i])
+    i, j = i[ok], j[ok]
+    return i, (q[j] - q[i]) / (t[j] - t[i])[:, None] if i.size else np.zeros((0, q.shape[1]))
 
 
 def commanded_peak_speed(cmd: Series) -> float:

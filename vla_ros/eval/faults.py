@@ -41,6 +41,9 @@ DEFAULT_RECOVER_TIMEOUT_S = 20.0
 SETTLE_S = 1.0
 BASELINE_S = float(os.environ.get('VLA_FAULTS_BASELINE_S', 4.0))
 SIGINT_GRACE_S = 1.0
+SIGINT_CHECK_S = 3.0    # the recorder's SIGINT: the bag must hold everything of the 3 s before it
+PUBLISHED_BY = {'action': ('arm/joint_trajectory', 'action/chunk'), 'sim_arm': ('joint_states', 'task/status'),
+                'planner': ('planner/plan',)}
 SUITE_OVERRIDES = {'sim.command_timeout_s': 0.5}   # the arm holds itself when the action node is gone
 
 
@@ -185,10 +188,18 @@ def bag_check(rows: List[dict], probe, bag_dir: str, namespace: str, t_stop: flo
             total[t] = dict(zip(('received', 'missing'), fm.missing_from_bag(keys[t], in_bag[t], first[t], t_stop)))
     for row in rows:
         checked = missing = 0
+        row['bag_missing_by_topic'], row['bag_lost_with_killed_publisher'] = {}, 0
+        killed = PUBLISHED_BY.get(row['fault'][len('kill_'):], ()) if row['fault'].startswith('kill_') else ()
         for t in CHECKED_TOPICS:
             if first[t] is None:
                 continue
-            c, m = fm.missing_from_bag(keys[t], in_bag[t], max(first[t], row['t0']), min(row['t_end'], t_stop))
+            start = row['t0'] - SIGINT_CHECK_S if row['fault'] == 'sigint_recording' else row['t0']
+            c, m = fm.missing_from_bag(keys[t], in_bag[t], max(first[t], start), min(row['t_end'], t_stop))
+            if m:
+                row['bag_missing_by_topic'][t] = m
+            if t in killed:     # reliable samples in flight die with a kill -9'd publisher: reported apart
+                row['bag_lost_with_killed_publisher'] += m
+                m = 0
             checked, missing = checked + c, missing + m
         row['bag_checked'], row['bag_missing'] = checked, missing
     return total
@@ -254,7 +265,7 @@ def run(args) -> int:
             t0 = time.monotonic()
             t1 = inject(fault, probe, procs)
             if fault.action == 'sigint':
-                t_recorder_stop = t1
+                t_recorder_stop = t0   # everything received before the Ctrl-C must be in the bag
             limit = RECOVER_TIMEOUT_S.get(fault.action, DEFAULT_RECOVER_TIMEOUT_S)
             _wait_until(lambda: _moving_since(probe, t1), limit)
             time.sleep(SETTLE_S)
