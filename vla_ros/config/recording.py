@@ -15,6 +15,8 @@ class RecorderConfig:
     image_max_rate_hz: float = param(10.0, 'Most camera frames recorded per second (0 = every frame); the rest are '
                                      'skipped and counted', range=(0.0, 1000.0))
     image_jpeg_quality: int = param(90, 'JPEG quality when image_format is jpeg', range=(1, 100))
+    custom_data: str = param('', 'JSON object of extra string key/values for the bag\'s custom_data '
+                             '(e.g. what a replay was made from); empty = none')
     subscription_depth: int = param(200, 'History depth of each recording subscription', range=(1, 100000))
     max_queue: int = param(100000, 'Messages buffered for the writer thread before drops are counted',
                            range=(1, 10000000))

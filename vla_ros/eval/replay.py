@@ -12,6 +12,8 @@ plan cache, clocked by bag time) is asked at `planner.rate_hz` of bag time, as t
 timer does; the action head infers one chunk per frame from the newest plan and that frame's joint
 state, with noise seeded per frame so both settings draw the same noise. `--realtime` paces frames
 at their recorded times and, like the live nodes, skips a frame when a newer one is already due.
+`--through-nodes` instead plays the bag into the real nodes over DDS with a sim clock
+(vla_ros.replay_nodes, real time only).
 
 Outputs in --out: `bag/` (LatentTokens, Plan, ActionChunk stamped with the source image stamps, plus
 the source's instruction and task status) for `vla_evaluate`, whose compare mode pairs replays of
@@ -227,6 +229,8 @@ def parse_args(argv=None):
                         help='override a perception./planner./action. parameter (YAML value), repeatable')
     parser.add_argument('--label', default='', help='name of this setting (stored in the output bag)')
     parser.add_argument('--realtime', action='store_true', help='pace frames at their recorded times')
+    parser.add_argument('--through-nodes', action='store_true',
+                        help='play the bag into the perception/planner/action nodes over DDS (use_sim_time)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the action head noise (per frame)')
     parser.add_argument('--encoder-path', default='', help='perception.encoder_path (default: demo encoder)')
     parser.add_argument('--checkpoint', default=None,
@@ -255,8 +259,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if os.path.exists(os.path.join(args.out, 'bag')):
         raise SystemExit(f'{args.out}/bag exists already; choose a new --out')
     overrides = build_overrides(args)
-    summary = replay(args.bag, args.out, settings_from_overrides(overrides, args.seed), realtime=args.realtime,
-                     progress=not args.no_progress, label=args.label, overrides=overrides)
+    if args.through_nodes:
+        from vla_ros.replay_nodes import replay_through_nodes  # the CLI may start the ROS graph
+        summary = replay_through_nodes(args.bag, args.out, overrides, label=args.label)
+    else:
+        summary = replay(args.bag, args.out, settings_from_overrides(overrides, args.seed), realtime=args.realtime,
+                         progress=not args.no_progress, label=args.label, overrides=overrides)
     print(json.dumps({k: v for k, v in summary.items() if k != 'settings'}, indent=2))
     return 0
 

@@ -39,18 +39,28 @@ def load_frames(bag) -> Dict[int, dict]:
     'actions', 'action_ms'} (keys present when that stage produced output on the frame)."""
     topics = [n for n, info in bag_summary(bag)['topics'].items() if info['type'] in (TYPE_TOKENS, TYPE_PLAN, TYPE_CHUNK)]
     frames: Dict[int, dict] = {}
+    stamp_of_frame: Dict[int, int] = {}   # perception frame counter -> image stamp
+    chunks = []
     for _, msgtype, _, msg in read_bag(bag, topics=topics):
+        if msgtype == TYPE_CHUNK:         # paired through the perception frame it was conditioned on
+            chunks.append(msg)
+            continue
         row = frames.setdefault(_stamp_ns(msg.header), {})
         if msgtype == TYPE_TOKENS:
+            stamp_of_frame[int(msg.frame_id)] = _stamp_ns(msg.header)
             row.update(kept=set(int(i) for i in msg.kept_indices), num_tokens=int(msg.shape[0]) if len(msg.shape) else 0,
                        perception_ms=float(msg.compute_ms))
         elif msgtype == TYPE_PLAN:
             shape = tuple(int(s) for s in msg.plan_tokens.shape)
             row.update(subtask=str(msg.subtask), planner_ms=float(msg.latency_ms),
                        plan_tokens=np.asarray(msg.plan_tokens.data, np.float32).reshape(shape))
-        elif msgtype == TYPE_CHUNK:
-            row.update(actions=np.asarray(msg.actions, np.float32).reshape(int(msg.horizon), int(msg.action_dim)),
-                       action_ms=float(msg.inference_ms))
+    for msg in chunks:
+        stamp = stamp_of_frame.get(int(msg.frame_id))
+        if stamp is None or 'actions' in frames[stamp]:
+            continue                      # unknown frame, or a later chunk on the same frame
+        frames[stamp].update(actions=np.asarray(msg.actions, np.float32).reshape(int(msg.horizon),
+                                                                                 int(msg.action_dim)),
+                             action_ms=float(msg.inference_ms))
     return frames
 
 

@@ -13,6 +13,7 @@ either raw or as sensor_msgs/CompressedImage on `<camera topic>/compressed`.
 """
 from __future__ import annotations
 
+import json
 import os
 import queue
 import threading
@@ -38,6 +39,19 @@ from vla_ros_msgs.msg import ActionChunk, LatentTokens, Plan, TaskStatus
 DIAGNOSTICS_TOPIC = '/diagnostics'
 COMPRESSED_SUFFIX = '/compressed'   # image_transport's name for the compressed image topic
 _STOP = object()
+
+
+def parse_custom_data(text: str) -> Dict[str, str]:
+    """recorder.custom_data (a JSON object, or empty) -> {key: string value}."""
+    if not text.strip():
+        return {}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f'recorder.custom_data is not JSON: {exc}') from exc
+    if not isinstance(data, dict):
+        raise ValueError('recorder.custom_data must be a JSON object of key/values')
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
 
 
 class RateLimiter:
@@ -94,6 +108,8 @@ class RecorderNode(Node):
         self.drops = DropCounter(self.get_logger())
         self.output_dir = os.path.abspath(os.path.expanduser(self.cfg.output_dir))
         self._bag = BagWriter(self.output_dir, storage=self.cfg.storage)
+        for key, value in parse_custom_data(self.cfg.custom_data).items():
+            self._bag.set_custom_data(key, value)
         self._queue: 'queue.Queue' = queue.Queue(maxsize=self.cfg.max_queue)
         self._intake_lock = threading.Lock()
         self._accepting = True
