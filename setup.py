@@ -5,10 +5,22 @@ import os
 from setuptools import find_packages, setup
 
 PACKAGE = 'vla_ros'
+os.chdir(os.path.dirname(os.path.abspath(__file__)))  # data_files paths are relative to this file
 
 
 def _files(pattern):
     return [p for p in glob(pattern) if os.path.isfile(p)]
+
+
+def _tree(src, dst):
+    """data_files entries installing every file under `src` into `dst`, keeping sub-directories."""
+    entries = []
+    for root, dirs, files in os.walk(src):
+        dirs[:] = sorted(d for d in dirs if d != '__pycache__')
+        if files:
+            entries.append((os.path.join(dst, os.path.relpath(root, src)).rstrip('/.') or dst,
+                            sorted(os.path.join(root, f) for f in files)))
+    return entries
 
 
 setup(
@@ -20,10 +32,11 @@ setup(
         ('share/' + PACKAGE, ['package.xml']),
         ('share/' + PACKAGE + '/launch', _files('launch/*.launch.py')),
         ('share/' + PACKAGE + '/config', _files('config/*.yaml')),
-        ('share/' + PACKAGE + '/checkpoints', _files('checkpoints/*')),
-    ],
-    package_data={PACKAGE: ['sim/assets/*.xml', 'config_defaults/*.yaml']},
-    include_package_data=True,
+    ]
+    # the demo encoder/VLM and the trained action head: the parameters' package:// defaults point here
+    + _tree('models', 'share/' + PACKAGE + '/models')
+    + _tree('checkpoints', 'share/' + PACKAGE + '/checkpoints'),
+    package_data={PACKAGE + '.sim': ['assets/*.xml']},
     install_requires=['setuptools'],
     zip_safe=False,
     maintainer='vla_ros developers',

@@ -1,60 +1,58 @@
 """Launch the vla_ros stack on a ROS 2 install.
 
-    ros2 launch vla_ros vla.launch.py planner:=vlm model_path:=/models/smolvlm record:=true
-    ros2 launch vla_ros vla.launch.py use_sim:=false config:=/path/to/my_robot.yaml
+    ros2 launch vla_ros vla.launch.py                              # sim arm, demo models, trained head
+    ros2 launch vla_ros vla.launch.py planner:=vlm model_path:=/models/SmolVLM-256M-Instruct record:=true
+    ros2 launch vla_ros vla.launch.py use_sim:=false config:=/path/to/my_robot.yaml use_respawn:=false
 
-Same nodes, same parameter file as `python -m vla_ros.bringup` (used where `launch`
-is not installed). Topics are relative, so everything lives under `namespace`.
+The nodes, their parameters, remappings, namespace and supervision (required / respawn) come
+from `vla_ros.stack`, the one description `python -m vla_ros.bringup` also runs, so this file
+only translates it into launch actions. `ros2 launch vla_ros vla.launch.py --show-args` lists
+the arguments.
 """
-import os
-import time
-
-from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler, Shutdown
+from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-ARGUMENTS = (
-    ('config', os.path.join(get_package_share_directory('vla_ros'), 'config', 'vla.yaml'),
-     'ROS 2 params file for all nodes'),
-    ('planner', 'lightweight', 'planner.type: lightweight | vlm'),
-    ('model_path', '', 'planner.model_path (local transformers VLM checkpoint) for planner:=vlm'),
-    ('encoder_path', '', 'perception.encoder_path (local transformers vision model); empty keeps the YAML value'),
-    ('checkpoint', '', 'action.checkpoint_path; empty keeps the YAML value'),
-    ('namespace', 'vla', 'namespace of every node and topic'),
-    ('use_sim', 'true', 'start the simulated MuJoCo arm'),
-    ('record', 'false', 'record a rosbag2 (MCAP) with the recorder node'),
-    ('bag_dir', '', 'bag directory (default: ./vla_bag_<time>)'),
-)
+from vla_ros.stack import ARGUMENTS, BOOL_CHOICES, MAX_RESTARTS, STARTUP_CONFIG_ERROR, resolve
+
+
+def _give_up_handler(node, action):
+    """A respawnable node that cannot start (bad model path) or keeps dying shuts the launch down."""
+    exits = []
+
+    def on_exit(event, _context):
+        exits.append(event.returncode)
+        if event.returncode == STARTUP_CONFIG_ERROR:
+            return [Shutdown(reason=f'{node.name} cannot start: a parameter names a missing model (see its log)')]
+        if len(exits) > MAX_RESTARTS:
+            return [Shutdown(reason=f'{node.name} exited {len(exits)} times (respawn limit {MAX_RESTARTS})')]
+        return None
+
+    return RegisterEventHandler(OnProcessExit(target_action=action, on_exit=on_exit))
 
 
 def _nodes(context):
-    arg = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
-    overrides = {'planner.type': arg['planner']}
-    for key, name in (('planner.model_path', 'model_path'), ('perception.encoder_path', 'encoder_path'),
-                      ('action.checkpoint_path', 'checkpoint')):
-        if arg[name]:
-            overrides[key] = arg[name]
-    params = [arg['config'], overrides]
-    common = dict(package='vla_ros', namespace=arg['namespace'], output='screen', emulate_tty=True)
-
-    nodes = [
-        Node(executable='perception_node', name='perception', parameters=params, **common),
-        Node(executable='planner_node', name='planner', parameters=params, **common),
-        Node(executable='action_node', name='action', parameters=params, **common),
-    ]
-    if arg['use_sim'].lower() == 'true':
-        nodes.insert(0, Node(executable='sim_arm_node', name='sim_arm', parameters=params, **common))
-    if arg['record'].lower() == 'true':
-        bag_dir = arg['bag_dir'] or os.path.abspath(time.strftime('vla_bag_%Y%m%d_%H%M%S'))
-        nodes.append(Node(executable='recorder_node', name='recorder',
-                          parameters=[arg['config'], {'recorder.output_dir': bag_dir}], **common))
-    return nodes
+    values = {a.name: LaunchConfiguration(a.name).perform(context) for a in ARGUMENTS}
+    actions = []
+    for node in resolve(values):
+        action = Node(
+            package='vla_ros', executable=node.spec.executable, name=node.name, namespace=node.namespace,
+            parameters=[node.params_file] + ([node.overrides] if node.overrides else []),
+            remappings=node.remappings, ros_arguments=['--log-level', node.log_level],
+            respawn=node.respawn, respawn_delay=node.respawn_delay, respawn_max_retries=MAX_RESTARTS,
+            on_exit=[Shutdown(reason=f'required node {node.name} exited')] if node.required else None,
+            output='screen', emulate_tty=True)
+        actions.append(action)
+        if node.respawn:
+            actions.append(_give_up_handler(node, action))
+    return actions
 
 
 def generate_launch_description():
-    return LaunchDescription(
-        [DeclareLaunchArgument(name, default_value=default, description=desc)
-         for name, default, desc in ARGUMENTS]
-        + [OpaqueFunction(function=_nodes)])
+    declared = [DeclareLaunchArgument(a.name, default_value=a.default, description=a.description,
+                                      # booleans are checked by resolve(), case-insensitively
+                                      **({'choices': list(a.choices)} if a.choices not in ((), BOOL_CHOICES) else {}))
+                for a in ARGUMENTS]
+    return LaunchDescription(declared + [OpaqueFunction(function=_nodes)])

@@ -13,8 +13,11 @@ STAMP="$VENV/.vla_ros_setup.sha"
 BUILD_DIR="$ROOT/build/vla_ros_msgs"
 
 inputs_hash() {
-  cat "$ROOT/requirements.txt" "$ROOT/scripts/setup_env.sh" "$ROOT/setup.py" \
-      "$ROOT"/vla_ros_msgs/CMakeLists.txt "$ROOT"/vla_ros_msgs/package.xml "$ROOT"/vla_ros_msgs/msg/*.msg \
+  # installed files (share/vla_ros: launch, config, models, checkpoints) are copies: hash them too
+  { cat "$ROOT/requirements.txt" "$ROOT/scripts/setup_env.sh" "$ROOT/scripts/install_layout.py" "$ROOT/setup.py" \
+      "$ROOT/setup.cfg" "$ROOT/package.xml" \
+      "$ROOT"/vla_ros_msgs/CMakeLists.txt "$ROOT"/vla_ros_msgs/package.xml "$ROOT"/vla_ros_msgs/msg/*.msg
+    (cd "$ROOT" && find launch config models checkpoints resource -type f 2>/dev/null | sort | xargs cat); } \
     | sha256sum | cut -d' ' -f1
 }
 WANT="$(inputs_hash)"
@@ -52,18 +55,24 @@ fi
 # Generate + compile vla_ros_msgs with the real rosidl pipeline (C/C++/Python typesupport).
 log "generating vla_ros_msgs with rosidl (cmake)"
 mkdir -p "$(dirname "$BUILD_DIR")"
-export PYTHONPATH="$ROOT/scripts/ament_package_shim${PYTHONPATH:+:$PYTHONPATH}"
+
 cmake -S "$ROOT/vla_ros_msgs" -B "$BUILD_DIR" \
   -DCMAKE_PREFIX_PATH="$VENV" -DCMAKE_INSTALL_PREFIX="$VENV" \
   -DPython3_EXECUTABLE="$PY" -DBUILD_TESTING=OFF -DCMAKE_BUILD_TYPE=Release > "$BUILD_DIR.log" 2>&1 \
   || { tail -40 "$BUILD_DIR.log"; exit 1; }
 cmake --build "$BUILD_DIR" -j"$(nproc)" >> "$BUILD_DIR.log" 2>&1 || { tail -40 "$BUILD_DIR.log"; exit 1; }
 cmake --install "$BUILD_DIR" >> "$BUILD_DIR.log" 2>&1 || { tail -40 "$BUILD_DIR.log"; exit 1; }
-unset PYTHONPATH
+
 
 log "installing vla_ros (editable)"
 "${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT" 2>&1 | grep -v "^WARNING: Location" || true
 "$PY" -c "import vla_ros_msgs.msg, vla_ros" || { echo "[setup] vla_ros install failed" >&2; exit 1; }
+# What colcon installs besides the code (share/vla_ros, ament index marker, lib/vla_ros/<node>), and the
+# venv on AMENT_PREFIX_PATH, so ros2 launch / get_package_share_directory('vla_ros') find the package.
+log "installing the ROS package layout into $VENV (share/vla_ros, lib/vla_ros)"
+"$PY" "$ROOT/scripts/install_layout.py" --prefix "$VENV" --venv-hook
+"$PY" -c "from ament_index_python.packages import get_package_share_directory as g; g('vla_ros')" \
+  || { echo "[setup] vla_ros is not in the ament index after install" >&2; exit 1; }
 
 echo "$WANT" > "$STAMP"
 log "done: $VENV"

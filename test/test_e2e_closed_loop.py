@@ -26,9 +26,9 @@ def closed_loop_run(tmp_path_factory):
     """Run the stack (one process per node, as `ros2 launch` would) while listening to the arm command topic."""
     out = tmp_path_factory.mktemp('e2e')
     bag, report = out / 'bag', out / 'report'
-    env = dict(os.environ, ROS_DOMAIN_ID=DOMAIN, VLA_ROS_MODELS=str(out / 'models'))
+    env = dict(os.environ, ROS_DOMAIN_ID=DOMAIN)
     cmd = [sys.executable, '-m', 'vla_ros.bringup', '--processes', '--duration', str(RUN_SECONDS),
-           '--models-dir', str(out / 'models'), '--record', str(bag), '--report', str(report),
+           '--record', str(bag), '--report', str(report),
            '--set', 'sim.episode_timeout_s=15.0']
     log = open(out / 'bringup.log', 'w')
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -145,7 +145,8 @@ def test_bad_images_are_dropped_and_node_keeps_working(harness):
 
 def test_missing_encoder_path_fails_at_startup_with_a_clear_message():
     env = dict(os.environ, ROS_DOMAIN_ID=DOMAIN)
-    proc = subprocess.run([sys.executable, '-c', 'from vla_ros.nodes.perception_node import main; main()'],
+    proc = subprocess.run([sys.executable, '-c', 'from vla_ros.nodes.perception_node import main; main()',
+                           '--ros-args', '-p', "perception.encoder_path:=''"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert 'perception.encoder_path is empty' in proc.stderr

@@ -29,6 +29,7 @@ PARAMS = """
       cache_similarity: 0.9
       cache_timeout_s: 100.0
       max_new_tokens: 4
+      model_path: ''   # no VLM configured: switching to planner.type=vlm alone must be refused
 """
 RNG = np.random.default_rng(7)
 BASE_SCENE = RNG.standard_normal((20, 16)).astype(np.float32) + 0.5
@@ -152,7 +153,8 @@ def test_plans_cache_replan_instruction_and_runtime_switch(harness):
     assert h.params.wait_for_services(timeout_sec=10)
     res = h.call(h.params.set_parameters_atomically([Parameter('planner.type', value='vlm'),
                                                      Parameter('planner.model_path', value=str(h.tmp / 'missing'))]))
-    assert not res.result.successful and 'config.json' in res.result.reason
+    assert not res.result.successful and 'planner.model_path=' in res.result.reason \
+        and 'does not exist' in res.result.reason
     res = h.call(h.params.set_parameters([Parameter('planner.type', value='vlm')]))  # path still empty
     assert not res.results[0].successful
     n = len(h.plans)

@@ -1,57 +1,45 @@
-"""Start the whole stack from one YAML file, without `ros2 launch`.
+"""Run the stack without `ros2 launch`: the same description (`vla_ros.stack`), the same supervision.
 
-`launch`/`launch_ros` are not installable from PyPI, so this is the launcher used here
-and in CI; on a full ROS 2 install `ros2 launch vla_ros vla.launch.py` starts the same
-nodes from the same parameter file. Two modes:
+`launch`/`launch_ros` are not installable from PyPI, so this is the runner used here and in CI;
+on a ROS 2 install `ros2 launch vla_ros vla.launch.py` starts the same nodes with the same
+parameters. Two modes:
 
-* in-process (default): every node in this process on one MultiThreadedExecutor;
-* `--processes`: one OS process per node (what `ros2 launch` does), which keeps the
-  100 Hz control loop away from the encoder's and the simulator's Python time.
+* `--processes`: one OS process per node, as `ros2 launch` does, supervised like nav2's bringup:
+  perception and planner are respawned after `--respawn-delay` (at most `--max-restarts` times
+  each; the action node holds the arm meanwhile), a required node's exit (action, sim arm) or a
+  node that cannot start shuts the stack down with a non-zero exit code. At the end the nodes are
+  stopped in reverse order and the recorder last, after a grace period, so the bag holds the
+  final messages;
+* in-process (default): every node in this process on one MultiThreadedExecutor.
 
 Typical use (the README's main job):
 
-    python -m vla_ros.bringup --episodes 5 --record runs/demo/bag --report runs/demo/report
+    python -m vla_ros.bringup --processes --episodes 5 --record runs/demo/bag --report runs/demo/report
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import yaml
 
-from vla_ros.config.layout import NODE_SECTIONS, SHARED_SECTIONS
+from vla_ros import stack
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# node name -> (module, class). Module paths match the console scripts in setup.py.
-NODE_CLASSES = {
-    'sim_arm': ('vla_ros.nodes.sim_arm_node', 'SimArmNode'),
-    'perception': ('vla_ros.nodes.perception_node', 'PerceptionNode'),
-    'planner': ('vla_ros.nodes.planner_node', 'PlannerNode'),
-    'action': ('vla_ros.nodes.action_node', 'ActionNode'),
-    'recorder': ('vla_ros.nodes.recorder_node', 'RecorderNode'),
-}
+STOP_TIMEOUT_S = 15.0
+POLL_S = 0.2
 
 
-def default_config_path() -> str:
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        path = os.path.join(get_package_share_directory('vla_ros'), 'config', 'vla.yaml')
-        if os.path.isfile(path):
-            return path
-    except Exception:  # not installed through ament: use the source tree
-        pass
-    return os.path.join(REPO_ROOT, 'config', 'vla.yaml')
-
-
-def default_checkpoint_path() -> str:
-    return os.path.join(REPO_ROOT, 'checkpoints', 'action_head.pt')
+def log(text: str) -> None:
+    print(f'[bringup] {text}', flush=True)
 
 
 def _parse_override(text: str):
@@ -61,24 +49,17 @@ def _parse_override(text: str):
     return key.strip(), yaml.safe_load(raw)
 
 
-def _section_key(prefix: str) -> str:
-    if prefix in {p for p, _ in SHARED_SECTIONS}:
-        return '/**'
-    for node, sections in NODE_SECTIONS.items():
-        if prefix in {p for p, _ in sections}:
-            return f'/**/{node}'
-    raise SystemExit(f'no node declares parameters under {prefix!r}; '
-                     f'known: {sorted({p for s in NODE_SECTIONS.values() for p, _ in s} | {"topics"})}')
-
-
 def merge_params(config_path: str, overrides: Dict[str, object]) -> dict:
-    """Return the params-file document with `overrides` (dotted names) written into the owning node's section."""
+    """The params-file document with `overrides` (dotted names) written into the owning node's section."""
     with open(config_path) as fh:
         doc = yaml.safe_load(fh) or {}
     for key, value in overrides.items():
-        prefix = key.split('.', 1)[0]
-        section = doc.setdefault(_section_key(prefix), {}).setdefault('ros__parameters', {})
-        node = section
+        try:
+            owner = stack.owner_of(key)
+        except stack.StackError as exc:
+            raise SystemExit(str(exc)) from None
+        section_key = '/**' if owner == stack.SHARED else f'/**/{owner}'
+        node = doc.setdefault(section_key, {}).setdefault('ros__parameters', {})
         parts = key.split('.')
         for part in parts[:-1]:
             node = node.setdefault(part, {})
@@ -122,186 +103,273 @@ class EpisodeMonitor:
             self._bar.close()
 
 
-def _node_names(args) -> List[str]:
-    names = ['perception', 'planner', 'action']
-    if not args.no_sim:
-        names.insert(0, 'sim_arm')
-    if args.record:
-        names.append('recorder')
-    return names
+# ---------------------------------------------------------------------------- supervision
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """A node must not outlive a bringup that was killed outright (SIGKILL)."""
+    try:
+        import ctypes
+        ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
 
 
-def build_overrides(args) -> Dict[str, object]:
-    from vla_ros.models.make_demo_models import ensure_vision_encoder, ensure_vlm
-    overrides: Dict[str, object] = {}
-    overrides['planner.type'] = args.planner
-    encoder = args.encoder_path or ensure_vision_encoder(args.models_dir)
-    overrides['perception.encoder_path'] = os.path.abspath(encoder)
-    if args.planner == 'vlm':
-        overrides['planner.model_path'] = os.path.abspath(args.vlm_path or ensure_vlm(args.models_dir))
-    checkpoint = args.checkpoint if args.checkpoint is not None else default_checkpoint_path()
-    if checkpoint and os.path.isfile(checkpoint):
-        overrides['action.checkpoint_path'] = os.path.abspath(checkpoint)
-    elif checkpoint:
-        print(f'[bringup] action checkpoint {checkpoint} not found: the action head runs untrained', flush=True)
-    if args.record:
-        overrides['recorder.output_dir'] = os.path.abspath(args.record)
-    if args.episodes > 0 and not args.no_sim:
-        overrides['sim.max_episodes'] = args.episodes
-    for text in args.set or []:
-        key, value = _parse_override(text)
-        overrides[key] = value
-    return overrides
+@dataclasses.dataclass
+class Managed:
+    node: stack.ResolvedNode
+    proc: Optional[subprocess.Popen] = None
+    restarts: int = 0
+    respawn_at: Optional[float] = None   # monotonic time of a scheduled respawn
 
 
-def _import_node_class(name: str):
-    import importlib
-    module, cls = NODE_CLASSES[name]
-    return getattr(importlib.import_module(module), cls)
+class Supervisor:
+    """Starts node processes, respawns or escalates exits, stops them in order."""
+
+    def __init__(self, nodes: List[stack.ResolvedNode], max_restarts: int, env: Optional[dict] = None):
+        self.managed = [Managed(n) for n in nodes]
+        self.max_restarts = max_restarts
+        self.env = env
+        self.failure: Optional[str] = None
+        self.events: List[dict] = []     # what happened, for the caller and tests
+
+    def _command(self, node: stack.ResolvedNode) -> List[str]:
+        return [sys.executable, '-m', node.spec.module, '--ros-args', *node.ros_arguments()]
+
+    def _spawn(self, m: Managed) -> None:
+        m.proc = subprocess.Popen(self._command(m.node), env=self.env, preexec_fn=_die_with_parent)
+        m.respawn_at = None
+
+    def start(self) -> None:
+        for m in self.managed:
+            self._spawn(m)
+        log(f'started {", ".join(m.node.name for m in self.managed)} as processes '
+            f'(namespace /{self.managed[0].node.namespace})' if self.managed else 'nothing to start')
+
+    def poll(self) -> Optional[str]:
+        """Handle exits and due respawns; returns why the stack must stop, or None."""
+        now = time.monotonic()
+        for m in self.managed:
+            if m.respawn_at is not None:
+                if now >= m.respawn_at:
+                    self._spawn(m)
+                    log(f'{m.node.name} respawned (restart {m.restarts}/{self.max_restarts})')
+                    self.events.append({'node': m.node.name, 'event': 'respawned', 'restart': m.restarts})
+                continue
+            if m.proc is None or m.proc.poll() is None:
+                continue
+            code = m.proc.returncode
+            self.events.append({'node': m.node.name, 'event': 'exited', 'code': code})
+            if code == stack.STARTUP_CONFIG_ERROR:
+                self.failure = f'{m.node.name} could not start (bad parameters, see its log above)'
+            elif m.node.respawn and m.restarts < self.max_restarts:
+                m.restarts += 1
+                m.respawn_at = now + m.node.respawn_delay
+                m.proc = None
+                log(f'{m.node.name} exited with code {code}; respawning in {m.node.respawn_delay:.1f} s '
+                    f'(restart {m.restarts}/{self.max_restarts}); the action node holds the arm meanwhile')
+                continue
+            elif m.node.respawn:
+                self.failure = f'{m.node.name} exited with code {code} after {m.restarts} restarts (limit reached)'
+            elif m.node.required:
+                self.failure = f'required node {m.node.name} exited with code {code}'
+            else:
+                log(f'{m.node.name} exited with code {code} (not required: the stack keeps running)')
+                m.proc = None
+                continue
+            log(self.failure + ': shutting the stack down')
+            return self.failure
+        return None
+
+    def stop(self, grace_s: float) -> None:
+        """SIGINT (Ctrl-C) in reverse start order, the recorder last after `grace_s` so it records the end."""
+        running = [m for m in self.managed if m.proc is not None]
+        order = [m for m in reversed(running) if m.node.name != 'recorder']
+        last = [m for m in running if m.node.name == 'recorder']
+        for group, pause in ((order, 0.0), (last, grace_s)):
+            if group and pause:
+                time.sleep(pause)
+            for m in group:
+                if m.proc.poll() is None:
+                    m.proc.send_signal(signal.SIGINT)
+            for m in group:
+                try:
+                    m.proc.wait(timeout=STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    log(f'{m.node.name} did not stop on SIGINT; killing it')
+                    m.proc.kill()
+                    m.proc.wait()
 
 
-def run_in_process(args, params_file: str, monitor_topic: str) -> List[dict]:
+# ---------------------------------------------------------------------------- runners
+def _monitor(namespace: str, monitor_topic: str, episodes: int):
+    """The episode monitor node on its own executor, spun by _wait() in the calling thread (no extra thread)."""
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    node = Node('bringup_monitor', namespace=namespace)
+    monitor = EpisodeMonitor(node, monitor_topic, episodes)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    return node, monitor, executor
+
+
+def run_processes(args, nodes: List[stack.ResolvedNode], monitor_topic: str) -> tuple:
+    import rclpy
+    supervisor = Supervisor(nodes, args.max_restarts)
+    supervisor.start()
+    rclpy.init(args=None)
+    node, monitor, executor = _monitor(nodes[0].namespace, monitor_topic, args.episodes)
+    failure = None
+    try:
+        failure = _wait(args, monitor, executor, supervisor.poll)
+    finally:
+        monitor.close()
+        supervisor.stop(args.shutdown_grace)
+        executor.shutdown(timeout_sec=2.0)
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return monitor.results, failure
+
+
+def run_in_process(args, nodes: List[stack.ResolvedNode], monitor_topic: str) -> tuple:
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
-    from rclpy.node import Node
 
-    rclpy.init(args=None)
-    nodes = []
+    rclpy.init(args=['--ros-args', '--log-level', nodes[0].log_level])
+    instances = []
     executor = MultiThreadedExecutor(num_threads=args.threads)
     try:
-        for name in _node_names(args):
-            cls = _import_node_class(name)
-            node = cls(namespace=args.namespace, cli_args=['--ros-args', '--params-file', params_file])
-            nodes.append(node)
-            executor.add_node(node)
-        monitor_node = Node('bringup_monitor', namespace=args.namespace)
-        monitor = EpisodeMonitor(monitor_node, monitor_topic, args.episodes)
-        nodes.append(monitor_node)
-        executor.add_node(monitor_node)
-        print(f'[bringup] running {", ".join(_node_names(args))} in-process '
-              f'(namespace /{args.namespace})', flush=True)
-        spin_thread = threading.Thread(target=executor.spin, daemon=True)
-        spin_thread.start()
-        _wait(args, monitor)
+        for n in nodes:
+            module = importlib.import_module(n.spec.module)
+            cli = ['--ros-args', '--params-file', n.params_file]
+            for src, dst in n.remappings:
+                cli += ['-r', f'{src}:={dst}']
+            instance = getattr(module, n.spec.cls)(namespace=n.namespace, cli_args=cli)
+            instances.append(instance)
+            executor.add_node(instance)
+        monitor_node, monitor, monitor_executor = _monitor(nodes[0].namespace, monitor_topic, args.episodes)
+        log(f'running {", ".join(n.name for n in nodes)} in-process (namespace /{nodes[0].namespace})')
+        threading.Thread(target=executor.spin, daemon=True).start()
+        _wait(args, monitor, monitor_executor, lambda: None)
         monitor.close()
-        return monitor.results
+        monitor_executor.shutdown(timeout_sec=2.0)
+        monitor_node.destroy_node()
+        return monitor.results, None
     finally:
         executor.shutdown(timeout_sec=2.0)
-        for node in reversed(nodes):  # recorder last in, first closed: bag finalised before shutdown
-            close = getattr(node, 'close', None)
+        for instance in reversed(instances):  # recorder last in, first closed: bag finalised before shutdown
+            close = getattr(instance, 'close', None)
             if callable(close):
                 try:
                     close()
                 except Exception as exc:  # keep closing the others
-                    print(f'[bringup] error closing {node.get_name()}: {exc}', file=sys.stderr)
-            node.destroy_node()
+                    print(f'[bringup] error closing {instance.get_name()}: {exc}', file=sys.stderr)
+            instance.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
 
 
-def run_processes(args, params_file: str, monitor_topic: str) -> List[dict]:
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.node import Node
-
-    procs = []
-    for name in _node_names(args):
-        module = NODE_CLASSES[name][0]
-        cmd = [sys.executable, '-m', module, '--ros-args', '--params-file', params_file,
-               '-r', f'__ns:=/{args.namespace}', '-r', f'__node:={name}']
-        procs.append((name, subprocess.Popen(cmd)))
-    print(f'[bringup] started {len(procs)} node processes (namespace /{args.namespace})', flush=True)
-    rclpy.init(args=None)
-    monitor_node = Node('bringup_monitor', namespace=args.namespace)
-    monitor = EpisodeMonitor(monitor_node, monitor_topic, args.episodes)
-    executor = SingleThreadedExecutor()
-    executor.add_node(monitor_node)
-    spin_thread = threading.Thread(target=executor.spin, daemon=True)
-    spin_thread.start()
-    try:
-        _wait(args, monitor, procs)
-    finally:
-        monitor.close()
-        for _, proc in reversed(procs):  # SIGINT = Ctrl-C: nodes (recorder included) shut down cleanly
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        for name, proc in reversed(procs):
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                print(f'[bringup] {name} did not stop on SIGINT; killing it', file=sys.stderr)
-                proc.kill()
-        executor.shutdown(timeout_sec=2.0)
-        monitor_node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return monitor.results
-
-
-def _wait(args, monitor: EpisodeMonitor, procs=None) -> None:
+def _wait(args, monitor: EpisodeMonitor, executor, poll) -> Optional[str]:
     start = time.monotonic()
     try:
         while True:
-            if monitor.done.wait(timeout=0.2):
-                return
+            deadline = time.monotonic() + POLL_S
+            while not monitor.done.is_set() and time.monotonic() < deadline:
+                executor.spin_once(timeout_sec=max(0.0, deadline - time.monotonic()))
+            if monitor.done.is_set():
+                return None
             if args.duration > 0 and time.monotonic() - start >= args.duration:
-                return
-            for name, proc in procs or []:
-                if proc.poll() is not None:
-                    raise RuntimeError(f'node process {name} exited with code {proc.returncode}')
+                return None
+            failure = poll()
+            if failure:
+                return failure
     except KeyboardInterrupt:
-        print('[bringup] interrupted, shutting down', flush=True)
+        log('interrupted, shutting down')
+        return None
 
 
+# ---------------------------------------------------------------------------- command line
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Run the vla_ros stack (perception, planner, action, sim arm).')
-    parser.add_argument('--config', default=None, help='ROS 2 params file (default: config/vla.yaml)')
-    parser.add_argument('--planner', default='lightweight', choices=('lightweight', 'vlm'),
+    parser = argparse.ArgumentParser(
+        description='Run the vla_ros stack (sim arm, perception, planner, action, recorder) without ros2 launch. '
+                    'Same nodes and parameters as `ros2 launch vla_ros vla.launch.py` (vla_ros.stack).')
+    default = stack.ARGUMENT_DEFAULTS
+    parser.add_argument('--config', default=default['config'], help='ROS 2 params file (path or package:// URI)')
+    parser.add_argument('--planner', default=default['planner'], choices=('lightweight', 'vlm'),
                         help='planner.type for this run')
-    parser.add_argument('--namespace', default='vla')
+    parser.add_argument('--namespace', default=default['namespace'])
     parser.add_argument('--duration', type=float, default=0.0, help='stop after this many seconds (0 = no limit)')
     parser.add_argument('--episodes', type=int, default=0, help='stop after this many sim episodes (0 = no limit)')
     parser.add_argument('--record', default='', help='record a rosbag2 (MCAP) into this new directory')
     parser.add_argument('--report', default='', help='evaluate the recorded bag into this directory')
     parser.add_argument('--no-sim', action='store_true', help='do not start the simulated arm (real robot)')
-    parser.add_argument('--processes', action='store_true', help='one OS process per node instead of one process')
+    parser.add_argument('--processes', action='store_true',
+                        help='one supervised OS process per node (as ros2 launch) instead of one process')
     parser.add_argument('--threads', type=int, default=8, help='executor threads (in-process mode)')
-    parser.add_argument('--models-dir', default=os.path.join(REPO_ROOT, 'models'),
-                        help='where the demo encoder/VLM are created if no path is given')
-    parser.add_argument('--encoder-path', default='', help='perception.encoder_path (default: demo encoder)')
+    parser.add_argument('--encoder-path', default='', help='perception.encoder_path (default: the demo encoder)')
     parser.add_argument('--vlm-path', default='', help='planner.model_path for --planner vlm (default: demo VLM)')
-    parser.add_argument('--checkpoint', default=None, help='action-head checkpoint (default: checkpoints/)')
+    parser.add_argument('--checkpoint', default='', help='action.checkpoint_path (default: the trained head)')
+    parser.add_argument('--no-respawn', action='store_true',
+                        help='do not respawn perception/planner: any node exit stops the stack')
+    parser.add_argument('--respawn-delay', type=float, default=float(default['respawn_delay']))
+    parser.add_argument('--max-restarts', type=int, default=stack.MAX_RESTARTS, help='respawns allowed per node')
+    parser.add_argument('--shutdown-grace', type=float, default=1.0,
+                        help='seconds between stopping the other nodes and the recorder')
+    parser.add_argument('--log-level', default=default['log_level'], choices=stack.LOG_LEVELS)
     parser.add_argument('--set', action='append', metavar='PREFIX.NAME=VALUE',
                         help='override any parameter, e.g. --set perception.keep_ratio=0.25 (repeatable)')
     args = parser.parse_args(argv)
     if args.report and not args.record:
         parser.error('--report needs --record')
     if args.duration <= 0 and args.episodes <= 0:
-        print('[bringup] no --duration/--episodes given: running until Ctrl-C', flush=True)
+        log('no --duration/--episodes given: running until Ctrl-C')
     return args
+
+
+def launch_arguments(args) -> Dict[str, str]:
+    """The bringup's options as the launch file's arguments (the same names `ros2 launch` takes)."""
+    return {'config': args.config, 'planner': args.planner, 'namespace': args.namespace,
+            'model_path': args.vlm_path, 'encoder_path': args.encoder_path, 'checkpoint': args.checkpoint,
+            'use_sim': str(not args.no_sim).lower(), 'record': str(bool(args.record)).lower(),
+            'bag_dir': args.record, 'use_respawn': str(not args.no_respawn).lower(),
+            'respawn_delay': str(args.respawn_delay), 'log_level': args.log_level}
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    config_path = args.config or default_config_path()
-    doc = merge_params(config_path, build_overrides(args))
-    run_dir = os.path.dirname(os.path.abspath(args.record)) if args.record else os.path.join(REPO_ROOT, 'runs')
-    os.makedirs(run_dir, exist_ok=True)
+    extra = dict(_parse_override(text) for text in args.set or [])
+    if args.episodes > 0 and not args.no_sim:
+        extra.setdefault('sim.max_episodes', args.episodes)
+    try:
+        nodes = stack.resolve(launch_arguments(args), extra)
+    except (stack.StackError, ValueError) as exc:
+        raise SystemExit(f'[bringup] {exc}') from None
+    # One params file holding the YAML plus every node's overrides, as launch_ros passes them.
+    overrides = {}
+    for n in nodes:
+        overrides.update(n.overrides)
+    doc = merge_params(nodes[0].params_file, overrides)
+    if args.record:
+        run_dir = os.path.dirname(os.path.abspath(args.record))
+        os.makedirs(run_dir, exist_ok=True)
+    else:
+        run_dir = tempfile.mkdtemp(prefix='vla_bringup_')
     params_file = os.path.join(run_dir, f'params_{os.getpid()}.yaml')
     with open(params_file, 'w') as fh:
         yaml.safe_dump(doc, fh, sort_keys=False)
+    nodes = [dataclasses.replace(n, params_file=params_file) for n in nodes]
     topics = (doc.get('/**') or {}).get('ros__parameters', {}).get('topics', {})
     monitor_topic = topics.get('task_status', 'task/status')
 
     runner = run_processes if args.processes else run_in_process
-    results = runner(args, params_file, monitor_topic)
+    results, failure = runner(args, nodes, monitor_topic)
     if results:
         wins = sum(r['success'] for r in results)
-        print(f'[bringup] {wins}/{len(results)} episodes succeeded', flush=True)
+        log(f'{wins}/{len(results)} episodes succeeded ({100.0 * wins / len(results):.0f}%)')
+    rc = 1 if failure else 0
     if args.report:
         from vla_ros.eval.evaluate import main as evaluate_main
-        return int(evaluate_main([args.record, '--out', args.report]) or 0)
-    return 0
+        rc = rc or int(evaluate_main([args.record, '--out', args.report]) or 0)
+    return rc
 
 
 if __name__ == '__main__':

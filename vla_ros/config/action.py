@@ -22,7 +22,9 @@ class SafetyConfig:
 
 @dataclass
 class ActionConfig:
-    checkpoint_path: str = param('', 'Action-head checkpoint (.pt); empty = random init (untrained)')
+    checkpoint_path: str = param('package://vla_ros/checkpoints/action_head.pt',
+                                 'Action-head checkpoint (.pt): a path or a package://<pkg>/<path> URI (default: the '
+                                 'shipped trained head); empty = random init (untrained, meaningless commands)')
     device: str = param('cpu', 'torch device for the action head', choices=('cpu', 'cuda'))
     joint_names: List[str] = param(['joint1', 'joint2', 'joint3', 'joint4', 'joint5', 'joint6', 'joint7'],
                                    'Commanded joints, in order')

@@ -8,7 +8,9 @@ PRUNING_STRATEGIES = ('none', 'attention_topk', 'query', 'spatial_coverage')
 
 @dataclass
 class PerceptionConfig:
-    encoder_path: str = param('', 'Local directory of a transformers vision model (save_pretrained layout)')
+    encoder_path: str = param('package://vla_ros/models/vision_encoder',
+                              'Directory of a transformers vision model (save_pretrained layout): a path or a '
+                              'package://<pkg>/<path> URI into a package share directory (default: the demo encoder)')
     device: str = param('cpu', 'torch device for the encoder', choices=('cpu', 'cuda'))
     torch_threads: int = param(0, 'torch intra-op threads for the encoder (0 = leave torch default)',
                                range=(0, 256))

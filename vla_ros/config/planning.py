@@ -12,7 +12,9 @@ class PlannerConfig:
     type: str = param('lightweight', 'Planner implementation; switch at runtime with a parameter set '
                       '(the new planner loads in the background, the old one keeps serving)',
                       choices=PLANNER_TYPES)
-    model_path: str = param('', 'Local directory of a transformers VLM checkpoint (planner.type=vlm)')
+    model_path: str = param('package://vla_ros/models/vlm_idefics3',
+                            'Directory of a transformers VLM checkpoint for planner.type=vlm: a path or a '
+                            'package://<pkg>/<path> URI (default: the tiny demo VLM)')
     device: str = param('cpu', 'torch device for the planner', choices=('cpu', 'cuda'))
     torch_threads: int = param(1, 'torch CPU threads for the planner (0 = leave torch default)', range=(0, 256))
     rate_hz: float = param(2.0, 'How often the planner is asked for a plan', range=(0.01, 100.0))

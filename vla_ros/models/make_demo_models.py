@@ -1,5 +1,8 @@
 """Create the local demo checkpoints the closed-loop demo runs on.
 
+Their output is committed under models/ and installed as share/vla_ros/models, where the
+parameters' package:// defaults point (`vla_make_demo_models --models-dir models` rebuilds it).
+
 The vision encoder is a tiny random-weight SigLIP built from a fixed seed: the
 committed action-head checkpoint was trained on exactly its features, so the
 seed and sizes here must not change without retraining (checkpoints/README.md).

@@ -26,6 +26,7 @@ from vla_ros.config.topics import TopicsConfig
 from vla_ros.nodes.common import (SENSOR_QOS, Diagnostics, DropCounter, TokenDecodeError, msg_to_tokens,
                                   ns_to_stamp, reliable_qos)
 from vla_ros.nodes.params import declare_config
+from vla_ros.resources import resolve_path
 from vla_ros_msgs.msg import ActionChunk, LatentTokens, Plan
 
 try:  # std_srvs ships with every ROS 2 install; the PyPI wheel is in requirements.txt
@@ -40,6 +41,8 @@ class ActionNode(Node):
         self.cfg: ActionConfig = declare_config(self, ActionConfig, 'action')
         self.topics: TopicsConfig = declare_config(self, TopicsConfig, 'topics')
         self.drops = DropCounter(self.get_logger())
+        if self.cfg.checkpoint_path:  # a missing/unreadable checkpoint is a startup error naming the parameter
+            self.cfg.checkpoint_path = resolve_path(self.cfg.checkpoint_path, 'action.checkpoint_path', kind='file')
         if self.cfg.torch_threads > 0:
             torch.set_num_threads(self.cfg.torch_threads)
         self._joint_index: Optional[np.ndarray] = None

@@ -8,6 +8,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import rclpy
+import rclpy.logging
 from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -16,6 +17,8 @@ from rclpy.signals import SignalHandlerOptions
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
 
+from vla_ros.resources import ResourceError
+from vla_ros.stack import STARTUP_CONFIG_ERROR
 from vla_ros_msgs.msg import LatentTokens
 
 SENSOR_QOS = qos_profile_sensor_data
@@ -170,6 +173,9 @@ def spin_node(node_factory: Callable[..., Node], args=None, num_threads: int = 4
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except ResourceError as exc:  # a bad model/checkpoint parameter: one clear line, exit code 2
+        rclpy.logging.get_logger('vla_ros').fatal(str(exc))
+        raise SystemExit(STARTUP_CONFIG_ERROR) from None
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         if executor is not None:

@@ -6,7 +6,6 @@ more than `perception.max_rate_hz`, so subscription callbacks never block on the
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Optional
@@ -27,6 +26,7 @@ from vla_ros.perception.encoder import VisionEncoder
 from vla_ros.perception.image_conversion import ImageConversionError, image_msg_to_rgb
 from vla_ros.perception.pipeline import PerceptionPipeline
 from vla_ros.perception.sync import make_image_joint_sync
+from vla_ros.resources import resolve_path
 from vla_ros_msgs.msg import LatentTokens
 
 WORKER_POLL_S = 0.1      # how often an idle worker re-checks the stop flag
@@ -38,12 +38,8 @@ class PerceptionNode(Node):
         super().__init__('perception', **kwargs)
         self.cfg: PerceptionConfig = declare_config(self, PerceptionConfig, 'perception')
         self.topics: TopicsConfig = declare_config(self, TopicsConfig, 'topics')
-        path = self.cfg.encoder_path
-        if not path:
-            raise RuntimeError('perception.encoder_path is empty: pass the directory of a transformers vision '
-                               'model (e.g. `vla_make_demo_models` output .../vision_encoder)')
-        if not os.path.isfile(os.path.join(path, 'config.json')):
-            raise RuntimeError(f'perception.encoder_path {path!r} does not exist or has no config.json')
+        # A missing/unreadable model is a ResourceError naming perception.encoder_path: the node exits on it.
+        path = resolve_path(self.cfg.encoder_path, 'perception.encoder_path', kind='dir', marker='config.json')
         if self.cfg.torch_threads > 0:
             torch.set_num_threads(self.cfg.torch_threads)
         self.encoder = VisionEncoder.from_pretrained(path, device=self.cfg.device)

@@ -14,7 +14,6 @@ Cache parameters and rate_hz apply immediately without reloading; topic names ne
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 from typing import Dict, Optional
 
@@ -35,7 +34,7 @@ from vla_ros.nodes.params import declare_config
 from vla_ros.planning.base import PlanOutput, Planner, PlanRequest, make_planner
 from vla_ros.planning.plan_cache import MISS_REASONS, PlanCache
 from vla_ros.planning.runner import AsyncPlanner, PlanMeta
-from vla_ros.planning.vlm import describe
+from vla_ros.planning.vlm import VLMLoadError, describe, resolve_model_path
 from vla_ros_msgs.msg import LatentTokens, Plan
 
 PREFIX = 'planner'
@@ -45,6 +44,15 @@ _LIVE_FIELDS = {'cache_enabled', 'cache_similarity', 'cache_timeout_s', 'rate_hz
 # Only read by the VLM planner: changing them while the lightweight planner runs needs no reload.
 _VLM_ONLY_FIELDS = {'model_path', 'device', 'torch_threads', 'max_new_tokens', 'plan_token_source', 'plan_layer',
                     'max_visual_tokens', 'prompt'}
+
+
+def model_path_problem(cfg: PlannerConfig) -> str:
+    """Why cfg.model_path cannot be loaded as a VLM ('' when it names a checkpoint)."""
+    try:
+        resolve_model_path(cfg.model_path)
+    except VLMLoadError as exc:
+        return str(exc)
+    return ''
 
 
 def _make_cache(cfg: PlannerConfig) -> Optional[PlanCache]:
@@ -187,10 +195,10 @@ class PlannerNode(Node):
             new_cfg = config_from_dict(PlannerConfig, {**dataclasses.asdict(self.cfg), **changes})
         except ConfigError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
-        if new_cfg.type == 'vlm' and not os.path.isfile(os.path.join(new_cfg.model_path, 'config.json')):
-            reason = (f'planner.model_path {new_cfg.model_path!r} has no VLM checkpoint (config.json); keeping '
-                      f'the {self.runner.planner.type_name} planner (set planner.model_path before planner.type, '
-                      'or set both atomically)')
+        problem = model_path_problem(new_cfg) if new_cfg.type == 'vlm' else ''
+        if problem:
+            reason = (f'{problem}; keeping the {self.runner.planner.type_name} planner (set planner.model_path '
+                      'before planner.type, or set both atomically)')
             self.get_logger().error(reason)
             return SetParametersResult(successful=False, reason=reason)
         old_cfg, self.cfg = self.cfg, new_cfg

@@ -28,6 +28,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from vla_ros.config.planning import PlannerConfig
+from vla_ros.resources import ResourceError, resolve_path
 from vla_ros.planning.base import (PlanOutput, Planner, PlanRequest, pool_tokens, register_planner,
                                    seeded_projection, stable_seed)
 
@@ -40,14 +41,19 @@ class VLMLoadError(RuntimeError):
     """The configured checkpoint cannot be used as a planner (missing, wrong layout, unsupported)."""
 
 
+def resolve_model_path(value: str) -> str:
+    """planner.model_path (path or package:// URI) -> directory of a transformers checkpoint, or VLMLoadError."""
+    try:
+        return resolve_path(value, 'planner.model_path', kind='dir', marker='config.json')
+    except ResourceError as exc:
+        raise VLMLoadError(str(exc)) from None
+
+
 def _load_model_and_tokenizer(path: str, device: str):
     import torch
     import transformers
 
-    if not path:
-        raise VLMLoadError('planner.model_path is empty: set it to a local VLM checkpoint directory')
-    if not os.path.isfile(os.path.join(path, 'config.json')):
-        raise VLMLoadError(f'planner.model_path {path!r} is not a transformers checkpoint (no config.json)')
+    path = resolve_model_path(path)
     try:
         processor = transformers.AutoProcessor.from_pretrained(path)
         tokenizer = getattr(processor, 'tokenizer', processor)
@@ -83,13 +89,14 @@ class VLMPlanner(Planner):
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)
         self.device = cfg.device
-        self.processor, self.tokenizer, self.model = _load_model_and_tokenizer(cfg.model_path, cfg.device)
+        model_path = resolve_model_path(cfg.model_path)
+        self.processor, self.tokenizer, self.model = _load_model_and_tokenizer(model_path, cfg.device)
         self.family = getattr(self.model.config, 'model_type', 'unknown')
         embedding = self.model.get_input_embeddings()
         self.hidden_size = int(embedding.embedding_dim)
         self._embed_scale = float(embedding.weight.detach().float().std())
         self._visual_proj: Dict[int, 'torch.Tensor'] = {}
-        self._learned_projector = self._load_learned_projector(cfg.model_path)
+        self._learned_projector = self._load_learned_projector(model_path)
         self._queries = self._seeded_tensor((cfg.num_plan_tokens, self.hidden_size), 'action-queries') \
             * self._embed_scale
         self._plan_proj = torch.from_numpy(seeded_projection(self.hidden_size, cfg.plan_token_dim,
