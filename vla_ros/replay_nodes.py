@@ -34,10 +34,12 @@ STARTUP_CLOCK_LEAD_S = 3600.0 # during start-up the clock runs this far before t
 
 
 def _params_file(out_dir: str, overrides: Dict[str, object], label: str, bag: str) -> str:
-    from vla_ros.bringup import default_config_path, merge_params
+    from vla_ros import stack
+    from vla_ros.bringup import merge_params
+    from vla_ros.resources import resolve_path
     custom = {SOURCE_KEY: os.path.abspath(bag), LABEL_KEY: label, SETTINGS_KEY: json.dumps(overrides, sort_keys=True),
               'vla_ros.replay.mode': 'through_nodes'}
-    doc = merge_params(default_config_path(), {**overrides, 'recorder.output_dir': os.path.join(out_dir, 'bag'),
+    doc = merge_params(resolve_path(stack.ARGUMENT_DEFAULTS['config'], 'config', kind='file'), {**overrides, 'recorder.output_dir': os.path.join(out_dir, 'bag'),
                                                'recorder.custom_data': json.dumps(custom)})
     doc.setdefault('/**', {}).setdefault('ros__parameters', {})['use_sim_time'] = True
     path = os.path.join(out_dir, 'params.yaml')
@@ -148,12 +150,12 @@ def replay_through_nodes(bag: str, out_dir: str, overrides: Dict[str, object], l
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
-    from vla_ros.bringup import NODE_CLASSES
+    from vla_ros.stack import NODES_BY_NAME
     os.makedirs(out_dir, exist_ok=True)
     params = _params_file(out_dir, overrides, label, bag)
     procs: List[tuple] = []
     for name in NODES:
-        cmd = [sys.executable, '-m', NODE_CLASSES[name][0], '--ros-args', '--params-file', params,
+        cmd = [sys.executable, '-m', NODES_BY_NAME[name].module, '--ros-args', '--params-file', params,
                '-r', f'__ns:=/{namespace}', '-r', f'__node:={name}']
         procs.append((name, subprocess.Popen(cmd)))
     rclpy.init()

@@ -59,7 +59,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from vla_ros.action.train import config_for_dataset, train_action_head
     from vla_ros.config.perception import PerceptionConfig
     from vla_ros.config.planning import PlannerConfig
-    from vla_ros.models.make_demo_models import ensure_vision_encoder
+    from vla_ros.resources import resolve_path
     from vla_ros.perception.encoder import VisionEncoder
     from vla_ros.perception.pipeline import PerceptionPipeline
     from vla_ros.planning.base import make_planner
@@ -73,7 +73,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument('--encoder-path', default='')
     ap.add_argument('--seed', type=int, default=0)
     args = ap.parse_args(argv)
-    encoder = VisionEncoder.from_pretrained(args.encoder_path or ensure_vision_encoder())
+    encoder = VisionEncoder.from_pretrained(resolve_path(args.encoder_path or PerceptionConfig().encoder_path,
+                                                         'perception.encoder_path', kind='dir', marker='config.json'))
     pipeline = PerceptionPipeline(encoder, PerceptionConfig())
     planner = make_planner(PlannerConfig(), encoder.hidden_size)
     samples = []

@@ -22,6 +22,7 @@ the same source frame by frame, and `replay.json` (settings, counts, timing).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -41,8 +42,6 @@ from vla_ros.eval.replay_inputs import ReplayFrame, find_inputs, iter_frames
 from vla_ros.eval.replay_output import ReplayBagWriter
 
 SECTIONS = {'perception': PerceptionConfig, 'planner': PlannerConfig, 'action': ActionConfig}
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_CHECKPOINT = os.path.join(REPO_ROOT, 'checkpoints', 'action_head.pt')
 
 
 @dataclass
@@ -92,17 +91,24 @@ class OfflineStack:
         from vla_ros.planning.base import make_planner
         from vla_ros.planning.plan_cache import PlanCache
         from vla_ros.planning.runner import AsyncPlanner
+        from vla_ros.resources import resolve_path
         self.settings = s = settings
         threads = s.perception.torch_threads or s.action.torch_threads   # as the nodes set them
         if threads > 0:
             torch.set_num_threads(threads)
-        encoder = VisionEncoder.from_pretrained(s.perception.encoder_path, device=s.perception.device)
+        encoder_path = resolve_path(s.perception.encoder_path, 'perception.encoder_path', kind='dir',
+                                    marker='config.json')
+        encoder = VisionEncoder.from_pretrained(encoder_path, device=s.perception.device)
         self.pipeline = PerceptionPipeline(encoder, s.perception)
         self._bag_time_s = 0.0
         cache = PlanCache(s.planner.cache_similarity, s.planner.cache_timeout_s) if s.planner.cache_enabled else None
         self.planner = AsyncPlanner(make_planner(s.planner, encoder.hidden_size), cache,
                                     clock=lambda: self._bag_time_s)   # cache timeouts in bag time
-        self.head, self.head_loaded = build_head(s.action, encoder.hidden_size, s.planner.plan_token_dim)
+        action_cfg = s.action
+        if action_cfg.checkpoint_path:
+            action_cfg = dataclasses.replace(action_cfg, checkpoint_path=resolve_path(
+                action_cfg.checkpoint_path, 'action.checkpoint_path', kind='file'))
+        self.head, self.head_loaded = build_head(action_cfg, encoder.hidden_size, s.planner.plan_token_dim)
         self.head.eval()
         self._plan_tokens: Optional[np.ndarray] = None
         self._plan_id = 0
@@ -232,20 +238,20 @@ def parse_args(argv=None):
     parser.add_argument('--through-nodes', action='store_true',
                         help='play the bag into the perception/planner/action nodes over DDS (use_sim_time)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the action head noise (per frame)')
-    parser.add_argument('--encoder-path', default='', help='perception.encoder_path (default: demo encoder)')
+    parser.add_argument('--encoder-path', default='', help='perception.encoder_path (default: the config\'s)')
     parser.add_argument('--checkpoint', default=None,
-                        help=f'action.checkpoint_path (default: {os.path.relpath(DEFAULT_CHECKPOINT, REPO_ROOT)})')
+                        help='action.checkpoint_path (default: the config\'s, the shipped trained head; '
+                             'empty = random head)')
     parser.add_argument('--no-progress', action='store_true')
     return parser.parse_args(argv)
 
 
 def build_overrides(args) -> Dict[str, object]:
-    from vla_ros.models.make_demo_models import ensure_vision_encoder
     overrides: Dict[str, object] = {}
-    overrides['perception.encoder_path'] = os.path.abspath(args.encoder_path or ensure_vision_encoder())
-    checkpoint = DEFAULT_CHECKPOINT if args.checkpoint is None else args.checkpoint
-    if checkpoint:
-        overrides['action.checkpoint_path'] = os.path.abspath(checkpoint)
+    if args.encoder_path:
+        overrides['perception.encoder_path'] = os.path.abspath(args.encoder_path)
+    if args.checkpoint is not None:
+        overrides['action.checkpoint_path'] = os.path.abspath(args.checkpoint) if args.checkpoint else ''
     for text in args.set:
         if '=' not in text:
             raise SystemExit(f'--set expects section.name=value, got {text!r}')
