@@ -8,7 +8,15 @@ from vla_ros.config.base import param
 class RecorderConfig:
     output_dir: str = param('runs/bag', 'rosbag2 output directory (must not exist)')
     storage: str = param('mcap', 'rosbag2 storage plugin', choices=('mcap', 'sqlite3'))
-    record_images: bool = param(False, 'Also record camera images (large)')
+    record_images: bool = param(False, 'Also record camera images (needed for offline replay)')
+    image_format: str = param('raw', 'How camera images are stored: raw sensor_msgs/Image on the camera topic, or '
+                              'sensor_msgs/CompressedImage on <camera topic>/compressed (image_transport naming)',
+                              choices=('raw', 'jpeg', 'png'))
+    image_max_rate_hz: float = param(10.0, 'Most camera frames recorded per second (0 = every frame); the rest are '
+                                     'skipped and counted', range=(0.0, 1000.0))
+    image_jpeg_quality: int = param(90, 'JPEG quality when image_format is jpeg', range=(1, 100))
+    custom_data: str = param('', 'JSON object of extra string key/values for the bag\'s custom_data '
+                             '(e.g. what a replay was made from); empty = none')
     subscription_depth: int = param(200, 'History depth of each recording subscription', range=(1, 100000))
     max_queue: int = param(100000, 'Messages buffered for the writer thread before drops are counted',
                            range=(1, 10000000))

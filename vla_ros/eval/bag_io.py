@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from rosbags.interfaces import (Qos, QosDurability, QosHistory, QosLiveliness, QosReliability,
-                                QosTime)
-from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+from rosbags.interfaces import Qos
+from rosbags.rosbag2 import Reader, StoragePlugin
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+from vla_ros.eval.rosbag2_format import Rosbag2Writer, qos_from_profile
 
 CUSTOM_PACKAGE = 'vla_ros_msgs'
 # rosbag2 metadata version 9 is what Jazzy/Kilted's `ros2 bag` writes and reads.
@@ -89,23 +90,16 @@ def default_typestore():
     return _DEFAULT_TYPESTORE
 
 
-def bag_qos(reliable: bool = True, transient_local: bool = False, depth: int = 10) -> Qos:
-    """QoS profile stored in metadata so `ros2 bag play` republishes with the recorded durability."""
-    zero = QosTime(0, 0)
-    return Qos(history=QosHistory.KEEP_LAST, depth=depth,
-               reliability=QosReliability.RELIABLE if reliable else QosReliability.BEST_EFFORT,
-               durability=QosDurability.TRANSIENT_LOCAL if transient_local else QosDurability.VOLATILE,
-               deadline=zero, lifespan=zero, liveliness=QosLiveliness.AUTOMATIC,
-               liveliness_lease_duration=zero, avoid_ros_namespace_conventions=False)
-
-
 class BagWriter:
     """Writes a new rosbag2 directory; messages are CDR bytes (or rclpy messages, serialised here).
+
+    The bag carries what `ros2 bag record` writes for Kilted (vla_ros.eval.rosbag2_format):
+    ros_distro, RIHS01 type hashes in metadata.yaml and in each MCAP channel, offered QoS profiles.
 
     Not thread-safe: the recorder funnels all writes through one writer thread.
     """
 
-    def __init__(self, path: os.PathLike, storage: str = 'mcap', typestore=None):
+    def __init__(self, path: os.PathLike, storage: str = 'mcap', typestore=None, distro: Optional[str] = None):
         if storage not in STORAGES:
             raise BagError(f'storage {storage!r} not one of {sorted(STORAGES)}')
         self.path = Path(path)
@@ -114,7 +108,7 @@ class BagWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.storage = storage
         self.typestore = typestore or default_typestore()
-        self._writer = Writer(self.path, version=BAG_VERSION, storage_plugin=STORAGES[storage])
+        self._writer = Rosbag2Writer(self.path, version=BAG_VERSION, storage_plugin=STORAGES[storage], distro=distro)
         self._writer.open()
         self._connections: Dict[str, object] = {}
         self.counts: Dict[str, int] = {}
@@ -124,7 +118,9 @@ class BagWriter:
     def topics(self) -> Dict[str, str]:
         return {name: conn.msgtype for name, conn in self._connections.items()}
 
-    def add_topic(self, name: str, msgtype: str, qos: Optional[Qos] = None) -> None:
+    def add_topic(self, name: str, msgtype: str, qos=None) -> None:
+        """Declare a topic; `qos` is one profile or a list (the publishers' offered profiles, as
+        rosbag2 records them), each a rosbags Qos or an rclpy QoSProfile."""
         msgtype = normalize_msgtype(msgtype)
         if name in self._connections:
             if self._connections[name].msgtype != msgtype:
@@ -134,8 +130,15 @@ class BagWriter:
             self.typestore.get_msgdef(msgtype)
         except Exception as exc:
             raise BagError(f'message type {msgtype} unknown to the typestore: {exc}') from exc
+        if qos is None:
+            profiles = []
+        elif isinstance(qos, Qos) or not isinstance(qos, (list, tuple)):  # Qos is a NamedTuple
+            profiles = [qos]
+        else:
+            profiles = list(qos)
+        profiles = [p if isinstance(p, Qos) else qos_from_profile(p) for p in profiles]
         self._connections[name] = self._writer.add_connection(
-            name, msgtype, typestore=self.typestore, offered_qos_profiles=[qos] if qos else [])
+            name, msgtype, typestore=self.typestore, offered_qos_profiles=profiles)
         self.counts[name] = 0
 
     def write(self, topic: str, message, log_time_ns: int) -> None:

@@ -2,6 +2,9 @@
 
     vla_evaluate runs/demo/bag --out runs/demo/report
     vla_evaluate runs/on/bag runs/off/bag --label on --label off --out runs/compare
+
+Replays of one recording (`python -m vla_ros.eval.replay`) are also compared frame by frame:
+kept tokens, plans, actions and latency on the very same source frames.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from typing import List, Optional
 
 from vla_ros.eval.metrics import bag_info, compute_from_series, extract_series
 from vla_ros.eval.bag_io import bag_summary
+from vla_ros.eval.replay_compare import paired_differences, paired_markdown
 from vla_ros.eval.report import comparison_table, markdown_table, summary_rows, write_report
 
 
@@ -76,7 +80,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f'  note: {note}')
     if several and results:
         table = comparison_table(results)
+        evaluated = {label for label, _ in results}
+        paired = paired_differences([(label, bag) for bag, label in zip(args.bags, labels) if label in evaluated])
         os.makedirs(args.out, exist_ok=True)
+        if paired is not None:
+            table += '\n\n' + paired_markdown(paired)
+            with open(os.path.join(args.out, 'paired_differences.json'), 'w') as fh:
+                json.dump(paired, fh, indent=2)
         with open(os.path.join(args.out, 'comparison.md'), 'w') as fh:
             fh.write(table + '\n')
         with open(os.path.join(args.out, 'comparison.json'), 'w') as fh:

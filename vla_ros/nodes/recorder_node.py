@@ -8,9 +8,15 @@ spin_node on Ctrl-C) first keeps taking what DDS still holds for the recorder (u
 `recorder.drain_timeout_s`, until `recorder.drain_quiet_s` passes without a message), then stops
 intake, drains the queue and writes metadata.yaml. Losses are counted honestly: besides a full
 queue, a gap in a publisher's sequence numbers is a message DDS never delivered (`sequence_gap`).
+
+Like rosbag2, each topic's metadata keeps the offered QoS profiles of its publishers (so
+`ros2 bag play` republishes a latched instruction latched, a sensor stream best-effort).
+Camera frames are recorded only with `recorder.record_images`, at most `image_max_rate_hz`,
+either raw or as sensor_msgs/CompressedImage on `<camera topic>/compressed`.
 """
 from __future__ import annotations
 
+import json
 import os
 import queue
 import threading
@@ -20,19 +26,52 @@ from typing import Dict, List, Optional, Tuple
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image, JointState
+from rclpy.serialization import deserialize_message
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Empty, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
 from vla_ros.config.recording import RecorderConfig
 from vla_ros.config.topics import TopicsConfig
-from vla_ros.eval.bag_io import BagWriter, bag_qos, msgtype_of
+from vla_ros.eval.bag_io import BagWriter, msgtype_of
 from vla_ros.nodes.common import Diagnostics, DropCounter, spin_node
 from vla_ros.nodes.params import declare_config
+from vla_ros.perception.image_codec import ImageCodecError, compress
+from vla_ros.perception.image_conversion import ImageConversionError, image_msg_to_numpy
 from vla_ros_msgs.msg import ActionChunk, LatentTokens, Plan, TaskStatus
 
 DIAGNOSTICS_TOPIC = '/diagnostics'
+COMPRESSED_SUFFIX = '/compressed'   # image_transport's name for the compressed image topic
 _STOP = object()
+
+
+def parse_custom_data(text: str) -> Dict[str, str]:
+    """recorder.custom_data (a JSON object, or empty) -> {key: string value}."""
+    if not text.strip():
+        return {}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f'recorder.custom_data is not JSON: {exc}') from exc
+    if not isinstance(data, dict):
+        raise ValueError('recorder.custom_data must be a JSON object of key/values')
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
+
+
+class RateLimiter:
+    """Lets at most `max_hz` events through per second of the given clock (0 = all)."""
+
+    def __init__(self, max_hz: float):
+        self.min_period_ns = int(1e9 / max_hz) if max_hz > 0 else 0
+        self._next_ns = None
+
+    def allow(self, now_ns: int) -> bool:
+        if self._next_ns is not None and now_ns < self._next_ns:
+            return False
+        # Schedule from the ideal grid, but never let a pause build up a burst.
+        base = now_ns if self._next_ns is None or now_ns - self._next_ns > self.min_period_ns else self._next_ns
+        self._next_ns = base + self.min_period_ns
+        return True
 
 
 def recorded_topics(topics: TopicsConfig, record_images: bool) -> List[Tuple[str, type]]:
@@ -73,6 +112,8 @@ class RecorderNode(Node):
         self.drops = DropCounter(self.get_logger())
         self.output_dir = os.path.abspath(os.path.expanduser(self.cfg.output_dir))
         self._bag = BagWriter(self.output_dir, storage=self.cfg.storage)
+        for key, value in parse_custom_data(self.cfg.custom_data).items():
+            self._bag.set_custom_data(key, value)
         self._queue: 'queue.Queue' = queue.Queue(maxsize=self.cfg.max_queue)
         self._intake_lock = threading.Lock()
         self._accepting = True
@@ -87,6 +128,9 @@ class RecorderNode(Node):
         self._recording_subs: Dict[str, object] = {}
         self._last_message = time.monotonic()
         self._drained: Optional[int] = None
+        self._image_topic = self.resolve_topic_name(self.topics_cfg.image)
+        self._image_limiter = RateLimiter(self.cfg.image_max_rate_hz)
+        self.images_skipped = 0
         self._writer_thread = threading.Thread(target=self._write_loop, name='bag_writer', daemon=True)
         self._writer_thread.start()
         self._discovery_timer = self.create_timer(self.cfg.discovery_period_s, self._discover)
@@ -100,16 +144,19 @@ class RecorderNode(Node):
             infos = self.get_publishers_info_by_topic(topic)
             if not infos:
                 continue
-            qos = matching_qos([info.qos_profile for info in infos], self.cfg.subscription_depth)
-            self._bag.add_topic(topic, msgtype_of(cls),
-                                qos=bag_qos(reliable=qos.reliability == ReliabilityPolicy.RELIABLE,
-                                            transient_local=qos.durability == DurabilityPolicy.TRANSIENT_LOCAL,
-                                            depth=self.cfg.subscription_depth))
-            self.received[topic] = 0
-            self._recording_subs[topic] = self.create_subscription(
-                cls, topic, lambda data, info, t=topic: self._on_message(t, data, info), qos, raw=True)
+            offered = [info.qos_profile for info in infos]
+            qos = matching_qos(offered, self.cfg.subscription_depth)
+            if topic == self._image_topic:
+                bag_topic, bag_cls = self._add_image_topic(topic, offered)
+                callback = self._on_image
+            else:
+                bag_topic, bag_cls = topic, cls
+                self._bag.add_topic(topic, msgtype_of(cls), qos=offered)  # the publishers' QoS, as rosbag2
+                self.received[topic] = 0
+                callback = lambda data, info, t=topic: self._on_message(t, data, info)  # noqa: E731
+            self._recording_subs[topic] = self.create_subscription(cls, topic, callback, qos, raw=True)
             del self._pending[topic]
-            self.get_logger().info(f'recording {topic} ({msgtype_of(cls)}, '
+            self.get_logger().info(f'recording {topic} as {bag_topic} ({msgtype_of(bag_cls)}, '
                                    f'{qos.reliability.name.lower()}, {qos.durability.name.lower()})')
 
     def _count_gap(self, topic: str, info: Optional[dict]) -> None:
@@ -127,7 +174,36 @@ class RecorderNode(Node):
         if last is None or seq > last:
             self._last_seq[key] = seq
 
-    def _on_message(self, topic: str, data: bytes, info: Optional[dict] = None) -> None:
+    def _add_image_topic(self, topic: str, offered):
+        if self.cfg.image_format == 'raw':
+            bag_topic, bag_cls = topic, Image
+        else:
+            bag_topic, bag_cls = topic + COMPRESSED_SUFFIX, CompressedImage
+        self._bag.add_topic(bag_topic, msgtype_of(bag_cls), qos=offered)
+        self.received[bag_topic] = 0
+        self._image_bag_topic = bag_topic
+        return bag_topic, bag_cls
+
+    def _on_image(self, data: bytes, info: Optional[dict]) -> None:  # 2 args: rclpy passes MessageInfo
+        """Rate-limit camera frames; compress them when asked (a bad frame is a counted drop)."""
+        if not self._image_limiter.allow(self.get_clock().now().nanoseconds):
+            self.images_skipped += 1
+            return
+        if self.cfg.image_format == 'raw':
+            self._on_message(self._image_bag_topic, data, info)
+            return
+        image = deserialize_message(data, Image)
+        try:
+            fmt, payload = compress(image_msg_to_numpy(image), image.encoding, self.cfg.image_format,
+                                    self.cfg.image_jpeg_quality)
+        except (ImageConversionError, ImageCodecError) as exc:
+            self.drops.drop('image_compression', str(exc))
+            return
+        msg = CompressedImage(header=image.header, format=fmt)
+        msg.data = payload
+        self._on_message(self._image_bag_topic, msg, info)  # the writer thread serialises it
+
+    def _on_message(self, topic: str, data, info: Optional[dict] = None) -> None:
         log_time_ns = self.get_clock().now().nanoseconds
         self._last_message = time.monotonic()
         with self._intake_lock:
@@ -159,7 +235,7 @@ class RecorderNode(Node):
         status = {'output_dir': self.output_dir, 'received': sum(self.received.values()),
                   'written': self.written, 'queued': self._queue.qsize(),
                   'topics_recorded': len(self._recording_subs), 'topics_waiting': len(self._pending),
-                  'dropped': self.drops.total}
+                  'dropped': self.drops.total, 'images_skipped_by_rate_limit': self.images_skipped}
         status.update({f'drop_{k}': v for k, v in sorted(self.drops.counts.items())})
         status.update({f'received{topic}': n for topic, n in self.received.items()})
         return status
