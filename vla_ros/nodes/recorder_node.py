@@ -186,11 +186,14 @@ class RecorderNode(Node):
 
     def _on_image(self, data: bytes, info: Optional[dict]) -> None:  # 2 args: rclpy passes MessageInfo
         """Rate-limit camera frames; compress them when asked (a bad frame is a counted drop)."""
-        if not self._image_limiter.allow(self.get_clock().now().nanoseconds):
+        with self._intake_lock:  # DDS losses are judged on every frame, before the rate limit skips some
+            self._count_gap(self._image_bag_topic, info)
+        received_ns = self.get_clock().now().nanoseconds   # the bag's log time: arrival, not after compression
+        if not self._image_limiter.allow(received_ns):
             self.images_skipped += 1
             return
         if self.cfg.image_format == 'raw':
-            self._on_message(self._image_bag_topic, data, info)
+            self._on_message(self._image_bag_topic, data, log_time_ns=received_ns)
             return
         image = deserialize_message(data, Image)
         try:
@@ -201,10 +204,11 @@ class RecorderNode(Node):
             return
         msg = CompressedImage(header=image.header, format=fmt)
         msg.data = payload
-        self._on_message(self._image_bag_topic, msg, info)  # the writer thread serialises it
+        self._on_message(self._image_bag_topic, msg, log_time_ns=received_ns)  # the writer serialises it
 
-    def _on_message(self, topic: str, data, info: Optional[dict] = None) -> None:
-        log_time_ns = self.get_clock().now().nanoseconds
+    def _on_message(self, topic: str, data, info: Optional[dict] = None, log_time_ns: Optional[int] = None) -> None:
+        if log_time_ns is None:
+            log_time_ns = self.get_clock().now().nanoseconds
         self._last_message = time.monotonic()
         with self._intake_lock:
             self._count_gap(topic, info)
