@@ -15,9 +15,10 @@ NAMES = ['a', 'b', 'c']
 
 def _cfg(**kw):
     safety = SafetyConfig(joint_lower=[-1.0, -1.0, -1.0], joint_upper=[1.0, 1.0, 1.0], max_velocity=2.0,
-                          max_acceleration=1e4, stale_plan_timeout_s=1.0, stale_perception_timeout_s=0.5)
+                          max_acceleration=1e4, stale_plan_timeout_s=1.0, stale_perception_timeout_s=0.5,
+                          max_tracking_error=0.0)
     base = dict(joint_names=NAMES, action_dim=3, horizon=8, denoising_steps=4, control_rate_hz=100.0,
-                chunk_rate_hz=10.0, action_dt=0.05, smoothing='rtc', safety=safety)
+                chunk_rate_hz=10.0, action_dt=0.05, smoothing='rtc', safety=safety, checkpoint_path='')
     base.update(kw)
     return ActionConfig(**base)
 
@@ -165,3 +166,75 @@ def test_rate_monitor_reports_period_and_jitter():
     assert stats['period_p50_ms'] == pytest.approx(10.0)
     assert stats['jitter_max_ms'] == pytest.approx(2.0)
     assert 98.0 < stats['rate_hz'] < 100.0
+
+
+def _running_loop(clock, **kw):
+    loop = _loop(clock, **kw)
+    _feed(loop, clock.t)
+    loop.infer_chunk(clock.t, active_from=clock.t)
+    for _ in range(5):
+        clock.t += 0.01
+        cmd, status = loop.tick(clock.t)
+    assert status.mode == 'running'
+    return loop, cmd
+
+
+def test_silent_arm_joint_states_hold_even_while_other_inputs_are_fresh():
+    """Audit finding 3: frozen joint positions kept steering the arm for 10 s."""
+    clock = FakeClock()
+    loop, _ = _running_loop(clock)
+    held = []
+    for k in range(100):                        # plan + perception keep coming, joint states do not
+        clock.t += 0.01
+        loop.update_plan(np.ones((2, 4), np.float32), plan_id=1, now=clock.t)
+        loop.update_perception(np.ones((5, 6), np.float32), frame_id=1, now=clock.t)
+        if k % 10 == 0:
+            loop.infer_chunk(clock.t, active_from=clock.t)
+        cmd, status = loop.tick(clock.t)
+        held.append(cmd)
+    assert status.mode == 'stale' and status.safety.stale
+    np.testing.assert_array_equal(held[-1], held[-40])     # holding, not moving
+    assert loop.infer_chunk(clock.t) is None                # no chunk from frozen positions
+
+
+def test_estop_release_drops_the_stale_chunk_and_restarts_from_the_measured_state():
+    """Audit finding 6: after release the first chunk started at the OLD chunk's end, 0.05-0.35 rad away."""
+    clock = FakeClock()
+    loop, cmd = _running_loop(clock)
+    loop.set_estop(True)
+    assert len(loop.buffer) == 0
+    for _ in range(20):
+        clock.t += 0.01
+        held, status = loop.tick(clock.t)
+    assert status.mode == 'estop'
+    settled = held - 0.1                        # the arm came to rest short of the held command
+    loop.update_proprio(settled, now=clock.t)
+    loop.set_estop(False)
+    assert len(loop.buffer) == 0                # nothing of the old chunk survives the release
+    assert loop.buffer.rtc_prefix(clock.t, 0.02, 8, 0.05)[0] is None   # so no RTC prefix from it either
+    clock.t += 0.01
+    _feed(loop, clock.t, q=settled)
+    loop.infer_chunk(clock.t, active_from=clock.t)
+    last_tick = clock.t - 0.01
+    clock.t += 0.01
+    first, status = loop.tick(clock.t)
+    assert status.safety.reanchored
+    # one velocity-limited step (per elapsed time) from where the arm IS
+    assert np.max(np.abs(first - settled)) <= loop.cfg.safety.max_velocity * (clock.t - last_tick) + 1e-9
+
+
+def test_bunched_ticks_never_exceed_the_velocity_limit_in_real_time():
+    """Audit finding 8: after a stall, ticks 1 ms apart each stepped max_velocity * 10 ms."""
+    clock = FakeClock()
+    loop, _ = _running_loop(clock)
+    times, cmds = [], []
+    for k in range(60):
+        clock.t += 0.001 if k < 30 else 0.01
+        if k % 10 == 0:
+            _feed(loop, clock.t)
+            loop.infer_chunk(clock.t, active_from=clock.t)
+        cmd, status = loop.tick(clock.t)
+        times.append(clock.t)
+        cmds.append(cmd)
+    speed = np.abs(np.diff(cmds, axis=0)) / np.diff(times)[:, None]
+    assert speed.max() <= loop.cfg.safety.max_velocity + 1e-6

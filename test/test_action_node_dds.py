@@ -10,6 +10,8 @@ from node_process import node_process
 DOMAIN = str(1 + zlib.crc32(b'test_action_node_dds') % 200)
 os.environ['ROS_DOMAIN_ID'] = DOMAIN
 rclpy = pytest.importorskip('rclpy')
+from builtin_interfaces.msg import Time  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool, Float64MultiArray  # noqa: E402
@@ -72,12 +74,28 @@ class Harness:
         self.js_pub = node.create_publisher(JointState, 'joint_states', SENSOR_QOS)
         self.estop_pub = node.create_publisher(Bool, 'estop', reliable_qos())
         self.frame = 0
+        self.diagnostics = {}
+        self.js_names = ['extra'] + JOINTS
+        self.token_stamp = None           # None = now; else a fixed (hostile) stamp for plan + tokens
+        self.token_value = 0.5
+        node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, 10)
+
+    def _on_diag(self, msg):
+        for status in msg.status:
+            if status.name == f'{NS}/action':
+                self.diagnostics = {kv.key: kv.value for kv in status.values}
+
+    def drops(self, key):
+        return int(self.diagnostics.get(f'drop_{key}', 0))
 
     def publish_inputs(self, tokens=True):
         stamp = self.node.get_clock().now().to_msg()
-        js = JointState(name=['extra'] + JOINTS, position=[9.0, 0.1, 0.2, 0.3])
+        values = {'extra': 9.0, 'gripper': 0.04, 'j1': 0.1, 'j2': 0.2, 'j3': 0.3}
+        js = JointState(name=list(self.js_names), position=[values[n] for n in self.js_names])
         js.header.stamp = stamp
         self.js_pub.publish(js)
+        if self.token_stamp is not None:
+            stamp = self.token_stamp
         if tokens:
             self.frame += 1
             plan = Plan(plan_id=5, subtask='reach')
@@ -85,8 +103,8 @@ class Harness:
             plan.plan_tokens = tokens_to_msg(np.ones((2, 4), np.float32), stamp=stamp, frame_id='', source='t',
                                              plan_id=5)
             self.plan_pub.publish(plan)
-            self.tok_pub.publish(tokens_to_msg(np.full((5, 6), 0.5, np.float32), stamp=stamp, frame_id='cam',
-                                               source='t', frame_counter=self.frame))
+            self.tok_pub.publish(tokens_to_msg(np.full((5, 6), self.token_value, np.float32), stamp=stamp,
+                                               frame_id='cam', source='t', frame_counter=self.frame))
 
     def run(self, seconds, tokens=True, until=None):
         end = time.monotonic() + seconds
@@ -153,4 +171,53 @@ def test_commands_chunks_stale_hold_and_estop(harness):
     start = len(h.commands)
     h.run(1.5)
     assert np.ptp(np.array(h.commands[start:]), axis=0).max() > 1e-4
+    _assert_safe(h.commands)
+
+
+def _held_after(h, settle_s, window_s):
+    """Run with the harness' current inputs; True when the commands of the last window do not move."""
+    h.run(settle_s)
+    start = len(h.commands)
+    h.run(window_s)
+    held = np.array(h.commands[start:])
+    return len(held) > 10 and np.ptp(held, axis=0).max() == 0.0
+
+
+def _moving(h):
+    start = len(h.commands)
+    ok = h.run(30.0, until=lambda: len(h.commands) > start + 30 and
+               np.ptp(np.array(h.commands[-20:]), axis=0).max() > 1e-4)
+    return ok
+
+
+def test_hostile_inputs_hold_the_arm_and_are_counted(harness):
+    """Audit findings 2, 3, 5: 1970 stamps, a silent arm beside a talking gripper, huge tokens, duplicate names."""
+    h = harness
+    assert _moving(h)
+    # 2: plan and tokens stamped in 1970 arrive on time, but are 56 years old -> hold.
+    h.token_stamp = Time(sec=0, nanosec=1)
+    assert _held_after(h, 1.2, 0.6)
+    h.run(1.5, until=lambda: h.drops('plan_stale_stamp') > 0 and h.drops('perception_stale_stamp') > 0)
+    assert h.drops('plan_stale_stamp') > 0 and h.drops('perception_stale_stamp') > 0, h.diagnostics
+    h.token_stamp = None
+    assert _moving(h)
+    # 3: the arm's joint states fall silent while a gripper keeps publishing on joint_states -> hold.
+    h.js_names = ['gripper']
+    assert _held_after(h, 1.0, 0.6)
+    h.run(1.5, until=lambda: h.drops('joint_state_no_arm_joints') > 0)
+    assert h.drops('joint_state_no_arm_joints') > 0
+    # duplicate names: rejected (counted), so still no fresh arm positions -> still holding
+    h.js_names = ['j1', 'j1', 'j2', 'j3']
+    assert _held_after(h, 0.3, 0.6)
+    h.run(1.5, until=lambda: h.drops('joint_state_duplicate_joint_names') > 0)
+    assert h.drops('joint_state_duplicate_joint_names') > 0
+    h.js_names = ['extra'] + JOINTS
+    assert _moving(h)
+    # 5: finite but absurd token values are dropped -> inputs go stale -> hold.
+    h.token_value = 1e30
+    assert _held_after(h, 1.2, 0.6)
+    h.run(1.5, until=lambda: h.drops('bad_perception_tokens') > 0)
+    assert h.drops('bad_perception_tokens') > 0
+    h.token_value = 0.5
+    assert _moving(h)
     _assert_safe(h.commands)

@@ -10,7 +10,8 @@ DT = 0.01
 
 def _cfg(**kw):
     base = dict(joint_lower=[-1.0, -2.0, 0.0], joint_upper=[1.0, 2.0, 0.5], max_velocity=1.0,
-                max_acceleration=20.0, stale_plan_timeout_s=1.0, stale_perception_timeout_s=0.5)
+                max_acceleration=20.0, stale_plan_timeout_s=1.0, stale_perception_timeout_s=0.5,
+                max_tracking_error=0.0)
     base.update(kw)
     return SafetyConfig(**base)
 
@@ -38,12 +39,18 @@ def _adversarial_target(rng, prev):
 @pytest.mark.parametrize('behavior,max_acc', [('hold', 20.0), ('decay', 20.0), ('decay', 1e4)])
 def test_property_commands_stay_within_limits_and_velocity(behavior, max_acc):
     rng = np.random.default_rng(42)
-    cfg = _cfg(stale_behavior=behavior, max_acceleration=max_acc)
+    cfg = _cfg(stale_behavior=behavior, max_acceleration=max_acc, max_tracking_error=0.1)
     f = SafetyFilter(cfg, DT)
     lower, upper = np.array(cfg.joint_lower), np.array(cfg.joint_upper)
     prev = None
     for i in range(5000):
-        measured = rng.uniform(-3, 3, 3) if rng.random() < 0.9 else np.array([np.nan, 0, 0])
+        u = rng.random()
+        if u < 0.7 and prev is not None:      # the arm close to its command (normal tracking)
+            measured = prev + rng.normal(scale=0.02, size=3)
+        elif u < 0.9:                          # anywhere: a reset, a push, a bad sensor
+            measured = rng.uniform(-3, 3, 3)
+        else:
+            measured = np.array([np.nan, 0, 0])
         if rng.random() < 0.01:
             f.set_estop(not f.estop_active)
         ages = dict(plan_age_s=float(rng.choice([0.0, 0.2, 0.3, 2.0])),
@@ -52,13 +59,18 @@ def test_property_commands_stay_within_limits_and_velocity(behavior, max_acc):
         assert cmd is not None and cmd.shape == (3,)
         assert np.all(np.isfinite(cmd))
         assert np.all(cmd >= lower) and np.all(cmd <= upper)
-        if prev is not None:
+        if report.reanchored:                  # each joint: one step from its last command or from the arm
+            near = np.abs(cmd - np.clip(measured, lower, upper)) <= cfg.max_velocity * DT + 1e-12
+            if prev is not None:
+                near |= np.abs(cmd - prev) <= cfg.max_velocity * DT + 1e-12
+            assert np.all(near), f'step {i}'
+        elif prev is not None:
             assert np.max(np.abs(cmd - prev)) <= cfg.max_velocity * DT + 1e-12, f'step {i}'
         prev = cmd
     # The adversarial stream really exercised every guard.
     limited = f.counters['limited_velocity'] if max_acc > 1e3 else f.counters['limited_acceleration']
     assert f.counters['nan_target'] > 0 and limited > 0 and f.counters['stale'] > 0 and f.counters['estop'] > 0
-    assert f.counters['clamped_position'] > 0
+    assert f.counters['clamped_position'] > 0 and f.counters['reanchored'] > 0
 
 
 def test_first_command_is_clamped_measured_position_and_no_reference_gives_none():
@@ -158,3 +170,70 @@ def test_bad_limits_rejected():
         SafetyFilter(_cfg(joint_lower=[1.5, 0.0, 0.0]), DT)
     with pytest.raises(ValueError):
         SafetyFilter(_cfg(), 0.0)
+
+
+def test_episode_reset_restarts_from_the_measured_position_not_the_last_command():
+    """Audit finding 4: after the sim teleported the arm home, commands kept starting from the old command."""
+    f = SafetyFilter(_cfg(max_tracking_error=0.15, max_acceleration=1e4), DT)
+    q = np.array([0.5, 0.5, 0.25])
+    cmd, _ = f.filter(q, q, **FRESH)
+    for _ in range(20):                        # arm follows its commands
+        cmd, _ = f.filter(q + 0.3, cmd, **FRESH)
+    home = np.array([0.0, 0.0, 0.1])           # reset: the arm is elsewhere now
+    cmd, report = f.filter(q + 0.3, home, **FRESH)
+    assert report.reanchored
+    assert np.max(np.abs(cmd - home)) <= 1.0 * DT + 1e-12
+    # small tracking lag below the tolerance is left alone
+    cmd2, report = f.filter(q + 0.3, cmd - 0.05, **FRESH)
+    assert not report.reanchored and np.max(np.abs(cmd2 - cmd)) <= 1.0 * DT + 1e-12
+
+
+def test_velocity_limit_applies_per_elapsed_time_when_ticks_bunch_up():
+    """Audit finding 8: bunched ticks each took a full step, 2.5-16 rad/s in real time."""
+    cfg = _cfg(max_acceleration=1e4, max_velocity=1.0)
+    f = SafetyFilter(cfg, DT)
+    q = np.array([0.0, 0.0, 0.25])
+    t = 10.0
+    cmd, _ = f.filter(q, q, now=t, **FRESH)
+    times, cmds = [t], [cmd]
+    for k in range(50):                        # 50 ticks released 1 ms apart after a stall
+        t += 0.001
+        cmd, _ = f.filter(np.array([1.0, 1.0, 0.5]), None, now=t, **FRESH)
+        times.append(t)
+        cmds.append(cmd)
+    speed = np.abs(np.diff(cmds, axis=0)) / np.diff(times)[:, None]
+    assert speed.max() <= cfg.max_velocity + 1e-9
+    # a tick 0.5 s late moves at most two periods' worth, still <= max_velocity in real time
+    before = cmd
+    cmd, _ = f.filter(np.array([1.0, 1.0, 0.5]), None, now=t + 0.5, **FRESH)
+    assert np.max(np.abs(cmd - before)) <= 2 * cfg.max_velocity * DT + 1e-12
+
+
+def test_estop_release_restarts_from_the_measured_position():
+    """Audit finding 6 (filter side): release after the arm settled elsewhere restarts from where it is."""
+    f = SafetyFilter(_cfg(max_acceleration=1e4), DT)
+    q = np.array([0.2, 0.2, 0.2])
+    cmd, _ = f.filter(q, q, **FRESH)
+    for _ in range(10):
+        cmd, _ = f.filter(q + 0.5, cmd, **FRESH)
+    f.set_estop(True)
+    held, report = f.filter(q + 0.5, cmd, **FRESH)
+    assert report.estop and np.array_equal(held, cmd)
+    f.set_estop(False)
+    settled = cmd - 0.08                      # the arm stopped a bit short of the held command
+    cmd, report = f.filter(q + 0.5, settled, **FRESH)
+    assert report.reanchored and np.max(np.abs(cmd - settled)) <= 1.0 * DT + 1e-12
+    # no valid measurement after release: keep holding, never return None
+    f.set_estop(True)
+    f.set_estop(False)
+    held2, report = f.filter(q + 0.5, None, **FRESH)
+    assert held2 is not None
+
+
+def test_stale_joint_state_holds():
+    f = SafetyFilter(_cfg(stale_joint_state_timeout_s=0.5), DT)
+    q = np.array([0.1, 0.1, 0.1])
+    cmd, _ = f.filter(q, q, **FRESH)
+    cmd2, report = f.filter(q + 0.5, None, joint_state_age_s=0.8, **FRESH)
+    assert report.stale and report.holding and np.array_equal(cmd, cmd2)
+    assert f.is_stale(0.0, 0.0, None) and not f.is_stale(0.0, 0.0, 0.1)

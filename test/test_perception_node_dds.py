@@ -18,13 +18,14 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 from vla_ros.models.vision import make_demo_vision_encoder  # noqa: E402
-from vla_ros.nodes.common import LATCHED_QOS, SENSOR_QOS, msg_to_tokens, reliable_qos, stamp_to_ns  # noqa: E402
+from vla_ros.nodes.common import (LATCHED_QOS, SENSOR_QOS, msg_to_tokens, ns_to_stamp, reliable_qos,  # noqa: E402
+                                  stamp_to_ns)
 from vla_ros.perception.image_conversion import numpy_to_image_msg  # noqa: E402
 from vla_ros.perception.synthetic import moving_object_sequence  # noqa: E402
 from vla_ros_msgs.msg import LatentTokens  # noqa: E402
 
 NS = '/perctest'
-JOINTS = [0.1, -0.2, 0.3]
+JOINTS = [0.1, -0.2, 0.3]          # a, b, c: published in another order, mapped back BY NAME
 
 
 @pytest.fixture(scope='module')
@@ -43,6 +44,7 @@ def harness(tmp_path_factory):
       max_rate_hz: 0.0
       max_input_age_s: 5.0
       torch_threads: 1
+      joint_names: [a, b, c]
 """)
     with node_process('vla_ros.nodes.perception_node', NS, params, DOMAIN):
         rclpy.init()
@@ -72,12 +74,14 @@ class Harness:
             if status.name == f'{NS}/perception':
                 self.diagnostics = {kv.key: kv.value for kv in status.values}
 
-    def publish(self, image_fn=None):
-        stamp = self.node.get_clock().now().to_msg()
-        js = JointState(name=['a', 'b', 'c'], position=JOINTS)
+    def publish(self, image_fn=None, offset_ns=0, names=('gripper', 'c', 'a', 'b')):
+        stamp = ns_to_stamp(self.node.get_clock().now().nanoseconds + offset_ns)
+        by_name = {'gripper': 0.04, 'a': JOINTS[0], 'b': JOINTS[1], 'c': JOINTS[2]}
+        js = JointState(name=list(names), position=[by_name[n] for n in names])
         js.header.stamp = stamp
         img = image_fn(stamp) if image_fn else numpy_to_image_msg(next(self.frames), 'rgb8', stamp, 'camera')
-        self.sent_stamps[stamp_to_ns(stamp)] = 'bad' if image_fn else 'good'
+        self.sent_stamps[stamp_to_ns(stamp)] = 'bad' if image_fn or offset_ns or len(set(names)) < len(names) \
+            else 'good'
         self.img_pub.publish(img)
         self.js_pub.publish(js)
 
@@ -141,6 +145,35 @@ def test_bad_images_are_dropped_and_node_keeps_working(harness):
     # Still alive: good frames produce tokens again.
     assert h.run(30.0, until=lambda: len(h.tokens) >= start + 3)
     assert int(h.diagnostics['frames_processed']) >= 6
+
+
+def test_one_pair_from_the_future_does_not_wedge_perception(harness):
+    """Audit finding 1: a single image + joint state stamped an hour ahead blocked every later frame."""
+    h = harness
+    n = len(h.tokens)
+    assert h.run(60.0, until=lambda: len(h.tokens) > n)      # the node is up and processing
+    h.publish(offset_ns=3600 * 1_000_000_000)
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:               # nothing newer: the worker really processes this pair
+        rclpy.spin_once(h.node, timeout_sec=0.01)
+    start = len(h.tokens)
+    assert h.run(20.0, until=lambda: len(h.tokens) >= start + 5 and
+                 int(h.diagnostics.get('drops.future_stamp', 0)) >= 1), (len(h.tokens) - start, h.diagnostics)
+    assert int(h.diagnostics.get('drops.out_of_order_stamp', 0)) == 0
+    assert all(h.sent_stamps.get(stamp_to_ns(m.header.stamp)) == 'good' for m in h.tokens)
+
+
+def test_hostile_instruction_and_duplicate_joint_names_are_counted_drops(harness):
+    h = harness
+    h.instr_pub.publish(String(data='x' * 100_000))
+    for _ in range(5):
+        h.publish(names=('a', 'b', 'b', 'c'))
+        h.run(0.2, until=lambda: False, period=10.0)
+    assert h.run(10.0, until=lambda: int(h.diagnostics.get('drops.instruction_too_long', 0)) >= 1 and
+                 int(h.diagnostics.get('drops.bad_joint_state', 0)) >= 1), h.diagnostics
+    assert h.diagnostics['instruction'] == 'touch the red cube'
+    bad = {s for s, kind in h.sent_stamps.items() if kind == 'bad'}
+    assert not any(stamp_to_ns(m.header.stamp) in bad for m in h.tokens)
 
 
 def test_missing_encoder_path_fails_at_startup_with_a_clear_message():

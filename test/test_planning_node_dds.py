@@ -17,7 +17,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 from std_msgs.msg import Empty, String  # noqa: E402
 
-from vla_ros.nodes.common import LATCHED_QOS, reliable_qos, stamp_to_ns, tokens_to_msg  # noqa: E402
+from vla_ros.nodes.common import LATCHED_QOS, ns_to_stamp, reliable_qos, stamp_to_ns, tokens_to_msg  # noqa: E402
 from vla_ros_msgs.msg import LatentTokens, Plan  # noqa: E402
 
 NS = '/plantest'
@@ -155,6 +155,13 @@ def test_plans_cache_replan_instruction_and_runtime_switch(harness):
                                                      Parameter('planner.model_path', value=str(h.tmp / 'missing'))]))
     assert not res.result.successful and 'planner.model_path=' in res.result.reason \
         and 'does not exist' in res.result.reason
+    # Audit finding 9: SetParameters (what `ros2 param set/load` send) is all-or-nothing as well: the
+    # bad path is not left behind when the type change in the same request is refused.
+    path_before = h.call(h.params.get_parameters(['planner.model_path'])).values[0].string_value
+    res = h.call(h.params.set_parameters([Parameter('planner.model_path', value=str(h.tmp / 'missing')),
+                                          Parameter('planner.type', value='vlm')]))
+    assert [r.successful for r in res.results] == [False, False]
+    assert h.call(h.params.get_parameters(['planner.model_path'])).values[0].string_value == path_before
     res = h.call(h.params.set_parameters([Parameter('planner.type', value='vlm')]))  # path still empty
     assert not res.results[0].successful
     n = len(h.plans)
@@ -188,3 +195,27 @@ def test_plans_cache_replan_instruction_and_runtime_switch(harness):
     assert vlm_plans[0].plan_id > red.plan_id
     got = h.call(h.params.get_parameters(['planner.type']))
     assert got.values[0].string_value == 'vlm'
+
+
+def test_hostile_instruction_tokens_and_stamps_are_counted_drops(harness):
+    """Audit findings 1 and 5 on the planner: future stamps, huge values, a 100k-character instruction."""
+    h = harness
+    n = len(h.plans)
+    assert h.run(lambda: len(h.plans) > n, seconds=60)
+    current = h.plans[-1].instruction
+    before = {k: int((h.diags[-1] if h.diags else {}).get(k, 0))
+              for k in ('drop_instruction_too_long', 'drop_future_stamp', 'drop_bad_perception_tokens')}
+    h.instr_pub.publish(String(data='x' * 100_000))
+    future = tokens_to_msg(BASE_SCENE, stamp=ns_to_stamp(h.node.get_clock().now().nanoseconds + 3600 * 10**9),
+                           frame_id='cam', source='test')
+    huge = tokens_to_msg(BASE_SCENE * 1e30, stamp=h.node.get_clock().now().to_msg(), frame_id='cam', source='test')
+    h.tok_pub.publish(future)
+    h.tok_pub.publish(huge)
+
+    def counted():
+        d = h.diags[-1] if h.diags else {}
+        return all(int(d.get(k, 0)) > before[k] for k in before)
+    assert h.run(counted, seconds=30), h.diags[-1:]
+    n = len(h.plans)
+    assert h.run(lambda: len(h.plans) > n + 1, seconds=60)      # the future stamp did not wedge the gate
+    assert all(p.instruction == current for p in h.plans[n:])

@@ -181,3 +181,43 @@ def test_close_drains_a_backlog_into_the_bag(tmp_path):
     assert backlog > 0  # the close really had queued messages to drain
     chunks = [msg.chunk_id for topic, _, _, msg in read_bag(tmp_path / 'bag') if topic.endswith('action/chunk')]
     assert chunks == list(range(count))
+
+
+def test_sigint_right_after_the_last_message_still_records_it(tmp_path):
+    """Audit finding 7: the bag lost the last ~100 ms of every run, the final TaskStatus included, and
+    shutdown printed 'exception was never retrieved ... cannot use Destroyable'."""
+    bag_dir = tmp_path / 'bag'
+    env = dict(os.environ, ROS_DOMAIN_ID=DOMAIN_ID, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''),
+               PYTHONUNBUFFERED='1')
+    proc = subprocess.Popen([sys.executable, '-m', 'vla_ros.nodes.recorder_node', '--ros-args',
+                             '-r', f'__ns:=/{NAMESPACE}', '-p', f'recorder.output_dir:={bag_dir}',
+                             '-p', 'recorder.discovery_period_s:=0.1'],
+                            env=env, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    rclpy.init()
+    node = Node('recorder_sigint_publisher', namespace=NAMESPACE)
+    count = 150                                  # a burst below the recording depth (200): nothing may be lost
+    try:
+        pub = node.create_publisher(TaskStatus, 'task/status', reliable_qos(1000))
+        _wait_for(lambda: pub.get_subscription_count() > 0, node, 30, 'the recorder to subscribe', proc)
+        time.sleep(0.5)
+        for i in range(count):
+            pub.publish(TaskStatus(episode=i, done=i == count - 1, elapsed_s=float(i)))
+        proc.send_signal(signal.SIGINT)          # the run ends right after its last message
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            rclpy.spin_once(node, timeout_sec=0.05)   # the publisher stays alive while the recorder drains
+        out, err = proc.communicate(timeout=30)
+    finally:
+        node.destroy_node()
+        rclpy.shutdown()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    records = list(read_bag(bag_dir))
+    episodes = [m.episode for topic, _, _, m in records if topic.endswith('task/status')]
+    assert episodes == list(range(count)), f"{len(episodes)} of {count}, last {episodes[-1:]}: {err[-3000:]}"
+    assert 'never retrieved' not in err and 'Destroyable' not in err, err[-2000:]
+    import yaml
+    meta = yaml.safe_load((bag_dir / 'metadata.yaml').read_text())['rosbag2_bagfile_information']
+    assert meta['custom_data']['vla_ros.recorder.dropped'] == '0'
+    assert int(meta['custom_data']['vla_ros.recorder.received']) == len(records)   # received = in the bag

@@ -167,7 +167,12 @@ class ControlLoop:
             setattr(self, name, _Input(value, int(ident), self.clock() if now is None else float(now)))
 
     def set_estop(self, active: bool) -> None:
-        self.safety.set_estop(active)
+        """Latch/release the e-stop. Either way the running chunks are dropped: after a release the
+        next chunk is inferred from fresh inputs and motion restarts from the measured position."""
+        with self._infer_lock:
+            if active != self.safety.estop_active:
+                self.buffer.clear()
+            self.safety.set_estop(active)
 
     @property
     def estop_active(self) -> bool:
@@ -178,11 +183,16 @@ class ControlLoop:
             plan, vis = self._plan, self._vis
         return (None if plan is None else now - plan.received, None if vis is None else now - vis.received)
 
+    def proprio_age(self, now: float) -> Optional[float]:
+        with self._lock:
+            prop = self._proprio
+        return None if prop is None else now - prop.received
+
     def inputs_ready(self, now: Optional[float] = None) -> bool:
         now = self.clock() if now is None else now
         with self._lock:
             ready = self._plan is not None and self._vis is not None and self._proprio is not None
-        return ready and not self.safety.is_stale(*self.ages(now))
+        return ready and not self.safety.is_stale(*self.ages(now), self.proprio_age(now))
 
     @property
     def measured(self) -> Optional[np.ndarray]:
@@ -271,7 +281,8 @@ class ControlLoop:
         """Command for this control tick (None when there is nothing safe to command yet)."""
         now = self.clock() if now is None else float(now)
         plan_age, vis_age = self.ages(now)
-        stale = self.safety.is_stale(plan_age, vis_age)
+        proprio_age = self.proprio_age(now)
+        stale = self.safety.is_stale(plan_age, vis_age, proprio_age)
         if stale and not self._was_stale:
             # Chunks computed from old inputs must not resume driving the arm later.
             self.buffer.clear()
@@ -281,7 +292,11 @@ class ControlLoop:
         hold_target = target if target is not None else self.safety.last_command
         if hold_target is None:
             hold_target = measured
-        command, report = self.safety.filter(hold_target, measured, plan_age, vis_age)
+        # Frozen positions must not steer an arm already under command (they still seed a first hold).
+        if self.safety.last_command is not None and self.safety.is_stale(0.0, 0.0, proprio_age):
+            measured = None
+        command, report = self.safety.filter(hold_target, measured, plan_age, vis_age, now=now,
+                                             joint_state_age_s=proprio_age)
         if command is None:
             mode = 'waiting'
         elif report.estop:

@@ -1,8 +1,16 @@
 """Last line of defence between the policy and the joint command.
 
 Invariants (property-tested): every command is finite, inside [joint_lower, joint_upper], and
-differs from the previous command by at most max_velocity * control_dt per joint. The only
-exception is the very first command, which is the measured position clamped into the limits.
+differs from the previous command by at most max_velocity * elapsed time per joint, where the
+elapsed time is the real time since the previous command (at most `_MAX_TICK_GAP` control
+periods): ticks that bunch up after a stall command proportionally smaller steps, so the
+commanded speed in real time never exceeds max_velocity. The reference of every step is the
+last command, unless that is further than `max_tracking_error` from the MEASURED position:
+when a joint is not where it was commanded (episode reset, an obstruction), that joint's
+commands restart from where it is, at rest, instead of pulling it towards a stale command at
+actuator speed. The
+very first command, and the first after `reset()` or an e-stop release, is the measured
+position clamped into the limits.
 
 Holding = commanding the last safe command again (or the measured position when nothing has
 been commanded yet), i.e. an immediate stop for a position-controlled arm.
@@ -17,6 +25,10 @@ import numpy as np
 
 from vla_ros.config.action import SafetyConfig
 
+# A late tick may catch up at most this many control periods of motion (its step is still
+# max_velocity * elapsed, so the real-time speed limit holds either way).
+_MAX_TICK_GAP = 2.0
+
 
 @dataclass
 class SafetyReport:
@@ -29,6 +41,8 @@ class SafetyReport:
     clamped_position: bool = False
     limited_velocity: bool = False
     limited_acceleration: bool = False
+    reanchored: bool = False           # started from / moved next to the measured position (first command,
+                                       # reset, e-stop release, last command too far from the arm)
     no_reference: bool = False         # nothing commanded and no measurement: no command at all
 
     @property
@@ -50,6 +64,8 @@ class SafetyFilter:
         self.max_dv = float(config.max_acceleration) * self.dt
         self.last_command: Optional[np.ndarray] = None
         self.last_velocity = np.zeros_like(self.lower)
+        self.last_time: Optional[float] = None
+        self._restart = False                 # next valid measurement re-seeds the command (e-stop release)
         self._estop = False
         self.counters: Dict[str, int] = {f.name: 0 for f in fields(SafetyReport)}
         self.counters['ticks'] = 0
@@ -63,18 +79,27 @@ class SafetyFilter:
         return self._estop
 
     def set_estop(self, active: bool) -> None:
-        """Latch (True) or release (False) the emergency stop."""
+        """Latch (True) or release (False) the emergency stop.
+
+        After a release motion restarts from the next valid measured position, at rest (until one
+        arrives, the last command is held).
+        """
+        if self._estop and not active:
+            self._restart = True
         self._estop = bool(active)
 
     def reset(self) -> None:
         """Forget the command history (next command starts from the measured position)."""
         self.last_command = None
         self.last_velocity = np.zeros_like(self.lower)
+        self.last_time = None
 
-    def is_stale(self, plan_age_s: Optional[float], perception_age_s: Optional[float]) -> bool:
+    def is_stale(self, plan_age_s: Optional[float], perception_age_s: Optional[float],
+                 joint_state_age_s: Optional[float] = 0.0) -> bool:
         """None age = never received. A timeout <= 0 disables that watchdog."""
         for age, timeout in ((plan_age_s, self.config.stale_plan_timeout_s),
-                             (perception_age_s, self.config.stale_perception_timeout_s)):
+                             (perception_age_s, self.config.stale_perception_timeout_s),
+                             (joint_state_age_s, self.config.stale_joint_state_timeout_s)):
             if timeout <= 0:
                 continue
             if age is None or not math.isfinite(age) or age > timeout:
@@ -89,54 +114,87 @@ class SafetyFilter:
             return None
         return arr
 
+    def _elapsed(self, now: Optional[float]) -> float:
+        """Real time since the previous command, capped; the nominal period without a clock."""
+        if now is None or self.last_time is None:
+            return self.dt
+        return float(min(max(now - self.last_time, 0.0), _MAX_TICK_GAP * self.dt))
+
     def filter(self, target, measured=None, plan_age_s: Optional[float] = None,
-               perception_age_s: Optional[float] = None) -> Tuple[Optional[np.ndarray], SafetyReport]:
-        """Turn a policy target into a safe command; returns (command or None, report)."""
+               perception_age_s: Optional[float] = None, now: Optional[float] = None,
+               joint_state_age_s: Optional[float] = 0.0) -> Tuple[Optional[np.ndarray], SafetyReport]:
+        """Turn a policy target into a safe command; returns (command or None, report).
+
+        `now` (seconds, any monotonic clock) makes the velocity and acceleration limits apply per
+        elapsed time; `measured` must be the arm's CURRENT position (pass None when it is stale).
+        """
         report = SafetyReport()
         self.counters['ticks'] += 1
         measured = self._valid(measured)
-        if self.last_command is not None:
+        dt = self._elapsed(now)
+        if self.last_command is not None and self._restart and measured is not None and not self._estop:
+            ref = np.clip(measured, self.lower, self.upper)
+            report.reanchored = True
+            self.last_velocity = np.zeros_like(self.lower)
+            self._restart = False
+        elif self.last_command is not None:
             ref = self.last_command
+            tol = float(self.config.max_tracking_error)
+            if tol > 0 and joint_state_age_s is not None and math.isfinite(joint_state_age_s):
+                # an old measurement may trail the arm by what it could travel since
+                tol += float(self.config.max_velocity) * max(float(joint_state_age_s), 0.0)
+            if measured is not None and tol > 0:
+                far = np.abs(ref - measured) > tol
+                if np.any(far):                      # those joints restart from rest where the arm IS
+                    ref = np.where(far, np.clip(measured, self.lower, self.upper), ref)
+                    report.reanchored = True
+                    self.last_velocity = np.where(far, 0.0, self.last_velocity)
         elif measured is not None:
             ref = np.clip(measured, self.lower, self.upper)
             report.clamped_position = bool(np.any(ref != measured))
+            report.reanchored = True
         else:
             report.no_reference = True
             self._count(report)
             return None, report
 
+        max_dv = float(self.config.max_acceleration) * dt
+        max_step = float(self.config.max_velocity) * dt
         target_arr = self._valid(target)
         velocity = np.zeros_like(ref)
         if self._estop:
             report.estop = report.holding = True
-        elif self.is_stale(plan_age_s, perception_age_s):
+        elif self.is_stale(plan_age_s, perception_age_s, joint_state_age_s):
             report.stale = True
             if self.config.stale_behavior == 'decay':
                 report.decaying = True
-                speed = np.maximum(np.abs(self.last_velocity) - self.max_dv, 0.0)
+                speed = np.maximum(np.abs(self.last_velocity) - max_dv, 0.0)
                 velocity = np.sign(self.last_velocity) * speed
             else:
                 report.holding = True
         elif target_arr is None:
             report.nan_target = report.holding = True
-        else:
-            desired = (target_arr - ref) / self.dt
-            low, high = self.last_velocity - self.max_dv, self.last_velocity + self.max_dv
+        elif dt > 0:
+            desired = (target_arr - ref) / dt
+            low, high = self.last_velocity - max_dv, self.last_velocity + max_dv
             velocity = np.clip(desired, low, high)
             report.limited_acceleration = bool(np.any(velocity != desired))
             limited = np.clip(velocity, -self.config.max_velocity, self.config.max_velocity)
             report.limited_velocity = bool(np.any(limited != velocity))
             velocity = limited
 
-        step = np.clip(velocity * self.dt, -self.max_step, self.max_step)
+        step = np.clip(velocity * dt, -max_step, max_step)
         command = np.clip(ref + step, self.lower, self.upper)
         if np.any(command != ref + step):
             report.clamped_position = True
         if not np.all(np.isfinite(command)):  # cannot happen with finite ref, kept as a hard guard
             command = ref.copy()
             report.nan_target = report.holding = True
-        self.last_velocity = (command - ref) / self.dt
+        if dt > 0:
+            self.last_velocity = (command - ref) / dt
         self.last_command = command
+        if now is not None:
+            self.last_time = float(now)
         self._count(report)
         return command.copy(), report
 

@@ -17,7 +17,13 @@ class SafetyConfig:
     max_acceleration: float = param(10.0, 'Max joint acceleration (rad/s^2)', range=(0.0, 10000.0))
     stale_plan_timeout_s: float = param(3.0, 'Plan older than this -> hold', range=(0.0, 3600.0))
     stale_perception_timeout_s: float = param(1.0, 'Perception older than this -> hold', range=(0.0, 3600.0))
+    stale_joint_state_timeout_s: float = param(0.5, 'Any commanded joint\'s position (by name, by stamp) older '
+                                               'than this -> hold', range=(0.0, 3600.0))
     stale_behavior: str = param('hold', 'What to do on stale inputs', choices=('hold', 'decay'))
+    max_tracking_error: float = param(0.2, 'When a joint\'s last command is further than this (rad) from its '
+                                      'measured position (episode reset, obstruction), that joint restarts from the '
+                                      'measured position at rest; above the normal tracking lag (0 = off)',
+                                      range=(0.0, 100.0))
 
 
 @dataclass
@@ -36,6 +42,8 @@ class ActionConfig:
     action_dt: float = param(0.05, 'Seconds between chunk steps', range=(0.001, 10.0))
     smoothing: str = param('rtc', 'Chunk-boundary smoothing', choices=SMOOTHING_MODES)
     ensemble_decay: float = param(0.5, 'Exponential weight decay for temporal ensembling', range=(0.0, 100.0))
+    max_token_abs: float = param(1e4, 'Plan/perception tokens with any |value| above this are dropped',
+                                 range=(0.0, 1e30))
     publish_trajectory: bool = param(True, 'Also publish trajectory_msgs/JointTrajectory')
     inference_priority: str = param('normal', 'CPU priority of the inference thread: idle (Linux SCHED_IDLE) '
                                     'keeps the 100 Hz tick regular (p99 jitter < 1 ms) but starves '

@@ -8,10 +8,11 @@ from vla_ros.config.perception import PerceptionConfig
 from vla_ros.config.planning import PlannerConfig
 from vla_ros.config.recording import RecorderConfig
 from vla_ros.config.sim import SimConfig
+from vla_ros.config.timing import TimingConfig
 from vla_ros.config.topics import TopicsConfig
 
 # Parameters every node shares (ROS 2 '/**' wildcard section).
-SHARED_SECTIONS = (('topics', TopicsConfig),)
+SHARED_SECTIONS = (('topics', TopicsConfig), ('timing', TimingConfig))
 
 # node name -> (prefix, dataclass) declared by that node in addition to the shared ones.
 NODE_SECTIONS = {

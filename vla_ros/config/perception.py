@@ -1,5 +1,6 @@
 """Perception node configuration: encoder, token pruning, temporal reuse, sync."""
 from dataclasses import dataclass
+from typing import List
 
 from vla_ros.config.base import ConfigError, param
 
@@ -39,6 +40,10 @@ class PerceptionConfig:
     expected_height: int = param(0, 'Drop images of another height (0 = accept any size)', range=(0, 100000))
     depth_max_m: float = param(3.0, 'Depth images (16UC1 mm / 32FC1 m) are scaled 0..depth_max_m to 0..255',
                                range=(0.001, 1000.0))
+    joint_names: List[str] = param(['joint1', 'joint2', 'joint3', 'joint4', 'joint5', 'joint6', 'joint7'],
+                                   'Arm joints taken BY NAME from joint_states as proprioception, in order')
+    max_instruction_chars: int = param(1000, 'Longer instructions are dropped (counted); the previous one stays',
+                                       range=(1, 10000000))
 
     def validate(self):
         if self.pruning not in PRUNING_STRATEGIES:

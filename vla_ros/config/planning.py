@@ -38,6 +38,10 @@ class PlannerConfig:
                                    range=(0.0, 3600.0))
     default_instruction: str = param('touch the red cube',
                                      'Instruction used until one arrives on the instruction topic')
+    max_instruction_chars: int = param(1000, 'Longer instructions are dropped (counted); the previous one stays',
+                                       range=(1, 10000000))
+    max_token_abs: float = param(1e4, 'Perception tokens with any |value| above this are dropped',
+                                 range=(0.0, 1e30))
 
     def validate(self):
         if '{instruction}' not in self.prompt:

@@ -22,5 +22,9 @@ class RecorderConfig:
                            range=(1, 10000000))
     discovery_period_s: float = param(0.5, 'How often to look for publishers (recording QoS follows theirs)',
                                       range=(0.01, 60.0))
+    drain_timeout_s: float = param(2.0, 'At shutdown, keep taking messages DDS still holds for at most this long',
+                                   range=(0.0, 60.0))
+    drain_quiet_s: float = param(0.3, 'At shutdown, stop taking messages once none arrived for this long',
+                                 range=(0.001, 60.0))
     diagnostics_period_s: float = param(1.0, 'Period of the recorder status on /diagnostics',
                                         range=(0.01, 60.0))

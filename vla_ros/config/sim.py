@@ -33,6 +33,9 @@ class SimConfig:
                                        range=(0.0, 1.0))
     command_timeout_s: float = param(0.0, 'Hold the measured position if no command arrives for this long '
                                      '(0 = keep the last target forever)', range=(0.0, 3600.0))
+    max_command_jump: float = param(0.3, 'Reject a joint target further than this (rad) from the current position '
+                                    '(a discontinuity, as real arm drivers do; e.g. commands computed before an '
+                                    'episode reset); 0 = accept any', range=(0.0, 100.0))
     wait_for_first_command: bool = param(True, "Start the first episode's clock at the first joint command, so "
                                          'a policy stack that is still loading is not timed out')
     realtime_factor: float = param(1.0, 'Sim seconds per wall-clock second in the node', range=(0.01, 100.0))

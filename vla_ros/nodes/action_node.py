@@ -22,10 +22,12 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vla_ros.action.controller import ChunkResult, ControlLoop, RateMonitor, build_head
 from vla_ros.config.action import ActionConfig
+from vla_ros.config.timing import TimingConfig
 from vla_ros.config.topics import TopicsConfig
 from vla_ros.nodes.common import (SENSOR_QOS, Diagnostics, DropCounter, TokenDecodeError, msg_to_tokens,
                                   ns_to_stamp, reliable_qos)
 from vla_ros.nodes.params import declare_config
+from vla_ros.timing import JointStateTracker, StampGate, local_time_of_stamp, stamp_to_ns
 from vla_ros.resources import resolve_path
 from vla_ros_msgs.msg import ActionChunk, LatentTokens, Plan
 
@@ -40,7 +42,13 @@ class ActionNode(Node):
         super().__init__('action', **kwargs)
         self.cfg: ActionConfig = declare_config(self, ActionConfig, 'action')
         self.topics: TopicsConfig = declare_config(self, TopicsConfig, 'topics')
+        self.timing: TimingConfig = declare_config(self, TimingConfig, 'timing')
         self.drops = DropCounter(self.get_logger())
+        # Input age is judged by header stamps on this node's clock (vla_ros.timing), not by arrival.
+        safety, timing = self.cfg.safety, self.timing
+        self._plan_gate = StampGate(safety.stale_plan_timeout_s, timing.max_future_s, timing.clock_jump_s)
+        self._tokens_gate = StampGate(safety.stale_perception_timeout_s, timing.max_future_s, timing.clock_jump_s)
+        self._joints = JointStateTracker(self.cfg.joint_names, timing.max_future_s, timing.clock_jump_s)
         if self.cfg.checkpoint_path:  # a missing/unreadable checkpoint is a startup error naming the parameter
             self.cfg.checkpoint_path = resolve_path(self.cfg.checkpoint_path, 'action.checkpoint_path', kind='file')
         if self.cfg.torch_threads > 0:
@@ -53,9 +61,10 @@ class ActionNode(Node):
         self._rate = RateMonitor(self.cfg.control_rate_hz)
         self._last_mode = 'waiting'
         self._pending_estop = False
-        self._plan_cache: Optional[tuple] = None    # (tokens, plan_id) seen before the head exists
-        self._vis_cache: Optional[tuple] = None     # (tokens, frame_id)
+        self._plan_cache: Optional[tuple] = None    # (tokens, plan_id, stamp as monotonic time)
+        self._vis_cache: Optional[tuple] = None     # (tokens, frame_id, stamp as monotonic time)
         self._latest_q: Optional[np.ndarray] = None
+        self._latest_q_time = 0.0
 
         self._chunk_pub = self.create_publisher(ActionChunk, self.topics.action_chunk, reliable_qos())
         self._cmd_pub = self.create_publisher(Float64MultiArray, self.topics.joint_command, reliable_qos())
@@ -111,22 +120,37 @@ class ActionNode(Node):
             return loop
 
     # ------------------------------------------------------------------ inputs
+    def _stamp_time(self, stamp, gate: StampGate, what: str) -> Optional[float]:
+        """Check a header stamp; return its instant on the control loop's monotonic clock, or None (dropped)."""
+        stamp_ns, now_ns = stamp_to_ns(stamp), self.get_clock().now().nanoseconds
+        reason = gate.check(stamp_ns, now_ns)
+        if reason is not None:
+            self.drops.drop(f'{what}_{reason}', f'stamp {stamp_ns} ns, clock {now_ns} ns')
+            return None
+        return local_time_of_stamp(stamp_ns, now_ns, time.monotonic())
+
     def _on_plan(self, msg: Plan) -> None:
         try:
-            tokens = msg_to_tokens(msg.plan_tokens)
+            tokens = msg_to_tokens(msg.plan_tokens, self.cfg.max_token_abs)
         except TokenDecodeError as exc:
             self.drops.drop('bad_plan_tokens', str(exc))
             return
-        self._plan_cache = (tokens, int(msg.plan_id))
+        t = self._stamp_time(msg.header.stamp, self._plan_gate, 'plan')
+        if t is None:
+            return
+        self._plan_cache = (tokens, int(msg.plan_id), t)
         self._feed()
 
     def _on_tokens(self, msg: LatentTokens) -> None:
         try:
-            tokens = msg_to_tokens(msg)
+            tokens = msg_to_tokens(msg, self.cfg.max_token_abs)
         except TokenDecodeError as exc:
             self.drops.drop('bad_perception_tokens', str(exc))
             return
-        self._vis_cache = (tokens, int(msg.frame_id))
+        t = self._stamp_time(msg.header.stamp, self._tokens_gate, 'perception')
+        if t is None:
+            return
+        self._vis_cache = (tokens, int(msg.frame_id), t)
         self._feed()
 
     def _feed(self) -> None:
@@ -154,23 +178,22 @@ class ActionNode(Node):
             self._vis_cache = None
 
     def _on_joint_state(self, msg: JointState) -> None:
-        names = list(msg.name)
-        positions = np.asarray(msg.position, dtype=np.float64)
-        if len(names) != positions.size:
-            self.drops.drop('bad_joint_state', f'{len(names)} names but {positions.size} positions')
+        """Joints are taken BY NAME from any publisher; their age is that of the oldest arm joint's stamp."""
+        stamp_ns, now_ns = stamp_to_ns(msg.header.stamp), self.get_clock().now().nanoseconds
+        try:
+            reason = self._joints.update(msg.name, msg.position, stamp_ns, now_ns)
+        except (TypeError, ValueError) as exc:
+            reason = f'bad_joint_state ({exc})'
+        if reason is not None:
+            self.drops.drop(f'joint_state_{reason}', f'names {list(msg.name)[:10]}, stamp {stamp_ns} ns')
             return
-        index = {n: i for i, n in enumerate(names)}
-        missing = [n for n in self.cfg.joint_names if n not in index]
-        if missing:
-            self.drops.drop('missing_joints', f'joint_states lacks {missing}')
-            return
-        q = positions[[index[n] for n in self.cfg.joint_names]]
-        if not np.all(np.isfinite(q)):
-            self.drops.drop('nan_joint_state', 'non-finite joint position')
-            return
+        q = self._joints.positions()
+        if q is None:
+            return  # other arm joints not seen yet
         self._latest_q = q
+        self._latest_q_time = local_time_of_stamp(self._joints.oldest_stamp_ns(), now_ns, time.monotonic())
         if self.loop is not None:
-            self.loop.update_proprio(q)
+            self.loop.update_proprio(q, now=self._latest_q_time)
 
     def _set_estop(self, active: bool) -> None:
         self._pending_estop = bool(active)
@@ -200,7 +223,7 @@ class ActionNode(Node):
             return  # no head yet: nothing has been commanded, so the arm keeps its own hold
         try:
             if loop.measured is None and self._latest_q is not None:
-                loop.update_proprio(self._latest_q)
+                loop.update_proprio(self._latest_q, now=self._latest_q_time)
             command, status = loop.tick(now)
         except Exception as exc:  # never let the control timer die; publish nothing this tick
             self.drops.drop('tick_error', f'{type(exc).__name__}: {exc}')
@@ -249,6 +272,8 @@ class ActionNode(Node):
             if loop.last_error:
                 out['last_inference_error'] = loop.last_error
             out.update({f'safety_{k}': v for k, v in loop.safety.counters.items()})
+        out.update({f'drop_{k}': v for k, v in sorted(self.drops.counts.items())})
+        out['stamp_gate_resets'] = self._plan_gate.resets + self._tokens_gate.resets
         return out
 
     def _level(self):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import signal
+import threading
 import time
 from typing import Callable, Dict, Optional, Sequence
 
@@ -17,6 +18,7 @@ from rclpy.signals import SignalHandlerOptions
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
 
+from vla_ros.timing import StampGate, stamp_to_ns  # noqa: F401  (re-exported for the nodes)
 from vla_ros.resources import ResourceError
 from vla_ros.stack import STARTUP_CONFIG_ERROR
 from vla_ros_msgs.msg import LatentTokens
@@ -29,10 +31,6 @@ LATCHED_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=R
 
 def reliable_qos(depth: int = 10) -> QoSProfile:
     return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
-
-
-def stamp_to_ns(stamp: TimeMsg) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 def ns_to_stamp(ns: int) -> TimeMsg:
@@ -58,25 +56,6 @@ class DropCounter:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
-
-
-class StampGate:
-    """Rejects messages whose header stamp is stale or goes backwards."""
-
-    def __init__(self, max_age_s: float):
-        self.max_age_ns = int(max_age_s * 1e9)
-        self.last_ns: Optional[int] = None
-
-    def check(self, stamp_ns: int, now_ns: int) -> Optional[str]:
-        """Return a drop reason, or None to accept (and remember the stamp)."""
-        if stamp_ns <= 0:
-            return 'missing_stamp'
-        if self.max_age_ns > 0 and now_ns - stamp_ns > self.max_age_ns:
-            return 'stale_stamp'
-        if self.last_ns is not None and stamp_ns < self.last_ns:
-            return 'out_of_order_stamp'
-        self.last_ns = stamp_ns
-        return None
 
 
 class Diagnostics:
@@ -136,8 +115,10 @@ class TokenDecodeError(ValueError):
     pass
 
 
-def msg_to_tokens(msg: LatentTokens) -> np.ndarray:
-    """Decode and validate a LatentTokens message into a [num_tokens, dim] float32 array."""
+def msg_to_tokens(msg: LatentTokens, max_abs: float = 0.0) -> np.ndarray:
+    """Decode and validate a LatentTokens message into a [num_tokens, dim] float32 array.
+
+    `max_abs > 0` also rejects finite but absurd values (|x| > max_abs)."""
     shape = tuple(int(s) for s in msg.shape)
     data = np.asarray(msg.data, dtype=np.float32)
     if len(shape) != 2 or shape[0] == 0 or shape[1] == 0:
@@ -146,7 +127,12 @@ def msg_to_tokens(msg: LatentTokens) -> np.ndarray:
         raise TokenDecodeError(f'shape {shape} does not match {data.size} values')
     if not np.all(np.isfinite(data)):
         raise TokenDecodeError('tokens contain NaN/Inf')
+    if max_abs > 0 and data.size and float(np.max(np.abs(data))) > max_abs:
+        raise TokenDecodeError(f'token magnitude {float(np.max(np.abs(data))):.3g} exceeds {max_abs:g}')
     return data.reshape(shape)
+
+
+_STOP_POLL_S = 0.1   # longest a stop request waits for the executor's wait to return
 
 
 def _raise_keyboard_interrupt(signum, frame):
@@ -158,8 +144,12 @@ def spin_node(node_factory: Callable[..., Node], args=None, num_threads: int = 4
 
     rclpy's own signal handler would shut the context down the moment SIGINT/SIGTERM arrives,
     while worker threads (perception worker, inference, bag writer) may still publish or log.
-    Instead the signal stops the executor, then the node's close() stops its threads, and only
-    then is the context shut down.
+    Instead, once spinning, the signal only sets a flag: the executor finishes the callback it is
+    running (an exception thrown into it would abandon half-dispatched tasks, which then print
+    "exception was never retrieved ... cannot use Destroyable" and keep their subscription
+    marked busy), the node's optional drain(executor) takes what is still in flight (the
+    recorder), the executor stops, close() stops the node's threads, and only then is the
+    context shut down. During construction (model loading) Ctrl-C interrupts at once.
     """
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
@@ -170,7 +160,15 @@ def spin_node(node_factory: Callable[..., Node], args=None, num_threads: int = 4
         node = node_factory()
         executor = MultiThreadedExecutor(num_threads=num_threads)
         executor.add_node(node)
-        executor.spin()
+        stop = threading.Event()
+        signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+        signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+        while not stop.is_set():
+            executor.spin_once(timeout_sec=_STOP_POLL_S)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        drain = getattr(node, 'drain', None)
+        if callable(drain):
+            drain(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except ResourceError as exc:  # a bad model/checkpoint parameter: one clear line, exit code 2

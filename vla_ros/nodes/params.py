@@ -71,3 +71,32 @@ def declare_config(node: Node, cls, prefix: str):
                 value = float(value)
         values[name] = value
     return config_from_dict(cls, values, prefix=prefix + '.' if prefix else '')
+
+
+class AtomicParameterService:
+    """The standard parameter services, except that SetParameters is all-or-nothing.
+
+    rclpy applies a SetParameters request (what `ros2 param set/load` and parameter clients send)
+    one parameter at a time, so a request whose second value is rejected keeps the first one
+    applied. Nodes whose parameters depend on each other (planner.type + planner.model_path) are
+    created with `start_parameter_services=False` and use this instead: the whole request goes
+    through one `set_parameters_atomically` call and every entry reports that call's result.
+    """
+
+    def __init__(self, node: Node):
+        from rclpy.parameter_service import ParameterService
+
+        class _Service(ParameterService):
+            def _set_parameters_callback(self, request, response):
+                from rcl_interfaces.msg import SetParametersResult
+                from rclpy.exceptions import ParameterNotDeclaredException
+                target = self._get_node()
+                try:
+                    result = target.set_parameters_atomically(
+                        [Parameter.from_parameter_msg(p) for p in request.parameters])
+                except ParameterNotDeclaredException as exc:
+                    result = SetParametersResult(successful=False, reason=str(exc))
+                response.results = [result for _ in request.parameters]
+                return response
+
+        self._service = _Service(node)

@@ -18,15 +18,17 @@ from rclpy.node import Node
 from std_msgs.msg import String
 
 from vla_ros.config.perception import PerceptionConfig
+from vla_ros.config.timing import TimingConfig
 from vla_ros.config.topics import TopicsConfig
-from vla_ros.nodes.common import (LATCHED_QOS, SENSOR_QOS, Diagnostics, DropCounter, StampGate, reliable_qos,
-                                  spin_node, stamp_to_ns, tokens_to_msg)
+from vla_ros.nodes.common import (LATCHED_QOS, SENSOR_QOS, Diagnostics, DropCounter, reliable_qos, spin_node,
+                                  tokens_to_msg)
 from vla_ros.nodes.params import declare_config
 from vla_ros.perception.encoder import VisionEncoder
 from vla_ros.perception.image_conversion import ImageConversionError, image_msg_to_rgb
 from vla_ros.perception.pipeline import PerceptionPipeline
 from vla_ros.perception.sync import make_image_joint_sync
 from vla_ros.resources import resolve_path
+from vla_ros.timing import StampGate, positions_by_name, stamp_to_ns
 from vla_ros_msgs.msg import LatentTokens
 
 WORKER_POLL_S = 0.1      # how often an idle worker re-checks the stop flag
@@ -38,6 +40,7 @@ class PerceptionNode(Node):
         super().__init__('perception', **kwargs)
         self.cfg: PerceptionConfig = declare_config(self, PerceptionConfig, 'perception')
         self.topics: TopicsConfig = declare_config(self, TopicsConfig, 'topics')
+        self.timing: TimingConfig = declare_config(self, TimingConfig, 'timing')
         # A missing/unreadable model is a ResourceError naming perception.encoder_path: the node exits on it.
         path = resolve_path(self.cfg.encoder_path, 'perception.encoder_path', kind='dir', marker='config.json')
         if self.cfg.torch_threads > 0:
@@ -46,7 +49,7 @@ class PerceptionNode(Node):
         self.pipeline = PerceptionPipeline(self.encoder, self.cfg)
         self.source = f'perception/{self.encoder.name}'
         self.drops = DropCounter(self.get_logger())
-        self.gate = StampGate(self.cfg.max_input_age_s)
+        self.gate = StampGate(self.cfg.max_input_age_s, self.timing.max_future_s, self.timing.clock_jump_s)
         self.get_logger().info(f'encoder {path} ({self.encoder.name}, grid {self.encoder.grid_hw}, '
                                f'dim {self.encoder.hidden_size}); pruning {self.cfg.pruning} '
                                f'keep {self.cfg.keep_ratio}, reuse {self.cfg.reuse_enabled}')
@@ -74,6 +77,10 @@ class PerceptionNode(Node):
 
     # ------------------------------------------------------------------ inputs
     def _on_instruction(self, msg: String) -> None:
+        if len(msg.data) > self.cfg.max_instruction_chars:
+            self.drops.drop('instruction_too_long', f'{len(msg.data)} characters > '
+                                                    f'{self.cfg.max_instruction_chars}; previous one kept')
+            return
         with self._cond:
             self._pending_instruction = msg.data
             self._cond.notify()
@@ -135,9 +142,14 @@ class PerceptionNode(Node):
         except ImageConversionError as exc:
             self.drops.drop(exc.reason, str(exc))
             return
-        proprio = np.asarray(joint_state.position, dtype=np.float32)
-        if proprio.size == 0 or not np.all(np.isfinite(proprio)):
-            self.drops.drop('bad_joint_state', f'positions {list(joint_state.position)}')
+        try:  # proprioception BY NAME, in perception.joint_names order
+            proprio = positions_by_name(joint_state.name, joint_state.position,
+                                        self.cfg.joint_names).astype(np.float32)
+        except ValueError as exc:
+            self.drops.drop('bad_joint_state', str(exc))
+            return
+        if not np.all(np.isfinite(proprio)):
+            self.drops.drop('bad_joint_state', f'non-finite positions {proprio.tolist()}')
             return
         result = self.pipeline.process(rgb)
         self.frames += 1
@@ -159,7 +171,7 @@ class PerceptionNode(Node):
                   'drops_total': self.drops.total, 'mean_keep_ratio': self._sum_keep / n,
                   'mean_reuse_ratio': self._sum_reuse / n, 'mean_compute_ms': self._sum_ms / n,
                   'last_compute_ms': self._last_ms, 'pruning': self.cfg.pruning,
-                  'instruction': self.pipeline.instruction}
+                  'instruction': self.pipeline.instruction[:200], 'stamp_gate_resets': self.gate.resets}
         status.update({f'drops.{k}': v for k, v in sorted(self.drops.counts.items())})
         return status
 

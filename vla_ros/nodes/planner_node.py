@@ -27,20 +27,22 @@ from std_msgs.msg import Empty, String
 
 from vla_ros.config.base import ConfigError, config_from_dict
 from vla_ros.config.planning import PlannerConfig
+from vla_ros.config.timing import TimingConfig
 from vla_ros.config.topics import TopicsConfig
-from vla_ros.nodes.common import (LATCHED_QOS, SENSOR_QOS, Diagnostics, DropCounter, StampGate, TokenDecodeError,
-                                  msg_to_tokens, ns_to_stamp, reliable_qos, stamp_to_ns, tokens_to_msg)
-from vla_ros.nodes.params import declare_config
+from vla_ros.nodes.common import (LATCHED_QOS, SENSOR_QOS, Diagnostics, DropCounter, TokenDecodeError, msg_to_tokens,
+                                  ns_to_stamp, reliable_qos, tokens_to_msg)
+from vla_ros.nodes.params import AtomicParameterService, declare_config
 from vla_ros.planning.base import PlanOutput, Planner, PlanRequest, make_planner
 from vla_ros.planning.plan_cache import MISS_REASONS, PlanCache
 from vla_ros.planning.runner import AsyncPlanner, PlanMeta
 from vla_ros.planning.vlm import VLMLoadError, describe, resolve_model_path
+from vla_ros.timing import StampGate, stamp_to_ns
 from vla_ros_msgs.msg import LatentTokens, Plan
 
 PREFIX = 'planner'
 # Applied in place; every other planner.* field means building a new planner.
 _LIVE_FIELDS = {'cache_enabled', 'cache_similarity', 'cache_timeout_s', 'rate_hz', 'default_instruction',
-                'max_input_age_s'}
+                'max_input_age_s', 'max_instruction_chars', 'max_token_abs'}
 # Only read by the VLM planner: changing them while the lightweight planner runs needs no reload.
 _VLM_ONLY_FIELDS = {'model_path', 'device', 'torch_threads', 'max_new_tokens', 'plan_token_source', 'plan_layer',
                     'max_visual_tokens', 'prompt'}
@@ -61,11 +63,15 @@ def _make_cache(cfg: PlannerConfig) -> Optional[PlanCache]:
 
 class PlannerNode(Node):
     def __init__(self, **kwargs):
+        kwargs.setdefault('start_parameter_services', False)
         super().__init__('planner', **kwargs)
+        if not kwargs['start_parameter_services']:
+            self._param_service = AtomicParameterService(self)  # a rejected request changes nothing
         self.cfg: PlannerConfig = declare_config(self, PlannerConfig, PREFIX)
         self.topics: TopicsConfig = declare_config(self, TopicsConfig, 'topics')
+        self.timing: TimingConfig = declare_config(self, TimingConfig, 'timing')
         self.drops = DropCounter(self.get_logger())
-        self._stamp_gate = StampGate(self.cfg.max_input_age_s)
+        self._stamp_gate = StampGate(self.cfg.max_input_age_s, self.timing.max_future_s, self.timing.clock_jump_s)
         self._lock = threading.Lock()
         self._frame: Optional[PlanRequest] = None
         self._frame_seq = 0
@@ -109,7 +115,7 @@ class PlannerNode(Node):
 
     def _on_tokens(self, msg: LatentTokens) -> None:
         try:
-            tokens = msg_to_tokens(msg)
+            tokens = msg_to_tokens(msg, self.cfg.max_token_abs)
         except TokenDecodeError as exc:
             self.drops.drop('bad_perception_tokens', str(exc))
             return
@@ -134,6 +140,10 @@ class PlannerNode(Node):
         text = msg.data.strip()
         if not text:
             self.drops.drop('empty_instruction', 'ignored an empty instruction')
+            return
+        if len(text) > self.cfg.max_instruction_chars:
+            self.drops.drop('instruction_too_long', f'{len(text)} characters > {self.cfg.max_instruction_chars}; '
+                                                    f'keeping {self.instruction!r}')
             return
         if text != self._instruction:
             self.get_logger().info(f'instruction: {text!r}')
@@ -216,7 +226,7 @@ class PlannerNode(Node):
             self._timer.cancel()
             self.destroy_timer(self._timer)
             self._timer = self.create_timer(1.0 / new.rate_hz, self._on_timer, callback_group=self._timer_group)
-        self._stamp_gate.max_age_ns = int(new.max_input_age_s * 1e9)
+        self._stamp_gate.max_age_s = new.max_input_age_s
 
     def _start_load(self, old_cfg: PlannerConfig, new_cfg: PlannerConfig) -> None:
         with self._load_lock:

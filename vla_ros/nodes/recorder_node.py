@@ -4,7 +4,10 @@ Subscriptions are raw (serialised CDR bytes, exactly what rosbag2 stores) so rec
 deserialises. Like `ros2 bag record`, each topic is subscribed once a publisher is seen, with
 the publishers' reliability/durability, so best-effort sensors and latched instructions are
 both received. Callbacks only enqueue; one writer thread owns the bag. close() (also run by
-spin_node on Ctrl-C) stops intake, drains the queue and writes metadata.yaml.
+spin_node on Ctrl-C) first keeps taking what DDS still holds for the recorder (up to
+`recorder.drain_timeout_s`, until `recorder.drain_quiet_s` passes without a message), then stops
+intake, drains the queue and writes metadata.yaml. Losses are counted honestly: besides a full
+queue, a gap in a publisher's sequence numbers is a message DDS never delivered (`sequence_gap`).
 
 Like rosbag2, each topic's metadata keeps the offered QoS profiles of its publishers (so
 `ros2 bag play` republishes a latched instruction latched, a sensor stream best-effort).
@@ -17,7 +20,8 @@ import json
 import os
 import queue
 import threading
-from typing import Dict, List, Tuple
+import time
+from typing import Dict, List, Optional, Tuple
 
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
@@ -115,12 +119,15 @@ class RecorderNode(Node):
         self._accepting = True
         self._closed = False
         self.received: Dict[str, int] = {}
+        self._last_seq: Dict[tuple, int] = {}   # (topic, publisher gid) -> last publication sequence number
         self.written = 0
         self.write_errors = 0
         self._pending: Dict[str, type] = {self.resolve_topic_name(name): cls
                                           for name, cls in recorded_topics(self.topics_cfg,
                                                                            self.cfg.record_images)}
         self._recording_subs: Dict[str, object] = {}
+        self._last_message = time.monotonic()
+        self._drained: Optional[int] = None
         self._image_topic = self.resolve_topic_name(self.topics_cfg.image)
         self._image_limiter = RateLimiter(self.cfg.image_max_rate_hz)
         self.images_skipped = 0
@@ -146,11 +153,26 @@ class RecorderNode(Node):
                 bag_topic, bag_cls = topic, cls
                 self._bag.add_topic(topic, msgtype_of(cls), qos=offered)  # the publishers' QoS, as rosbag2
                 self.received[topic] = 0
-                callback = lambda data, t=topic: self._on_message(t, data)  # noqa: E731
+                callback = lambda data, info, t=topic: self._on_message(t, data, info)  # noqa: E731
             self._recording_subs[topic] = self.create_subscription(cls, topic, callback, qos, raw=True)
             del self._pending[topic]
             self.get_logger().info(f'recording {topic} as {bag_topic} ({msgtype_of(bag_cls)}, '
                                    f'{qos.reliability.name.lower()}, {qos.durability.name.lower()})')
+
+    def _count_gap(self, topic: str, info: Optional[dict]) -> None:
+        """Messages a publisher sent that never reached this subscription (DDS loss, full history)."""
+        if not info:
+            return
+        seq, gid = info.get('publication_sequence_number'), info.get('publisher_gid')
+        if not seq or gid is None:       # 0 / None: the middleware does not report sequence numbers
+            return
+        key = (topic, bytes(gid.get('data', b'')) if isinstance(gid, dict) else repr(gid))
+        last = self._last_seq.get(key)
+        if last is not None and seq > last + 1:
+            for _ in range(seq - last - 1):
+                self.drops.drop('sequence_gap', f'{topic}: publisher sequence {last} -> {seq}')
+        if last is None or seq > last:
+            self._last_seq[key] = seq
 
     def _add_image_topic(self, topic: str, offered):
         if self.cfg.image_format == 'raw':
@@ -162,13 +184,13 @@ class RecorderNode(Node):
         self._image_bag_topic = bag_topic
         return bag_topic, bag_cls
 
-    def _on_image(self, data: bytes) -> None:
+    def _on_image(self, data: bytes, info: Optional[dict]) -> None:  # 2 args: rclpy passes MessageInfo
         """Rate-limit camera frames; compress them when asked (a bad frame is a counted drop)."""
         if not self._image_limiter.allow(self.get_clock().now().nanoseconds):
             self.images_skipped += 1
             return
         if self.cfg.image_format == 'raw':
-            self._on_message(self._image_bag_topic, data)
+            self._on_message(self._image_bag_topic, data, info)
             return
         image = deserialize_message(data, Image)
         try:
@@ -179,11 +201,13 @@ class RecorderNode(Node):
             return
         msg = CompressedImage(header=image.header, format=fmt)
         msg.data = payload
-        self._on_message(self._image_bag_topic, msg)  # the writer thread serialises it
+        self._on_message(self._image_bag_topic, msg, info)  # the writer thread serialises it
 
-    def _on_message(self, topic: str, data: bytes) -> None:
+    def _on_message(self, topic: str, data, info: Optional[dict] = None) -> None:
         log_time_ns = self.get_clock().now().nanoseconds
+        self._last_message = time.monotonic()
         with self._intake_lock:
+            self._count_gap(topic, info)
             if not self._accepting:
                 self.drops.drop('after_close', topic)
                 return
@@ -212,14 +236,49 @@ class RecorderNode(Node):
                   'written': self.written, 'queued': self._queue.qsize(),
                   'topics_recorded': len(self._recording_subs), 'topics_waiting': len(self._pending),
                   'dropped': self.drops.total, 'images_skipped_by_rate_limit': self.images_skipped}
+        status.update({f'drop_{k}': v for k, v in sorted(self.drops.counts.items())})
         status.update({f'received{topic}': n for topic, n in self.received.items()})
         return status
 
+    def drain(self, executor=None) -> int:
+        """Take what DDS still holds for the recording subscriptions, before intake stops (once).
+
+        Spins `executor` (spin_node's, still running) or a private one until `drain_quiet_s` passes
+        without a message or `drain_timeout_s` is up; returns how many messages arrived meanwhile.
+        """
+        from rclpy.executors import SingleThreadedExecutor
+        if self._drained is not None:
+            return self._drained
+        self._drained = 0
+        if not self.context.ok() or self.cfg.drain_timeout_s <= 0:
+            return 0
+        before = sum(self.received.values())
+        own = executor is None
+        try:
+            if own:
+                executor = SingleThreadedExecutor(context=self.context)
+                executor.add_node(self)
+            start = self._last_message = time.monotonic()
+            while True:
+                now = time.monotonic()
+                if now - start >= self.cfg.drain_timeout_s or now - self._last_message >= self.cfg.drain_quiet_s:
+                    break
+                executor.spin_once(timeout_sec=min(0.02, self.cfg.drain_quiet_s))
+        except Exception as exc:  # context shut down under us: keep what we have
+            self.get_logger().warning(f'drain stopped early: {exc!r}')
+        finally:
+            if own and executor is not None:
+                executor.remove_node(self)
+                executor.shutdown(timeout_sec=0.0)
+        self._drained = sum(self.received.values()) - before
+        return self._drained
+
     def close(self) -> None:
-        """Stop intake, write everything already received, finalise the bag (idempotent)."""
+        """Take what DDS still holds, stop intake, write everything received, finalise the bag (idempotent)."""
         if self._closed:
             return
         self._closed = True
+        drained = self.drain()
         with self._intake_lock:
             self._accepting = False
         for entity, destroy in ((self._discovery_timer, self.destroy_timer),):
@@ -231,9 +290,11 @@ class RecorderNode(Node):
         self._writer_thread.join()
         self._bag.set_custom_data('vla_ros.recorder.received', str(sum(self.received.values())))
         self._bag.set_custom_data('vla_ros.recorder.dropped', str(self.drops.total))
+        for reason, count in sorted(self.drops.counts.items()):
+            self._bag.set_custom_data(f'vla_ros.recorder.dropped.{reason}', str(count))
         self._bag.close()
-        self.get_logger().info(f'bag closed: {self.written} messages in {self.output_dir}'
-                               + (f' ({self.drops.total} dropped)' if self.drops.total else ''))
+        self.get_logger().info(f'bag closed: {self.written} messages in {self.output_dir} ({drained} taken at '
+                               f'shutdown; dropped {self.drops.total}: {dict(self.drops.counts)})')
 
 
 def main(args=None):

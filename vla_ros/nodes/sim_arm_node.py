@@ -125,6 +125,11 @@ class SimArmNode(Node):
         while not self._stop.is_set():
             with self._lock:
                 target, self._pending_target = self._pending_target, None
+            if target is not None and cfg.max_command_jump > 0 and \
+                    float(np.max(np.abs(target - env.joint_positions()))) > cfg.max_command_jump:
+                self.drops.drop('command_jump', f'target {float(np.max(np.abs(target - env.joint_positions()))):.3f} '
+                                                f'rad from the arm > {cfg.max_command_jump}')
+                target = None           # a discontinuity: keep the current target
             if target is not None:
                 env.set_target(target)  # clipped to joint limits inside the env
                 self._last_command_sim_t = float(env.data.time)

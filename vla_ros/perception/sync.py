@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable, Optional
 
+from vla_ros.timing import stamp_to_ns
+
 try:
     import message_filters  # type: ignore
 except ImportError:  # pragma: no cover - depends on the install
@@ -69,7 +71,6 @@ def make_image_joint_sync(node, image_topic: str, js_topic: str, image_qos, js_q
     """Returns the synchroniser object (keep a reference); calls `callback(image, joint_state)`."""
     from sensor_msgs.msg import Image, JointState
 
-    from vla_ros.nodes.common import stamp_to_ns
     use_mf = message_filters is not None if use_message_filters is None else use_message_filters
     if use_mf:
         kw = {'callback_group': callback_group} if callback_group is not None else {}

@@ -1,0 +1,65 @@
+"""Judging a fault from probe data (vla_ros/eval/fault_metrics.py), and the relay's mutations. No ROS."""
+import types
+
+import numpy as np
+import pytest
+
+from vla_ros.eval import fault_metrics as fm
+from vla_ros.eval.fault_inject import (FAULTS, RelayFault, mutate_image, mutate_joint_names, select,
+                                       shifted_stamp_ns, token_values)
+
+LIM = fm.Limits(np.array([-3.0, -3.0]), np.array([3.0, 3.0]), max_velocity=1.5, max_acceleration=10.0)
+
+
+def _js(q_of_t, seconds=2.0, rate=100.0):
+    t = np.arange(0, seconds, 1 / rate)
+    q = np.array([q_of_t(x) for x in t])
+    return fm.Series(t, (t * 1e9).astype(np.int64), q, np.zeros_like(q))
+
+
+def test_measured_speed_in_real_time_and_teleports_left_out():
+    ok = fm.measured_violations(_js(lambda t: [1.0 * t, 0.0]), LIM)
+    assert ok['velocity'] == ok['acceleration'] == ok['position'] == 0 and ok['peak_speed'] == pytest.approx(1.0)
+    fast = fm.measured_violations(_js(lambda t: [3.0 * (t - 1) if t > 1 else 0.0, 0.0]), LIM)
+    assert fast['velocity'] > 0 and fast['peak_speed'] == pytest.approx(3.0, rel=0.05)
+    reset = fm.measured_violations(_js(lambda t: [0.5 * t if t < 1 else -1.0, 0.0]), LIM)   # teleported home
+    assert reset['teleports'] == 1 and reset['velocity'] == 0
+    out_of_range = fm.measured_violations(_js(lambda t: [0.0, 3.5]), LIM)
+    assert out_of_range['position'] == 200
+
+
+def test_time_to_hold_and_recover():
+    t = np.arange(0, 3, 0.01)
+    # moving until 1.2 s, holding until 2.0 s, moving again
+    pos = np.where(t < 1.2, t, np.where(t < 2.0, 1.2, 1.2 + (t - 2.0)))
+    cmd = fm.Series(t, (t * 1e9).astype(np.int64), pos[:, None])
+    assert fm.time_to_hold(cmd, 1.0, 2.0) == pytest.approx(0.2, abs=0.011)
+    assert fm.time_to_recover(cmd, 1.9, 3.0) == pytest.approx(0.11, abs=0.011)
+    assert fm.time_to_hold(fm.Series(t, (t * 1e9).astype(np.int64), t[:, None]), 1.0, 2.0) is None
+    gap = fm.Series(t[t < 1.0], (t[t < 1.0] * 1e9).astype(np.int64), t[t < 1.0][:, None])   # stream stops
+    assert fm.time_to_hold(gap, 1.0, 2.0) == 0.0
+
+
+def test_bag_and_drop_bookkeeping():
+    probe = [(0.5, 'a'), (1.5, 'b'), (2.5, 'c')]
+    assert fm.missing_from_bag(probe, {'a', 'c'}, 1.0, 3.0) == (2, 1)
+    before = {'/vla/action': {'drop_plan_future_stamp': '1', 'mode': 'running'}}
+    after = {'/vla/action': {'drop_plan_future_stamp': '4', 'dropped': '9'}, '/vla/perception': {'drops.x': '2'}}
+    assert fm.drop_deltas(before, after) == {'action.drop_plan_future_stamp': 3, 'perception.drops.x': 2}
+
+
+def test_relay_mutations_and_catalogue():
+    assert shifted_stamp_ns(10 * 10**9, RelayFault(kind='stamp', stamp_offset_s=3600)) == 3610 * 10**9
+    assert shifted_stamp_ns(10 * 10**9, RelayFault(kind='stamp', stamp_abs_ns=1)) == 1
+    assert np.all(np.isnan(token_values(4, 'nan'))) and np.all(token_values(2, 'huge') == np.float32(1e30))
+    img = types.SimpleNamespace(encoding='rgb8', height=4, width=4, step=12, data=b'x' * 48)
+    mutate_image(img, 'empty')
+    assert img.data == b''
+    names, pos, vel = mutate_joint_names(['a', 'b', 'c'], [1, 2, 3], [0, 0, 0], 'duplicate')
+    assert names == ['a', 'a', 'c'] and pos == [1, 2, 3]
+    assert mutate_joint_names(['a', 'b'], [1, 2], [0, 0], 'missing') == (['a'], [1], [0])
+    assert RelayFault.from_json(RelayFault(kind='loss', loss=0.5).to_json()).loss == 0.5
+    short = select(short=True)
+    assert short[-1].name == 'sigint_recording' and len(short) < len(FAULTS)
+    with pytest.raises(ValueError):
+        select(['no_such_fault'])
