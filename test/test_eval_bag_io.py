@@ -28,14 +28,15 @@ def _sample_messages():
                            grid_hw=(3, 4), keep_ratio=0.375, reuse_ratio=0.5, is_keyframe=True,
                            frame_counter=77, proprio=[0.1, -0.2], compute_ms=2.5)
     plan = Plan(plan_id=9, planner_type='vlm', instruction='touch the red cube', subtask='reach', cache_hit=True,
-                cache_hit_rate=0.625, latency_ms=0.25)
+                cache_hit_rate=0.625, latency=0.25e-3)
     plan.header.stamp = ns_to_stamp(42)
     plan.plan_tokens = tokens_to_msg(np.ones((2, 3), np.float32), stamp=plan.header.stamp, frame_id='',
                                      source='planner/vlm', plan_id=9)
     chunk = ActionChunk(chunk_id=4, horizon=3, action_dim=2, dt=0.0625, actions=np.arange(6, dtype=np.float32),
-                        joint_names=['j1', 'j2'], plan_id=9, frame_id=77, inference_ms=3.0, smoothing='rtc')
+                        joint_names=['j1', 'j2'], plan_id=9, perception_sequence=77, inference_time=3.0e-3,
+                        smoothing=ActionChunk.SMOOTHING_RTC)
     status = TaskStatus(episode=2, instruction='touch the red cube', success=True, done=True,
-                        distance_to_goal=0.125, elapsed_s=4.5)
+                        distance_to_goal=0.125, elapsed=4.5)
     trajectory = JointTrajectory(joint_names=['j1', 'j2'],
                                  points=[JointTrajectoryPoint(positions=[0.5, -0.25])])
     trajectory.header.stamp = ns_to_stamp(5_000_000_007)
@@ -89,9 +90,9 @@ def test_rclpy_messages_roundtrip_through_bag(tmp_path, storage):
     src = messages['/vla/perception/tokens']
     np.testing.assert_array_equal(tok.data, np.asarray(src.data))
     assert list(tok.shape) == [5, 6] and list(tok.kept_indices) == [0, 3, 4, 9, 11]
-    assert (tok.frame_id, tok.grid_height, tok.grid_width, tok.is_keyframe) == (77, 3, 4, True)
+    assert (tok.sequence, tok.grid_height, tok.grid_width, tok.is_keyframe) == (77, 3, 4, True)
     assert tok.header.stamp.sec == 1234 and tok.header.stamp.nanosec == 567_890_123
-    assert tok.keep_ratio == 0.375 and tok.compute_ms == pytest.approx(2.5)
+    assert tok.keep_ratio == 0.375 and tok.compute_time == pytest.approx(2.5e-3)
     plan = decoded['/vla/planner/plan'][2]
     assert (plan.plan_id, plan.subtask, plan.cache_hit, plan.plan_tokens.plan_id) == (9, 'reach', True, 9)
     np.testing.assert_array_equal(plan.plan_tokens.data, np.ones(6, np.float32))
