@@ -144,3 +144,34 @@ def test_writer_refuses_existing_directory_and_unknown_types(tmp_path):
         writer.write('/not_added', b'\x00\x01\x00\x00', 1)
     writer.close()
     assert (tmp_path / 'new' / 'metadata.yaml').is_file()
+
+
+OLD_TASK_STATUS = """std_msgs/Header header
+uint32 episode
+string instruction
+bool success
+bool done
+float32 distance_to_goal
+float32 elapsed_s
+"""
+
+
+def test_bags_recorded_with_older_message_definitions_still_decode(tmp_path):
+    """A bag written before the message convention change decodes with its embedded definition."""
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    from vla_ros.eval.metrics import extract_series
+    old = get_typestore(Stores.ROS2_KILTED)
+    old.register(get_types_from_msg(OLD_TASK_STATUS, 'vla_ros_msgs/msg/TaskStatus'))
+    cls = old.types['vla_ros_msgs/msg/TaskStatus']
+    header = old.types['std_msgs/msg/Header'](stamp=old.types['builtin_interfaces/msg/Time'](sec=1, nanosec=0),
+                                              frame_id='')
+    msg = cls(header=header, episode=3, instruction='touch the red cube', success=True, done=True,
+              distance_to_goal=0.25, elapsed_s=4.5)
+    with BagWriter(tmp_path / 'old', typestore=old) as writer:
+        writer.add_topic('/vla/task/status', 'vla_ros_msgs/msg/TaskStatus')
+        writer.write('/vla/task/status', old.serialize_cdr(msg, 'vla_ros_msgs/msg/TaskStatus'), 10)
+    (_, _, _, back), = read_bag(tmp_path / 'old')
+    assert (back.episode, back.elapsed_s, back.distance_to_goal) == (3, 4.5, 0.25)
+    status, = extract_series(tmp_path / 'old').status
+    assert status['elapsed_s'] == 4.5 and status['success']
