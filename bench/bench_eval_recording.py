@@ -49,18 +49,18 @@ def simulated_run(seconds: float, token_count: int, token_dim: int):
                 msgs = [('/vla/arm/joint_trajectory', traj),
                         ('/vla/arm/joint_command', Float64MultiArray(data=q))]
             elif name == 'chunk':
-                chunk = ActionChunk(chunk_id=i, horizon=16, action_dim=7, dt=0.05, frame_id=i, plan_id=1,
-                                    actions=rng.standard_normal(16 * 7).astype(np.float32), inference_ms=4.0)
+                chunk = ActionChunk(chunk_id=i, horizon=16, action_dim=7, dt=0.05, perception_sequence=i, plan_id=1,
+                                    actions=rng.standard_normal(16 * 7).astype(np.float32), inference_time=0.004)
                 chunk.header.stamp = stamp
                 msgs = [('/vla/action/chunk', chunk)]
             elif name == 'plan':
-                plan = Plan(plan_id=1 + i // 4, cache_hit=i % 4 != 0, latency_ms=1.0, subtask='reach')
+                plan = Plan(plan_id=1 + i // 4, cache_hit=i % 4 != 0, latency=0.001, subtask='reach')
                 plan.header.stamp = stamp
                 plan.plan_tokens = tokens_to_msg(tokens[:8, :64], stamp=stamp, frame_id='', source='plan')
                 msgs = [('/vla/planner/plan', plan)]
             else:
                 msgs = [('/vla/task/status', TaskStatus(episode=1 + i // 50, success=i % 50 == 49,
-                                                        done=i % 50 == 49, elapsed_s=(i % 50) / hz))]
+                                                        done=i % 50 == 49, elapsed=(i % 50) / hz))]
             for topic, msg in msgs:
                 out.append((topic, msgtype_of(msg), serialize_message(msg), t + 1_000_000))
     out.sort(key=lambda m: m[3])

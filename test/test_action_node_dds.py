@@ -133,7 +133,7 @@ def test_commands_chunks_stale_hold_and_estop(harness):
     chunk = h.chunks[-1]
     assert (chunk.horizon, chunk.action_dim, chunk.smoothing) == (8, 3, 'rtc')
     assert list(chunk.joint_names) == JOINTS and len(chunk.actions) == 24
-    assert chunk.plan_id == 5 and chunk.frame_id > 0 and chunk.inference_ms > 0
+    assert chunk.plan_id == 5 and chunk.perception_sequence > 0 and chunk.inference_time > 0
     assert chunk.header.stamp.sec > 0
     traj = h.trajs[-1]
     assert list(traj.joint_names) == JOINTS and len(traj.points) == 1 and traj.header.stamp.sec > 0

@@ -28,14 +28,15 @@ def _sample_messages():
                            grid_hw=(3, 4), keep_ratio=0.375, reuse_ratio=0.5, is_keyframe=True,
                            frame_counter=77, proprio=[0.1, -0.2], compute_ms=2.5)
     plan = Plan(plan_id=9, planner_type='vlm', instruction='touch the red cube', subtask='reach', cache_hit=True,
-                cache_hit_rate=0.625, latency_ms=0.25)
+                cache_hit_rate=0.625, latency=0.25e-3)
     plan.header.stamp = ns_to_stamp(42)
     plan.plan_tokens = tokens_to_msg(np.ones((2, 3), np.float32), stamp=plan.header.stamp, frame_id='',
                                      source='planner/vlm', plan_id=9)
     chunk = ActionChunk(chunk_id=4, horizon=3, action_dim=2, dt=0.0625, actions=np.arange(6, dtype=np.float32),
-                        joint_names=['j1', 'j2'], plan_id=9, frame_id=77, inference_ms=3.0, smoothing='rtc')
+                        joint_names=['j1', 'j2'], plan_id=9, perception_sequence=77, inference_time=3.0e-3,
+                        smoothing=ActionChunk.SMOOTHING_RTC)
     status = TaskStatus(episode=2, instruction='touch the red cube', success=True, done=True,
-                        distance_to_goal=0.125, elapsed_s=4.5)
+                        distance_to_goal=0.125, elapsed=4.5)
     trajectory = JointTrajectory(joint_names=['j1', 'j2'],
                                  points=[JointTrajectoryPoint(positions=[0.5, -0.25])])
     trajectory.header.stamp = ns_to_stamp(5_000_000_007)
@@ -89,9 +90,9 @@ def test_rclpy_messages_roundtrip_through_bag(tmp_path, storage):
     src = messages['/vla/perception/tokens']
     np.testing.assert_array_equal(tok.data, np.asarray(src.data))
     assert list(tok.shape) == [5, 6] and list(tok.kept_indices) == [0, 3, 4, 9, 11]
-    assert (tok.frame_id, tok.grid_height, tok.grid_width, tok.is_keyframe) == (77, 3, 4, True)
+    assert (tok.sequence, tok.grid_height, tok.grid_width, tok.is_keyframe) == (77, 3, 4, True)
     assert tok.header.stamp.sec == 1234 and tok.header.stamp.nanosec == 567_890_123
-    assert tok.keep_ratio == 0.375 and tok.compute_ms == pytest.approx(2.5)
+    assert tok.keep_ratio == 0.375 and tok.compute_time == pytest.approx(2.5e-3)
     plan = decoded['/vla/planner/plan'][2]
     assert (plan.plan_id, plan.subtask, plan.cache_hit, plan.plan_tokens.plan_id) == (9, 'reach', True, 9)
     np.testing.assert_array_equal(plan.plan_tokens.data, np.ones(6, np.float32))
@@ -143,3 +144,34 @@ def test_writer_refuses_existing_directory_and_unknown_types(tmp_path):
         writer.write('/not_added', b'\x00\x01\x00\x00', 1)
     writer.close()
     assert (tmp_path / 'new' / 'metadata.yaml').is_file()
+
+
+OLD_TASK_STATUS = """std_msgs/Header header
+uint32 episode
+string instruction
+bool success
+bool done
+float32 distance_to_goal
+float32 elapsed_s
+"""
+
+
+def test_bags_recorded_with_older_message_definitions_still_decode(tmp_path):
+    """A bag written before the message convention change decodes with its embedded definition."""
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    from vla_ros.eval.metrics import extract_series
+    old = get_typestore(Stores.ROS2_KILTED)
+    old.register(get_types_from_msg(OLD_TASK_STATUS, 'vla_ros_msgs/msg/TaskStatus'))
+    cls = old.types['vla_ros_msgs/msg/TaskStatus']
+    header = old.types['std_msgs/msg/Header'](stamp=old.types['builtin_interfaces/msg/Time'](sec=1, nanosec=0),
+                                              frame_id='')
+    msg = cls(header=header, episode=3, instruction='touch the red cube', success=True, done=True,
+              distance_to_goal=0.25, elapsed_s=4.5)
+    with BagWriter(tmp_path / 'old', typestore=old) as writer:
+        writer.add_topic('/vla/task/status', 'vla_ros_msgs/msg/TaskStatus')
+        writer.write('/vla/task/status', old.serialize_cdr(msg, 'vla_ros_msgs/msg/TaskStatus'), 10)
+    (_, _, _, back), = read_bag(tmp_path / 'old')
+    assert (back.episode, back.elapsed_s, back.distance_to_goal) == (3, 4.5, 0.25)
+    status, = extract_series(tmp_path / 'old').status
+    assert status['elapsed_s'] == 4.5 and status['success']

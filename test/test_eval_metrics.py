@@ -64,11 +64,12 @@ def build_synthetic_bag(path, *, with_trajectory=True):
             bag.write('/vla/perception/tokens', msg, image_stamp(frame) + (20 + frame) * MS)
         for c in range(N_COMMANDS // STEPS_PER_CHUNK):
             chunk = ActionChunk(chunk_id=c, horizon=STEPS_PER_CHUNK, action_dim=2, dt=0.01, plan_id=1,
-                                frame_id=2 * c, inference_ms=3.0 + c, smoothing='none')
+                                perception_sequence=2 * c, inference_time=(3.0 + c) / 1e3,
+                                smoothing=ActionChunk.SMOOTHING_NONE)
             chunk.header.stamp = ns_to_stamp(command_stamp(STEPS_PER_CHUNK * c))
             bag.write('/vla/action/chunk', chunk, T0 + 200 * MS * c - 5 * MS)
         for i, (plan_id, hit, latency, delay) in enumerate(PLANS):
-            plan = Plan(plan_id=plan_id, planner_type='lightweight', cache_hit=hit, latency_ms=latency,
+            plan = Plan(plan_id=plan_id, planner_type=Plan.PLANNER_LIGHTWEIGHT, cache_hit=hit, latency=latency / 1e3,
                         cache_hit_rate=0.5)
             plan.header.stamp = ns_to_stamp(image_stamp(0))
             bag.write('/vla/planner/plan', plan, image_stamp(0) + delay * MS)
@@ -77,7 +78,7 @@ def build_synthetic_bag(path, *, with_trajectory=True):
             for success, done, elapsed in msgs:
                 t += 50 * MS
                 bag.write('/vla/task/status', TaskStatus(episode=episode, instruction=f'task {episode}',
-                                                         success=success, done=done, elapsed_s=elapsed), t)
+                                                         success=success, done=done, elapsed=elapsed), t)
         bag.write('/vla/estop', Bool(data=True), T0 + 5 * MS)
         bag.write('/vla/estop', Bool(data=False), T0 + 6 * MS)
         bag.write('/diagnostics', DiagnosticArray(status=[DiagnosticStatus(

@@ -60,14 +60,15 @@ def test_latent_tokens_roundtrip(echo_process):
     np.testing.assert_array_equal(msg_to_tokens(back), tokens)
     assert stamp_to_ns(back.header.stamp) == 1_700_000_000_123_456_789
     assert list(back.kept_indices) == list(range(0, 24, 2))
-    assert (back.grid_height, back.grid_width, back.frame_id) == (4, 6, 42)
+    assert (back.grid_height, back.grid_width, back.sequence) == (4, 6, 42)
+    assert back.compute_time == pytest.approx(3.5e-3)   # seconds on the wire
     assert back.is_keyframe and back.source == 'perception/test'
     assert back.keep_ratio == pytest.approx(0.5) and back.reuse_ratio == pytest.approx(0.25)
 
 
 def test_plan_roundtrip_carries_nested_tokens(echo_process):
     msg = Plan(plan_id=7, planner_type='vlm', instruction='touch the red cube', subtask='move above the red cube',
-               cache_hit=True, cache_hit_rate=0.75, latency_ms=12.5)
+               cache_hit=True, cache_hit_rate=0.75, latency=12.5e-3)
     msg.header.stamp = ns_to_stamp(5_000_000_001)
     msg.plan_tokens = tokens_to_msg(np.ones((8, 64), np.float32) * 0.5, stamp=msg.header.stamp, frame_id='',
                                     source='planner/vlm', plan_id=7)
@@ -81,18 +82,18 @@ def test_plan_roundtrip_carries_nested_tokens(echo_process):
 def test_action_chunk_and_task_status_roundtrip(echo_process):
     actions = np.linspace(-1, 1, 16 * 7, dtype=np.float32)
     chunk = ActionChunk(chunk_id=3, horizon=16, action_dim=7, dt=0.05, actions=actions,
-                        joint_names=[f'joint{i}' for i in range(1, 8)], plan_id=2, frame_id=9,
-                        inference_ms=4.0, smoothing='rtc')
+                        joint_names=[f'joint{i}' for i in range(1, 8)], plan_id=2, perception_sequence=9,
+                        inference_time=4.0e-3, smoothing=ActionChunk.SMOOTHING_RTC)
     back = _roundtrip(echo_process, 'chunk', ActionChunk, chunk)
     np.testing.assert_array_equal(np.asarray(back.actions), actions)
     assert (back.horizon, back.action_dim, back.smoothing) == (16, 7, 'rtc')
     assert list(back.joint_names) == [f'joint{i}' for i in range(1, 8)]
 
     status = TaskStatus(episode=4, instruction='touch the blue cube', success=True, done=True,
-                        distance_to_goal=0.02, elapsed_s=6.5)
+                        distance_to_goal=0.02, elapsed=6.5)
     back = _roundtrip(echo_process, 'status', TaskStatus, status)
     assert back.success and back.done and back.episode == 4
-    assert back.distance_to_goal == pytest.approx(0.02)
+    assert back.distance_to_goal == 0.02 and back.elapsed == 6.5   # float64: exact
 
 
 def test_msg_to_tokens_rejects_bad_messages():

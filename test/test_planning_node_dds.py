@@ -111,7 +111,7 @@ def test_plans_cache_replan_instruction_and_runtime_switch(harness):
     assert all(p.cache_hit for p in plans[1:])                       # static scene + same instruction
     assert {p.plan_id for p in plans} == {first.plan_id}             # plan_id only moves on new plans
     assert plans[-1].cache_hit_rate > 0.5
-    assert first.latency_ms > 0 and all(p.latency_ms >= 0 for p in plans)
+    assert first.latency > 0 and all(p.latency >= 0 for p in plans)
     for p in plans:
         assert stamp_to_ns(p.header.stamp) in h.sent_stamps          # stamp = perception frame stamp
         assert tuple(p.plan_tokens.shape) == (8, 64) and len(p.plan_tokens.data) == 8 * 64

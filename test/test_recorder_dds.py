@@ -59,7 +59,7 @@ def _messages():
         return msg
 
     def status(i):
-        return TaskStatus(episode=i, success=i % 3 == 0, done=True, elapsed_s=float(i))
+        return TaskStatus(episode=i, success=i % 3 == 0, done=True, elapsed=float(i))
     return {'perception/tokens': (LatentTokens, tokens), 'planner/plan': (Plan, plan),
             'action/chunk': (ActionChunk, chunk), 'arm/joint_trajectory': (JointTrajectory, trajectory),
             'task/status': (TaskStatus, status)}
@@ -128,8 +128,8 @@ def test_recorder_records_everything_and_finalises_on_sigint(tmp_path):
         short = topic[len(NAMESPACE) + 2:]
         if short in seen:
             seen[short].append(msg)
-    assert [m.frame_id for m in seen['perception/tokens']] == list(range(COUNTS['perception/tokens']))
-    assert all(np.all(m.data == m.frame_id) for m in seen['perception/tokens'])
+    assert [m.sequence for m in seen['perception/tokens']] == list(range(COUNTS['perception/tokens']))
+    assert all(np.all(m.data == m.sequence) for m in seen['perception/tokens'])
     assert [m.plan_id for m in seen['planner/plan']] == list(range(COUNTS['planner/plan']))
     assert [m.points[0].positions[0] for m in seen['arm/joint_trajectory']] == pytest.approx(
         [i * 0.01 for i in range(COUNTS['arm/joint_trajectory'])])
@@ -201,7 +201,7 @@ def test_sigint_right_after_the_last_message_still_records_it(tmp_path):
         _wait_for(lambda: pub.get_subscription_count() > 0, node, 30, 'the recorder to subscribe', proc)
         time.sleep(0.5)
         for i in range(count):
-            pub.publish(TaskStatus(episode=i, done=i == count - 1, elapsed_s=float(i)))
+            pub.publish(TaskStatus(episode=i, done=i == count - 1, elapsed=float(i)))
         proc.send_signal(signal.SIGINT)          # the run ends right after its last message
         deadline = time.monotonic() + 30
         while proc.poll() is None and time.monotonic() < deadline:

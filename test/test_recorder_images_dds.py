@@ -82,9 +82,8 @@ def test_images_compressed_rate_limited_and_publisher_qos_recorded(tmp_path):
     # 1.5 s at <= 5 Hz: 7 or 8 frames kept (best effort may lose a few), the rest counted as skipped
     assert 4 <= len(images) <= 9, len(images)
     assert skipped >= published - len(images) - 5
-    # the limiter keeps a 0.2 s grid (a late frame does not shift it), so the rate holds on average
-    gaps = np.diff([t for t, _ in images]) / 1e9
-    assert gaps.mean() >= 0.19 and gaps.min() > 0.05, gaps
+    times = np.array([t for t, _ in images]) / 1e9
+    assert (len(times) - 1) / (times[-1] - times[0]) <= 5.0 * 1.1   # at most image_max_rate_hz on average
     assert images[0][1].format == 'rgb8; png compressed bgr8'
     np.testing.assert_array_equal(decompress_to_rgb(images[0][1].format, images[0][1].data), frame)  # lossless
 

@@ -159,7 +159,7 @@ def test_episode_timeout_reports_done_and_resets(short_episodes):
     assert harness.spin_until(lambda: sum(s.done for s in harness.status) >= 2, 20)
     done = [s for s in harness.status if s.done]
     assert [s.episode for s in done[:2]] == [0, 1]
-    assert all(not s.success and s.elapsed_s >= 1.5 - 1e-6 for s in done[:2])
+    assert all(not s.success and s.elapsed >= 1.5 - 1e-6 for s in done[:2])
     # Each reset publishes the new episode's instruction (latched): the last one is episode 1's.
     assert harness.instructions and harness.instructions[-1].data == done[1].instruction
     assert harness.spin_until(lambda: (harness.sim_diag() or {}).get('episodes_done') == '2', 5)

@@ -87,9 +87,9 @@ class EpisodeMonitor:
             return
         self._seen.add(msg.episode)
         self.results.append({'episode': int(msg.episode), 'instruction': msg.instruction,
-                             'success': bool(msg.success), 'elapsed_s': float(msg.elapsed_s)})
+                             'success': bool(msg.success), 'elapsed_s': float(msg.elapsed)})
         line = (f'episode {msg.episode}: {"SUCCESS" if msg.success else "fail"} '
-                f'in {msg.elapsed_s:.1f}s ({msg.instruction})')
+                f'in {msg.elapsed:.1f}s ({msg.instruction})')
         if self._bar is not None:
             self._bar.write(line)
             self._bar.update(1)

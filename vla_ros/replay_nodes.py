@@ -190,6 +190,7 @@ def replay_through_nodes(bag: str, out_dir: str, overrides: Dict[str, object], l
                 codes[name] = 'killed'
         player.stop_clock()
         executor.shutdown(timeout_sec=2.0)
+        spin.join(timeout=5.0)   # a spin thread still inside rcl at interpreter exit aborts the process
         player.node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()

@@ -198,6 +198,7 @@ def read_bag(path: os.PathLike, topics: Optional[Iterable[str]] = None, typestor
     typestore = typestore or default_typestore()
     wanted = set(topics) if topics is not None else None
     with Reader(Path(path)) as reader:
+        typestore = typestore_for_bag(reader, typestore)
         connections = [c for c in reader.connections if wanted is None or c.topic in wanted]
         decodable = [c for c in connections if _ensure_type(typestore, c)]
         total = sum(c.msgcount for c in decodable)
@@ -213,6 +214,28 @@ def read_bag(path: os.PathLike, topics: Optional[Iterable[str]] = None, typestor
         finally:
             if bar is not None:
                 bar.close()
+
+
+def _hash_or_none(typestore, msgtype: str) -> Optional[str]:
+    try:
+        return typestore.hash_rihs01(msgtype)
+    except Exception:  # type unknown to the store
+        return None
+
+
+def typestore_for_bag(reader, typestore):
+    """`typestore`, unless the bag was recorded with other definitions of our message types (e.g. before a
+    message change): then a store with the standard types plus the definitions embedded in the bag, so
+    old bags still decode field by field as they were written."""
+    stale = [c for c in reader.connections if c.msgtype.startswith(CUSTOM_PACKAGE + '/') and c.digest
+             and _hash_or_none(typestore, c.msgtype) not in (None, c.digest)]
+    if not stale:
+        return typestore
+    store_enum = next(getattr(Stores, name) for name in _PREFERRED_STORES if hasattr(Stores, name))
+    store = get_typestore(store_enum)
+    for conn in sorted(reader.connections, key=lambda c: c.msgtype != 'vla_ros_msgs/msg/LatentTokens'):
+        _ensure_type(store, conn)      # nested LatentTokens first, then the messages embedding it
+    return store
 
 
 def _decode_prefix(typestore, raw, msgtype):

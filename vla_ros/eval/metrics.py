@@ -20,6 +20,7 @@ from vla_ros.eval.bag_io import bag_summary, read_bag
 
 NS_PER_MS = 1e6
 NS_PER_S = 1e9
+MS_PER_S = 1e3
 # Tolerance when comparing commanded values with limits: float32 round-off in the messages.
 LIMIT_TOLERANCE = 1e-5
 
@@ -32,6 +33,18 @@ TYPE_COMMAND = 'std_msgs/msg/Float64MultiArray'
 TYPE_ESTOP = 'std_msgs/msg/Bool'
 TYPE_DIAGNOSTICS = 'diagnostic_msgs/msg/DiagnosticArray'
 TYPE_INSTRUCTION = 'std_msgs/msg/String'
+
+
+def _field(msg, name: str, before: str):
+    """Field `name`, or its name before the message convention change (bags recorded earlier)."""
+    return getattr(msg, name) if hasattr(msg, name) else getattr(msg, before)
+
+
+def _ms(msg, seconds_field: str, ms_field: str) -> float:
+    """A duration in ms from the float64-seconds field, or the float32-ms field of older bags."""
+    if hasattr(msg, seconds_field):
+        return float(getattr(msg, seconds_field)) * MS_PER_S
+    return float(getattr(msg, ms_field))
 
 
 def _stamp_ns(header) -> int:
@@ -81,20 +94,21 @@ def extract_series(bag_path, progress: bool = False, desc: str = '') -> BagSerie
             series.start_ns = log_ns
         if msgtype == TYPE_TOKENS:
             series.tokens.append(dict(
-                log_ns=log_ns, stamp_ns=_stamp_ns(msg.header), frame_id=int(msg.frame_id),
+                log_ns=log_ns, stamp_ns=_stamp_ns(msg.header), frame_id=int(_field(msg, 'sequence', 'frame_id')),
                 keep_ratio=float(msg.keep_ratio), reuse_ratio=float(msg.reuse_ratio),
                 num_tokens=int(msg.shape[0]) if len(msg.shape) else 0,
                 num_patches=int(msg.grid_height) * int(msg.grid_width),
-                is_keyframe=bool(msg.is_keyframe), compute_ms=float(msg.compute_ms)))
+                is_keyframe=bool(msg.is_keyframe), compute_ms=_ms(msg, 'compute_time', 'compute_ms')))
         elif msgtype == TYPE_PLAN:
             series.plans.append(dict(
                 log_ns=log_ns, stamp_ns=_stamp_ns(msg.header), plan_id=int(msg.plan_id),
                 cache_hit=bool(msg.cache_hit), cache_hit_rate=float(msg.cache_hit_rate),
-                latency_ms=float(msg.latency_ms), subtask=str(msg.subtask), planner_type=str(msg.planner_type)))
+                latency_ms=_ms(msg, 'latency', 'latency_ms'), subtask=str(msg.subtask), planner_type=str(msg.planner_type)))
         elif msgtype == TYPE_CHUNK:
             series.chunks.append(dict(
                 log_ns=log_ns, stamp_ns=_stamp_ns(msg.header), chunk_id=int(msg.chunk_id),
-                frame_id=int(msg.frame_id), plan_id=int(msg.plan_id), inference_ms=float(msg.inference_ms),
+                frame_id=int(_field(msg, 'perception_sequence', 'frame_id')), plan_id=int(msg.plan_id),
+                inference_ms=_ms(msg, 'inference_time', 'inference_ms'),
                 horizon=int(msg.horizon), dt=float(msg.dt), smoothing=str(msg.smoothing)))
         elif msgtype == TYPE_TRAJECTORY:
             if len(msg.points):
@@ -106,7 +120,7 @@ def extract_series(bag_path, progress: bool = False, desc: str = '') -> BagSerie
             series.status.append(dict(
                 log_ns=log_ns, episode=int(msg.episode), instruction=str(msg.instruction),
                 success=bool(msg.success), done=bool(msg.done), distance_to_goal=float(msg.distance_to_goal),
-                elapsed_s=float(msg.elapsed_s)))
+                elapsed_s=float(_field(msg, 'elapsed', 'elapsed_s'))))
         elif msgtype == TYPE_ESTOP:
             series.estop.append((log_ns, bool(msg.data)))
         elif msgtype == TYPE_DIAGNOSTICS:
@@ -360,7 +374,7 @@ def _missing_notes(series: BagSeries, metrics: dict) -> List[str]:
         if metrics[key] is None:
             notes.append(text)
     if metrics['latency']['end_to_end_ms'] is None:
-        notes.append('end-to-end latency needs tokens, chunks (frame_id) and commands')
+        notes.append('end-to-end latency needs tokens, chunks (perception_sequence) and commands')
     if metrics['control'] and metrics['control']['from_header_stamps'] is None:
         notes.append('commands carry no header stamps: control jitter from receive times only')
     return notes

@@ -19,6 +19,7 @@ from vla_ros.eval.replay_output import LABEL_KEY, SETTINGS_KEY, SOURCE_KEY
 TYPE_TOKENS = 'vla_ros_msgs/msg/LatentTokens'
 TYPE_PLAN = 'vla_ros_msgs/msg/Plan'
 TYPE_CHUNK = 'vla_ros_msgs/msg/ActionChunk'
+MS_PER_S = 1e3
 
 
 def replay_info(bag) -> Optional[Dict[str, str]]:
@@ -47,20 +48,20 @@ def load_frames(bag) -> Dict[int, dict]:
             continue
         row = frames.setdefault(_stamp_ns(msg.header), {})
         if msgtype == TYPE_TOKENS:
-            stamp_of_frame[int(msg.frame_id)] = _stamp_ns(msg.header)
+            stamp_of_frame[int(msg.sequence)] = _stamp_ns(msg.header)
             row.update(kept=set(int(i) for i in msg.kept_indices), num_tokens=int(msg.shape[0]) if len(msg.shape) else 0,
-                       perception_ms=float(msg.compute_ms))
+                       perception_ms=float(msg.compute_time) * MS_PER_S)
         elif msgtype == TYPE_PLAN:
             shape = tuple(int(s) for s in msg.plan_tokens.shape)
-            row.update(subtask=str(msg.subtask), planner_ms=float(msg.latency_ms),
+            row.update(subtask=str(msg.subtask), planner_ms=float(msg.latency) * MS_PER_S,
                        plan_tokens=np.asarray(msg.plan_tokens.data, np.float32).reshape(shape))
     for msg in chunks:
-        stamp = stamp_of_frame.get(int(msg.frame_id))
+        stamp = stamp_of_frame.get(int(msg.perception_sequence))
         if stamp is None or 'actions' in frames[stamp]:
             continue                      # unknown frame, or a later chunk on the same frame
         frames[stamp].update(actions=np.asarray(msg.actions, np.float32).reshape(int(msg.horizon),
                                                                                  int(msg.action_dim)),
-                             action_ms=float(msg.inference_ms))
+                             action_ms=float(msg.inference_time) * MS_PER_S)
     return frames
 
 

@@ -21,6 +21,7 @@ NAMESPACE = '/replay'
 SOURCE_KEY = 'vla_ros.replay.source'
 LABEL_KEY = 'vla_ros.replay.label'
 SETTINGS_KEY = 'vla_ros.replay.settings'
+MS_PER_S = 1e3
 
 
 def _stamp(ns: int):
@@ -59,26 +60,27 @@ class ReplayBagWriter:
                                   kept_indices=np.asarray(out.kept_indices, np.int32),
                                   grid_height=int(out.grid_hw[0]), grid_width=int(out.grid_hw[1]),
                                   keep_ratio=float(out.keep_ratio), reuse_ratio=float(out.reuse_ratio),
-                                  is_keyframe=bool(out.is_keyframe), frame_id=frame.index + 1, proprio=proprio,
-                                  compute_ms=float(out.perception_ms))
+                                  is_keyframe=bool(out.is_keyframe), sequence=frame.index + 1, proprio=proprio,
+                                  compute_time=float(out.perception_ms) / MS_PER_S)
         self.bag.write(f'{NAMESPACE}/perception/tokens', tokens, frame.log_ns)
         if out.plan is not None:
             meta = out.plan_meta
             plan = self._types[1](plan_id=int(meta.plan_id), planner_type=meta.planner_type,
                                   instruction=meta.instruction, subtask=out.plan.subtask,
                                   cache_hit=bool(meta.cache_hit), cache_hit_rate=float(meta.cache_hit_rate),
-                                  latency_ms=float(meta.latency_ms))
+                                  latency=float(meta.latency_ms) / MS_PER_S)
             plan.header.stamp, plan.header.frame_id = stamp, 'plan'
             plan.plan_tokens = self._tokens_msg(out.plan.plan_tokens, stamp, 'plan', f'planner/{meta.planner_type}',
-                                                plan_id=int(meta.plan_id), frame_id=frame.index + 1,
-                                                compute_ms=float(meta.latency_ms))
+                                                plan_id=int(meta.plan_id), sequence=frame.index + 1,
+                                                compute_time=float(meta.latency_ms) / MS_PER_S)
             self.bag.write(f'{NAMESPACE}/planner/plan', plan, frame.log_ns)
         if out.chunk is not None:
             self._chunks += 1
             chunk = self._types[2](chunk_id=self._chunks, horizon=int(out.chunk.shape[0]),
                                    action_dim=int(out.chunk.shape[1]), dt=float(self.action_cfg.action_dt),
                                    joint_names=list(self.action_cfg.joint_names), plan_id=int(out.plan_id),
-                                   frame_id=frame.index + 1, inference_ms=float(out.action_ms), smoothing='none')
+                                   perception_sequence=frame.index + 1, inference_time=float(out.action_ms) / MS_PER_S,
+                                   smoothing=self._types[2].SMOOTHING_NONE)
             chunk.header.stamp = stamp
             chunk.actions = out.chunk.astype(np.float32).ravel()
             self.bag.write(f'{NAMESPACE}/action/chunk', chunk, frame.log_ns)

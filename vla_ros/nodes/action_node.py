@@ -24,7 +24,7 @@ from vla_ros.action.controller import ChunkResult, ControlLoop, RateMonitor, bui
 from vla_ros.config.action import ActionConfig
 from vla_ros.config.timing import TimingConfig
 from vla_ros.config.topics import TopicsConfig
-from vla_ros.nodes.common import (SENSOR_QOS, Diagnostics, DropCounter, TokenDecodeError, msg_to_tokens,
+from vla_ros.nodes.common import (MS_PER_S, SENSOR_QOS, Diagnostics, DropCounter, TokenDecodeError, msg_to_tokens,
                                   ns_to_stamp, reliable_qos)
 from vla_ros.nodes.params import declare_config
 from vla_ros.timing import JointStateTracker, StampGate, local_time_of_stamp, stamp_to_ns
@@ -62,7 +62,7 @@ class ActionNode(Node):
         self._last_mode = 'waiting'
         self._pending_estop = False
         self._plan_cache: Optional[tuple] = None    # (tokens, plan_id, stamp as monotonic time)
-        self._vis_cache: Optional[tuple] = None     # (tokens, frame_id, stamp as monotonic time)
+        self._vis_cache: Optional[tuple] = None     # (tokens, perception sequence, stamp as monotonic time)
         self._latest_q: Optional[np.ndarray] = None
         self._latest_q_time = 0.0
 
@@ -150,7 +150,7 @@ class ActionNode(Node):
         t = self._stamp_time(msg.header.stamp, self._tokens_gate, 'perception')
         if t is None:
             return
-        self._vis_cache = (tokens, int(msg.frame_id), t)
+        self._vis_cache = (tokens, int(msg.sequence), t)
         self._feed()
 
     def _feed(self) -> None:
@@ -254,8 +254,8 @@ class ActionNode(Node):
         msg.dt = float(chunk.dt)
         msg.actions = chunk.actions.astype(np.float32).ravel()
         msg.joint_names = list(self.cfg.joint_names)
-        msg.plan_id, msg.frame_id = int(chunk.plan_id), int(chunk.frame_id)
-        msg.inference_ms = float(chunk.inference_ms)
+        msg.plan_id, msg.perception_sequence = int(chunk.plan_id), int(chunk.frame_id)
+        msg.inference_time = float(chunk.inference_ms) / MS_PER_S
         msg.smoothing = chunk.smoothing
         self._chunk_pub.publish(msg)
 

@@ -24,6 +24,7 @@ from vla_ros.stack import STARTUP_CONFIG_ERROR
 from vla_ros_msgs.msg import LatentTokens
 
 SENSOR_QOS = qos_profile_sensor_data
+MS_PER_S = 1000.0   # messages carry durations in seconds; the algorithms measure milliseconds
 # Instructions must reach late joiners (planner restarted mid-task).
 LATCHED_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -104,10 +105,10 @@ def tokens_to_msg(tokens: np.ndarray, *, stamp: TimeMsg, frame_id: str, source: 
     msg.keep_ratio = float(keep_ratio)
     msg.reuse_ratio = float(reuse_ratio)
     msg.is_keyframe = bool(is_keyframe)
-    msg.frame_id = int(frame_counter)
+    msg.sequence = int(frame_counter)
     msg.plan_id = int(plan_id)
     msg.proprio = np.asarray(proprio if proprio is not None else [], dtype=np.float32)
-    msg.compute_ms = float(compute_ms)
+    msg.compute_time = float(compute_ms) / MS_PER_S
     return msg
 
 

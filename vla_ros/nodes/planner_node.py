@@ -29,7 +29,7 @@ from vla_ros.config.base import ConfigError, config_from_dict
 from vla_ros.config.planning import PlannerConfig
 from vla_ros.config.timing import TimingConfig
 from vla_ros.config.topics import TopicsConfig
-from vla_ros.nodes.common import (LATCHED_QOS, SENSOR_QOS, Diagnostics, DropCounter, TokenDecodeError, msg_to_tokens,
+from vla_ros.nodes.common import (LATCHED_QOS, MS_PER_S, SENSOR_QOS, Diagnostics, DropCounter, TokenDecodeError, msg_to_tokens,
                                   ns_to_stamp, reliable_qos, tokens_to_msg)
 from vla_ros.nodes.params import AtomicParameterService, declare_config
 from vla_ros.planning.base import PlanOutput, Planner, PlanRequest, make_planner
@@ -126,12 +126,12 @@ class PlannerNode(Node):
         stamp_ns = stamp_to_ns(msg.header.stamp)
         reason = self._stamp_gate.check(stamp_ns, self.get_clock().now().nanoseconds)
         if reason is not None:
-            self.drops.drop(reason, f'perception frame {msg.frame_id}')
+            self.drops.drop(reason, f'perception frame {msg.sequence}')
             return
         req = PlanRequest(instruction='', visual_tokens=tokens, kept_indices=kept if kept.size else None,
                           grid_hw=(int(msg.grid_height), int(msg.grid_width)),
                           proprio=np.asarray(msg.proprio, dtype=np.float32), stamp_ns=stamp_ns,
-                          frame_id=int(msg.frame_id))
+                          frame_id=int(msg.sequence))
         with self._lock:
             self._frame = req
             self._frame_seq += 1
@@ -178,7 +178,7 @@ class PlannerNode(Node):
         msg.subtask = out.subtask
         msg.cache_hit = bool(meta.cache_hit)
         msg.cache_hit_rate = float(meta.cache_hit_rate)
-        msg.latency_ms = float(meta.latency_ms)
+        msg.latency = float(meta.latency_ms) / MS_PER_S
         msg.plan_tokens = tokens_to_msg(out.plan_tokens, stamp=stamp, frame_id='plan',
                                         source=f'planner/{meta.planner_type}', plan_id=meta.plan_id,
                                         frame_counter=meta.frame_id, compute_ms=meta.latency_ms)

@@ -219,7 +219,7 @@ class SimArmNode(Node):
         msg.success = bool(env.success())
         msg.done = bool(done)
         msg.distance_to_goal = float(env.distance_to_goal())
-        msg.elapsed_s = float(env.elapsed_s)
+        msg.elapsed = float(env.elapsed_s)
         self._status_pub.publish(msg)
 
     # ------------------------------------------------------------------ diagnostics
