@@ -29,10 +29,11 @@ class Limits:
     max_velocity: float
     max_acceleration: float
     position_tol: float = 0.01          # rad beyond the limit
-    velocity_tol: float = 0.2           # fraction above max_velocity: the sim's weak wrist actuators
-    #                                     (kp 600, 12 Nm) overshoot a 1.5 rad/s ramp by up to ~15 % fault-free
-    acceleration_tol: float = 1.0       # fraction above max_acceleration: the sim's PD tracking of a
-    #                                     10 rad/s^2 command stream peaks at ~18 rad/s^2 fault-free
+    velocity_tol: float = 0.25          # fraction above max_velocity: a position-controlled arm catching up
+    #                                     its tracking lag while commands ramp at the limit reached +20 % fault-free
+    acceleration_tol: float = 2.0       # fraction above max_acceleration: the sim's PD tracking of a
+    #                                     10 rad/s^2 command stream peaks at 12-25 rad/s^2 fault-free
+    #                                     (wrist joint 6); the pre-fix reset pull measured 67 rad/s^2
 
 
 @dataclasses.dataclass
@@ -61,6 +62,7 @@ class Series:
 def measured_violations(js: Series, limits: Limits) -> Dict[str, float]:
     """Joint-state samples beyond position / velocity / acceleration limits, and the peaks.
 
+    A joint's speed over a window counts as the smaller of its wall-clock and its sim-time speed.
     Speeds are judged in REAL time: position change over `SPEED_WINDOW_S` of header stamps (wall
     clock), because the simulator's own velocities are in sim time, which falls behind the wall
     clock on a loaded machine (and then catches up in bursts) and makes a 1.5 rad/s command look
@@ -85,6 +87,13 @@ def measured_violations(js: Series, limits: Limits) -> Dict[str, float]:
     i, v = _window_speeds(t, q, segment, SPEED_WINDOW_S)
     if i.size:
         speed = np.abs(v)
+        if js.extra is not None and js.extra.shape == q.shape:
+            # ... and in sim time (mean |qvel| over the same window): a physics catch-up burst inflates
+            # only the first, a slowed-down sim only the second; a real fling shows in both.
+            csum = np.vstack([np.zeros((1, q.shape[1])), np.cumsum(np.abs(js.extra), axis=0)])
+            j = np.searchsorted(t, t[i] + SPEED_WINDOW_S)
+            sim_speed = (csum[j + 1] - csum[i]) / (j + 1 - i)[:, None]
+            speed = np.minimum(speed, sim_speed)
         out['peak_speed'] = float(speed.max())
         out['velocity'] = int(np.sum(np.any(speed > limits.max_velocity * (1 + limits.velocity_tol), axis=1)))
     i, v = _window_speeds(t, q, segment, ACCEL_WINDOW_S)

@@ -295,6 +295,7 @@ def run(args) -> int:
                 or r['violations']['acceleration'] or r['bag_missing'] or r['time_to_recover_s'] is None
                 or (r['expect_hold'] and r['time_to_hold_s'] is None)]
     result = {'faults': rows, 'bag': bag_total, 'failures': failures, 'hosts': hosts.describe(),
+              'link': hosts.link_stats,
               'short': args.short, 'limits': {'max_velocity': limits.max_velocity,
                                               'max_acceleration': limits.max_acceleration,
                                               'velocity_tol': limits.velocity_tol,
@@ -303,6 +304,8 @@ def run(args) -> int:
         json.dump(result, fh, indent=1, default=float)
     with open(os.path.join(out, 'faults.txt'), 'w') as fh:
         fh.write(table + '\n')
+    if hosts.link_stats:
+        log(f'link between the hosts: {hosts.link_stats}')
     log(f'wrote {os.path.join(out, "faults.json")}; ' + (f'FAILED: {failures}' if failures else 'all faults passed'))
     return 1 if failures else 0
 

@@ -34,6 +34,7 @@ class HostLayout:
         tag = os.getpid() % 100000
         self.gpu, self.robot = f'vla_gpu_{tag}', f'vla_robot_{tag}'
         self._up = False
+        self.link_stats: Dict[str, int] = {}
         if two_hosts:
             self._setup(tag % 250)
 
@@ -53,6 +54,7 @@ class HostLayout:
         _ip('netns', 'add', self.robot)
         self._up = True
         veth_g, veth_r = f'vg{octet}', f'vr{octet}'
+        self._veth_g = veth_g
         _ip('link', 'add', veth_g, 'type', 'veth', 'peer', 'name', veth_r)
         for ns, dev, host in ((self.gpu, veth_g, 1), (self.robot, veth_r, 2)):
             _ip('link', 'set', dev, 'netns', ns)
@@ -87,8 +89,26 @@ class HostLayout:
         link = f'tbf {self.degrade}, latency {self.tbf_latency}' if self.degrade else 'unshaped'
         return f'two hosts ({"+".join(GPU_NODES)} | the rest), veth {link}, Fast DDS UDPv4 only'
 
+    def read_link_stats(self) -> Dict[str, int]:
+        """Bytes/packets that crossed the link (GPU side), proof that the hosts really talked over it."""
+        if not self._up:
+            return {}
+        base = f'/sys/class/net/{self._veth_g}/statistics/'
+        out = {}
+        for key in ('rx_bytes', 'tx_bytes', 'rx_packets', 'tx_packets', 'tx_dropped'):
+            res = subprocess.run(['ip', 'netns', 'exec', self.gpu, 'cat', base + key], capture_output=True, text=True)
+            if res.returncode == 0:
+                out[key] = int(res.stdout.strip())
+        if self.degrade:
+            res = subprocess.run(['tc', '-n', self.gpu, '-s', 'qdisc', 'show', 'dev', self._veth_g],
+                                 capture_output=True, text=True)
+            out['tc'] = ' '.join(res.stdout.split())
+        self.link_stats = out
+        return out
+
     def teardown(self) -> None:
         if self._up:
+            self.read_link_stats()
             for ns in (self.gpu, self.robot):
                 subprocess.run(['ip', 'netns', 'del', ns], check=False)
             self._up = False

@@ -231,7 +231,9 @@ class ActionNode(Node):
         self._last_mode = status.mode
         if command is None:
             return
-        stamp = self.get_clock().now().to_msg()
+        # Stamp = the instant the safety filter limited this command for (its `now`), so stamp
+        # differences are exactly the elapsed times the velocity limit was applied over.
+        stamp = ns_to_stamp(self.get_clock().now().nanoseconds - int((time.monotonic() - now) * 1e9))
         cmd = Float64MultiArray()
         cmd.layout.dim = [MultiArrayDimension(label='joints', size=len(command), stride=len(command))]
         cmd.data = [float(v) for v in command]
