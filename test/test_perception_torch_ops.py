@@ -191,3 +191,33 @@ def test_triton_fill_matches_torch_loop_in_interpreter(monkeypatch):
     finally:
         monkeypatch.delenv('TRITON_INTERPRET')
         importlib.reload(fps_triton)
+
+
+def test_precapture_leaves_no_state_behind(encoder):
+    cfg = PerceptionConfig(ops='torch', pruning='spatial_coverage', keep_ratio=0.5, reuse_enabled=True,
+                           static_shapes=True, keyframe_interval=4)
+    warmed, fresh = DevicePerceptionPipeline(encoder, cfg), DevicePerceptionPipeline(encoder, cfg)
+    for pipe in (warmed, fresh):
+        pipe.set_instruction('touch the red cube')
+    other = next(moving_object_sequence(1, size=encoder.image_size, seed=5))
+    warmed.precapture(other)
+    for frame in moving_object_sequence(6, size=encoder.image_size):
+        a, b = fresh.process(frame), warmed.process(frame)
+        assert a.is_keyframe == b.is_keyframe and a.reuse_ratio == b.reuse_ratio
+        np.testing.assert_allclose(b.tokens, a.tokens, atol=1e-6)
+
+
+def test_captured_sampler_falls_back_to_sample_on_cpu():
+    from vla_ros.action.flow_graph import CapturedSampler
+    from vla_ros.action.flow_head import FlowHeadConfig, FlowMatchingActionHead
+    torch.manual_seed(0)
+    head = FlowMatchingActionHead(FlowHeadConfig(vis_dim=16)).eval()
+    sampler = CapturedSampler(head)
+    vis, mask = torch.randn(1, 5, 16), torch.ones(1, 5, dtype=torch.bool)
+    plan, proprio = torch.randn(1, 2, 64), torch.randn(1, 7)
+    torch.manual_seed(1)
+    want = head.sample(vis, mask, plan, proprio)
+    torch.manual_seed(1)
+    got = sampler(vis, mask, plan, proprio)
+    torch.testing.assert_close(got, want)
+    assert sampler.graphs.eager_calls == 1 and sampler.graphs.captures == 0

@@ -59,7 +59,8 @@ class DeviceFeatureCache:
         self.any_valid = False            # host-side mirror of valid.any(): no sync to read it
 
     def invalidate(self) -> None:
-        self.valid.zero_()
+        with torch.inference_mode():          # the cache tensors are inference tensors
+            self.valid.zero_()
         self.any_valid = False
 
 
@@ -81,6 +82,7 @@ class DevicePerceptionPipeline(PerceptionPipeline):
         self.last_plan_counts = (0, 0)    # (recomputed, reused) of the latest frame
         self.last_device_tokens: Optional[torch.Tensor] = None
         self.syncs_last_frame = 0
+        self._force_recompute: Optional[int] = None
 
     def set_instruction(self, text: str) -> None:
         super().set_instruction(text)
@@ -214,6 +216,10 @@ class DevicePerceptionPipeline(PerceptionPipeline):
             else:
                 recomputed = k if keyframe else int(sel['count'])
                 syncs += 0 if keyframe else 1
+                count = sel['count']
+                if self._force_recompute is not None and not keyframe:
+                    recomputed = max(recomputed, min(self._force_recompute, k))
+                    count = torch.full_like(count, recomputed)
                 if recomputed == 0:
                     tokens = self.cache.features[sel['kept']]
                 else:
@@ -222,7 +228,8 @@ class DevicePerceptionPipeline(PerceptionPipeline):
                     tokens = self.graphs.run(
                         ('reuse', k, r_bucket, with_ctx),
                         lambda **kw: self._encode_subset(**kw, r_bucket=r_bucket, with_context=with_ctx),
-                        {name: sel[name] for name in ('embeddings', 'kept', 'pixels', 'static', 'order', 'count')})
+                        dict({name: sel[name] for name in ('embeddings', 'kept', 'pixels', 'static', 'order')},
+                             count=count))
                     self.cache.any_valid = True
             self.last_device_tokens = tokens
             self.last_plan_counts = (recomputed, k - recomputed)
@@ -244,6 +251,24 @@ class DevicePerceptionPipeline(PerceptionPipeline):
                                 reuse_ratio=(k - recomputed) / k if (reuse and k) else 0.0,
                                 is_keyframe=keyframe, compute_ms=(time.perf_counter() - start) * 1e3,
                                 scene_embedding=scene, relevance=relevance_np)
+
+    def precapture(self, rgb: np.ndarray) -> int:
+        """Capture every graph a run of this config can need (keyframe, and each recompute bucket on a
+        reuse frame) on `rgb`, so no capture lands mid-run; then reset. Returns the graphs captured."""
+        cfg = self.cfg
+        self.process(rgb)
+        if cfg.reuse_enabled:
+            k = int(self.last_device_tokens.shape[0])
+            sizes = sorted({bucket_up(max(1, int(math.ceil(f * k))), k, cfg.recompute_buckets)
+                            for f in cfg.recompute_buckets}) if cfg.static_shapes else []
+            for size in [0] + sizes:
+                self._force_recompute = size
+                try:
+                    self.process(rgb)
+                finally:
+                    self._force_recompute = None
+        self.reset()
+        return self.graphs.captures
 
     def _host_buffer(self, key, dtype) -> torch.Tensor:
         buf = self._host_tokens.get(key)

@@ -11,6 +11,7 @@ half of its VLM); `quantize='int8'` swaps the decoder's linear layers for int8 w
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Dict, List, Optional
 
@@ -62,6 +63,20 @@ class PlannerPrefill:
         self.max_len = int(max_visual_tokens) + self.num_text + self.decode_tokens
         self.cache = StaticCache(config=lm.config, max_cache_len=self.max_len)
         self.graphs = GraphCache('planner', enabled=cuda_graphs and self.device.type == 'cuda')
+        # transformers renamed past_key_values -> cache (5.2x); pass whichever this version takes.
+        params = inspect.signature(lm.model.forward).parameters
+        self._cache_kw = 'cache' if 'cache' in params else 'past_key_values'
+
+    def _seek(self, position) -> None:
+        """Point the static cache's write position at `position` (int 0 or a 0-d/[1] tensor): the
+        cache layers append at their own cumulative length, which must restart every prefill."""
+        for layer in getattr(self.cache, 'layers', ()):
+            length = getattr(layer, 'cumulative_length', None)
+            if isinstance(length, torch.Tensor) and getattr(layer, 'is_initialized', False):
+                if isinstance(position, torch.Tensor):
+                    length.copy_(position.reshape(()))
+                else:
+                    length.fill_(int(position))
 
     # ------------------------------------------------------------------ graph bodies
     def _prefill(self, vis_tokens: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -69,14 +84,16 @@ class PlannerPrefill:
         embeds = torch.cat([visual, self.instruction_embeds], dim=0)[None]
         length = embeds.shape[1]
         position = torch.arange(length, device=self.device)
-        out = self.lm(inputs_embeds=embeds, past_key_values=self.cache, cache_position=position,
-                      position_ids=position[None], use_cache=True, logits_to_keep=1)
+        self._seek(0)
+        out = self.lm(inputs_embeds=embeds, cache_position=position, position_ids=position[None], use_cache=True,
+                      logits_to_keep=1, **{self._cache_kw: self.cache})
         logits = out.logits[0, -1].float()
         return dict(logits=logits, token=logits.argmax().view(1, 1))
 
     def _step(self, token: torch.Tensor, position: torch.Tensor) -> Dict[str, torch.Tensor]:
-        out = self.lm(input_ids=token, past_key_values=self.cache, cache_position=position,
-                      position_ids=position[None], use_cache=True)
+        self._seek(position)
+        out = self.lm(input_ids=token, cache_position=position, position_ids=position[None], use_cache=True,
+                      **{self._cache_kw: self.cache})
         logits = out.logits[0, -1].float()
         return dict(logits=logits, token=logits.argmax().view(1, 1))
 
@@ -88,6 +105,13 @@ class PlannerPrefill:
         if k + self.num_text + self.decode_tokens > self.max_len:
             raise ValueError(f'{k} visual tokens exceed max_visual_tokens')
         return self.graphs.run(('prefill', k), self._prefill, dict(vis_tokens=vis_tokens))
+
+    @torch.inference_mode()
+    def precapture(self, visual_counts, vis_dim: int) -> None:
+        """Capture the prefill graph of each visual-token bucket and the decode step ahead of a run."""
+        for k in sorted(set(int(c) for c in visual_counts)):
+            first = self.prefill(torch.zeros(k, vis_dim, device=self.device, dtype=self.dtype))
+            self.decode(first, k, steps=1)
 
     @torch.inference_mode()
     def decode(self, first: Dict[str, torch.Tensor], vis_count: int, steps: Optional[int] = None) -> torch.Tensor:
