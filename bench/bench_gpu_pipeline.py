@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import os
 import platform
 import sys
@@ -40,8 +41,10 @@ from vla_ros.action.flow_graph import CapturedSampler  # noqa: E402
 from vla_ros.action.flow_head import FlowHeadConfig, FlowMatchingActionHead  # noqa: E402
 from vla_ros.config.perception import PerceptionConfig  # noqa: E402
 from vla_ros.models.vision import make_demo_vision_encoder  # noqa: E402
-from vla_ros.perception.device_pipeline import make_pipeline  # noqa: E402
+from vla_ros.perception.device_pipeline import bucket_up, make_pipeline  # noqa: E402
+from vla_ros.perception import fps_triton  # noqa: E402
 from vla_ros.perception.encoder import VisionEncoder  # noqa: E402
+from vla_ros.perception.fps_triton import triton_fps_available  # noqa: E402
 from vla_ros.perception.synthetic import moving_object_sequence  # noqa: E402
 from vla_ros.config.planning import PlannerConfig  # noqa: E402
 from vla_ros.planning.base import PlanOutput  # noqa: E402
@@ -92,6 +95,7 @@ def main(argv=None):
     parser.add_argument('--workdir', default='', help='where to save the random checkpoints (default: a temp dir)')
     parser.add_argument('--json', default='')
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
     dtype = getattr(torch, args.dtype)
     dev = torch.device(args.device)
     sync = (lambda: torch.cuda.synchronize()) if dev.type == 'cuda' else (lambda: None)
@@ -128,19 +132,27 @@ def main(argv=None):
             counts = {n}
             if cfg.pruning != 'none':
                 cap = int(round(cfg.keep_ratio * n))
-                counts = {min(n, max(1, int(np.ceil(f * n)))) for f in cfg.keep_buckets if np.ceil(f * n) <= cap} | {cap}
-                if cfg.static_shapes:
-                    from vla_ros.perception.device_pipeline import bucket_up
-                    counts = {bucket_up(c, n, cfg.keep_buckets) for c in counts}
+                counts = {cap}
+                if cfg.adaptive_budget and cfg.static_shapes:
+                    counts = {bucket_up(c, n, cfg.keep_buckets) for c in
+                              [cap] + [int(np.ceil(f * n)) for f in cfg.keep_buckets if np.ceil(f * n) <= cap]}
             planners[name].precapture(counts, encoder.hidden_size)
 
+    # Same config as opt_pruned, decided by the numpy path: the device path must keep the same tokens.
+    ref_pipe = None
+    if 'opt_pruned' in names:
+        ref_cfg = PerceptionConfig(device=args.device, keyframe_interval=args.keyframe_interval,
+                                   **dict(SETTINGS['opt_pruned']['perception'], ops='numpy'))
+        ref_pipe = make_pipeline(encoder, ref_cfg)
+        ref_pipe.set_instruction(INSTRUCTION)
     head = FlowMatchingActionHead(FlowHeadConfig(vis_dim=encoder.hidden_size)).to(args.device).eval()
     captured = CapturedSampler(head, cuda_graphs=True)
     stats = {name: {k: [] for k in ('perception', 'prefill', 'decode', 'step', 'kept', 'recomputed', 'hit',
                                     'perception_flops', 'prefill_flops', 'syncs')} for name in names}
     action = {'eager': [], 'graph': []}
     acc = {'feature_cos_pruned_vs_full': [], 'feature_cos_opt_vs_eager': [], 'next_token_pruned': [],
-           'next_token_adaptive': [], 'next_token_opt_vs_eager': [], 'plan_pruned': [], 'logit_cos_pruned': []}
+           'next_token_adaptive': [], 'next_token_opt_vs_eager': [], 'plan_pruned': [], 'logit_cos_pruned': [],
+           'device_vs_numpy_same_kept': [], 'device_vs_numpy_same_reuse': [], 'device_vs_numpy_token_cos': []}
     vcfg, lcfg = encoder.tower.config, lm.config
     frames = moving_object_sequence(args.warmup + args.frames, size=encoder.image_size)
     try:
@@ -219,6 +231,15 @@ def main(argv=None):
             sync()
             if timed:
                 action[kind].append((time.perf_counter() - ta) * 1e3)
+        if ref_pipe is not None:
+            ref = ref_pipe.process(frame)
+            got = outs['opt_pruned'][0]
+            if timed:
+                acc['device_vs_numpy_same_kept'].append(bool(np.array_equal(ref.kept_indices, got.kept_indices)))
+                acc['device_vs_numpy_same_reuse'].append(bool(ref.reuse_ratio == got.reuse_ratio
+                                                              and ref.is_keyframe == got.is_keyframe))
+                if len(ref.kept_indices) == len(got.kept_indices):
+                    acc['device_vs_numpy_token_cos'].append(cosine_rows(got.tokens, ref.tokens))
         if timed:
             _accuracy(acc, outs)
 
@@ -295,6 +316,7 @@ def _report(args, stats, action, acc, names, n, pipes, planners, captured, build
         accuracy={k: mean_or_nan(v) for k, v in acc.items()},
         shapes=dict(vision=SCALES[args.scale]['vision'], lm=SCALES[args.scale]['lm'], patches=n,
                     text_tokens=TEXT_TOKENS, decode_tokens=args.decode_tokens),
+        triton_fps=dict(available=triton_fps_available(), disabled_reason=list(fps_triton._DISABLED)),
         versions=dict(torch=torch.__version__, transformers=__import__('transformers').__version__,
                       cuda=torch.version.cuda), build_s=build_s, args=vars(args))
 

@@ -221,3 +221,17 @@ def test_captured_sampler_falls_back_to_sample_on_cpu():
     got = sampler(vis, mask, plan, proprio)
     torch.testing.assert_close(got, want)
     assert sampler.graphs.eager_calls == 1 and sampler.graphs.captures == 0
+
+
+def test_numpy_hsv_fallback_is_within_one_of_opencv(monkeypatch):
+    import cv2
+
+    from vla_ros.perception import relevance
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    want = cv2.cvtColor(img, cv2.COLOR_RGB2HSV).astype(int)
+    monkeypatch.setattr(relevance, 'cv2', None)
+    got = relevance.rgb_to_hsv_u8(img).astype(int)
+    np.testing.assert_array_equal(got[..., 2], want[..., 2])
+    dh = np.abs(got[..., 0] - want[..., 0])
+    assert np.minimum(dh, 180 - dh).max() <= 1 and np.abs(got[..., 1] - want[..., 1]).max() <= 1

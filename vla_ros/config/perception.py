@@ -35,8 +35,8 @@ class PerceptionConfig:
     static_shapes: bool = param(False, 'Round token counts up to the buckets below (fixed shapes, so a few CUDA '
                                        'graphs cover every frame); off = exact counts (ops torch only)')
     keep_buckets: List[float] = param([0.125, 0.25, 0.375, 0.5, 0.75, 1.0],
-                                      'static_shapes: kept-token count rounded up to the nearest of these '
-                                      'fractions of the grid (the selection then keeps that many)')
+                                      'static_shapes + adaptive_budget: kept-token count rounded up to the '
+                                      'nearest of these fractions of the grid (the selection keeps that many)')
     recompute_buckets: List[float] = param([0.0625, 0.125, 0.25, 0.5, 1.0],
                                            'static_shapes: recomputed-token count padded up to the nearest of '
                                            'these fractions of the kept tokens (padding rows are masked out)')

@@ -8,8 +8,9 @@ cache scatter and the gather of the kept tokens. Host synchronisation per frame:
 recompute count (one int, to pick the graph bucket; only on reuse frames), the adaptive budget (one
 int, only with adaptive_budget), and the final copy of the tokens to publish.
 
-Static shapes for CUDA graphs: with `keep_buckets` the kept count is rounded up to a bucket (the
-selection runs with that budget, so a few more tokens are kept than the exact budget); with
+Static shapes for CUDA graphs: a fixed keep ratio is one shape already; an adaptive budget is
+rounded up to one of `keep_buckets` (the selection runs with that budget, so a few more tokens are
+kept than the exact adaptive budget); with
 `recompute_buckets` the recompute set is padded to a bucket with rows that are computed but masked
 out of every attention and scattered to a trash row, so the kept tokens' features equal the exact
 (unpadded) computation. The stages run through GraphCache (cuda_graphs=True): one graph per bucket.
@@ -190,7 +191,8 @@ class DevicePerceptionPipeline(PerceptionPipeline):
                     scores = relevance if (cfg.pruning == 'query' and has_rel) else attention
                     budget = int(torch_ops.adaptive_budget(scores, budget, cfg.adaptive_mass, cfg.min_tokens))
                     syncs += 1
-                budget = bucket_up(budget, n, cfg.keep_buckets if cfg.static_shapes else ())
+                    # A fixed budget is already one shape; an adaptive one is rounded up to a bucket.
+                    budget = bucket_up(budget, n, cfg.keep_buckets if cfg.static_shapes else ())
             reuse = cfg.reuse_enabled
             keyframe = True
             if reuse:

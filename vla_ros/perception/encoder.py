@@ -24,7 +24,6 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -122,6 +121,7 @@ class VisionEncoder:
         s = self._image_size
         if rgb.shape[:2] == (s, s):
             return np.ascontiguousarray(rgb, dtype=np.uint8)
+        import cv2   # only when the frame needs resizing (a bare GPU image may lack OpenCV)
         interp = cv2.INTER_AREA if rgb.shape[0] > s else cv2.INTER_LINEAR
         return cv2.resize(np.ascontiguousarray(rgb, dtype=np.uint8), (s, s), interpolation=interp)
 
@@ -155,15 +155,7 @@ class VisionEncoder:
     def attention_scores(self, embeddings: torch.Tensor, query: Optional[torch.Tensor] = None) -> np.ndarray:
         """Layer-0 attention each position receives: mean over heads and over all queries
         (no CLS in SigLIP), or from one query vector in hidden space (text-query-driven). Sums to 1."""
-        layer = self.layers[0]
-        attn = layer.self_attn
-        x = layer.layer_norm1(embeddings)
-        k = self._heads(attn.k_proj(x))
-        q_in = x if query is None else layer.layer_norm1(query.to(x).view(1, -1))
-        q = self._heads(attn.q_proj(q_in))
-        weights = torch.softmax(q @ k.transpose(1, 2) * (k.shape[-1] ** -0.5), dim=-1)  # [H, Q, N]
-        scores = weights.mean(dim=(0, 1))
-        return (scores / scores.sum()).float().cpu().numpy()
+        return self.attention_scores_t(embeddings, query).cpu().numpy()
 
     @torch.inference_mode()
     def forward_subset(self, hidden: torch.Tensor, context_keys: Optional[torch.Tensor] = None,
@@ -193,7 +185,7 @@ class VisionEncoder:
 
     @torch.inference_mode()
     def attention_scores_t(self, embeddings: torch.Tensor, query: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """attention_scores() as a float32 tensor on the encoder device (no host copy)."""
+        """attention_scores() as a float32 tensor on the encoder device (no host copy); both paths use it."""
         layer = self.layers[0]
         attn = layer.self_attn
         x = layer.layer_norm1(embeddings)
@@ -201,8 +193,8 @@ class VisionEncoder:
         q_in = x if query is None else layer.layer_norm1(query.to(x).view(1, -1))
         q = self._heads(attn.q_proj(q_in))
         weights = torch.softmax(q @ k.transpose(1, 2) * (k.shape[-1] ** -0.5), dim=-1)
-        scores = weights.mean(dim=(0, 1)).float()
-        return scores / scores.sum()
+        scores = weights.mean(dim=(0, 1))
+        return (scores / scores.sum()).float()
 
     @torch.inference_mode()
     def forward_masked(self, hidden: torch.Tensor, context_keys: torch.Tensor, context_values: torch.Tensor,

@@ -8,9 +8,12 @@ Optional: without Triton (CPU-only installs) torch_ops falls back to the torch l
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
+
+LOG = logging.getLogger(__name__)
 
 try:  # pragma: no cover - depends on the install
     import triton
@@ -20,8 +23,18 @@ except Exception:  # ImportError, or a Triton that cannot find a backend
     _HAVE_TRITON = False
 
 
+_DISABLED = []
+
+
 def triton_fps_available() -> bool:
-    return _HAVE_TRITON and os.environ.get('VLA_ROS_NO_TRITON', '') != '1'
+    return _HAVE_TRITON and not _DISABLED and os.environ.get('VLA_ROS_NO_TRITON', '') != '1'
+
+
+def disable_triton(reason) -> None:
+    """Stop using the kernel for this process (it failed to build or run); logged once."""
+    if not _DISABLED:
+        LOG.warning('Triton farthest-point kernel unavailable, using the torch loop: %s', reason)
+    _DISABLED.append(str(reason))
 
 
 if _HAVE_TRITON:

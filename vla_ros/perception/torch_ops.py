@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from vla_ros.perception.fps_triton import farthest_point_fill, triton_fps_available
+from vla_ros.perception.fps_triton import disable_triton, farthest_point_fill, triton_fps_available
 
 F64 = torch.float64
 
@@ -103,8 +103,12 @@ def spatial_coverage(saliency: torch.Tensor, budget: int, grid_hw: Tuple[int, in
         if use_triton is None:
             use_triton = device.type == 'cuda' and triton_fps_available()
         if use_triton:
-            chosen[n_salient:] = farthest_point_fill(dists, dist, taken, tie, n_fill)
-        else:
+            try:
+                chosen[n_salient:] = farthest_point_fill(dists, dist, taken, tie, n_fill)
+            except Exception as exc:  # noqa: BLE001 - a Triton that cannot build the kernel: the torch loop
+                disable_triton(exc)
+                use_triton = False
+        if not use_triton:
             neg_inf = torch.tensor(-math.inf, dtype=F64, device=device)
             for i in range(n_fill):
                 pick = torch.argmax(torch.where(taken, neg_inf, dist + tie))   # first max, as np.argmax
