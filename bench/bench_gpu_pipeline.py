@@ -245,6 +245,7 @@ def main(argv=None):
 
     gc.enable()
     report = _report(args, stats, action, acc, names, n, pipes, planners, captured, build_s, encoder, lm)
+    report['decision_selftest'] = _decision_selftest(encoder.grid_hw, args.device)
     report['graph_captures_during_timed_frames'] = _captures(pipes, planners) - (captures_at_start or 0)
     if args.knob_frames > 0 and 'opt_pruned' in names:
         report['knobs'] = run_knobs(lm, encoder, instruction_ids, args, dtype, sync)
@@ -319,6 +320,25 @@ def _report(args, stats, action, acc, names, n, pipes, planners, captured, build
         triton_fps=dict(available=triton_fps_available(), disabled_reason=list(fps_triton._DISABLED)),
         versions=dict(torch=torch.__version__, transformers=__import__('transformers').__version__,
                       cuda=torch.version.cuda), build_s=build_s, args=vars(args))
+
+
+def _decision_selftest(grid, device, trials=20):
+    """Spatial-coverage selection on the device (Triton fill and torch loop) vs the numpy path, on
+    saliency quantised like bf16 attention (many exact ties, where tie rules matter)."""
+    from vla_ros.perception import pruning, torch_ops
+    rng = np.random.default_rng(0)
+    n = grid[0] * grid[1]
+    same = {'triton': [], 'torch_loop': []}
+    for t in range(trials):
+        att = torch.from_numpy(rng.random(n)).to(torch.bfloat16).double().numpy()
+        rel = np.where(rng.random(n) < 0.05, 1.0, 0.0)
+        for budget in (n // 2, n // 4):
+            want, _ = pruning.select_tokens(np.zeros((n, 1)), 'spatial_coverage', budget, grid, att, rel)
+            sal = torch_ops.combined_saliency(torch.from_numpy(att).to(device), torch.from_numpy(rel).to(device), n, device)
+            for name, flag in (('triton', None), ('torch_loop', False)):
+                got = torch_ops.spatial_coverage(sal, budget, grid, 0.5, use_triton=flag).cpu().numpy()
+                same[name].append(bool(np.array_equal(got, want)))
+    return {name: float(np.mean(v)) for name, v in same.items()}
 
 
 def _captures(pipes, planners):

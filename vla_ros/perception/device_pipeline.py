@@ -130,7 +130,7 @@ class DevicePerceptionPipeline(PerceptionPipeline):
             out['static'] = static
             out['count'] = (~static).sum()
             # Positions to recompute first (ascending grid order within each group).
-            out['order'] = torch.sort(static.to(torch.int8), stable=True).indices
+            out['order'] = torch_ops.recompute_first(static)
         return out
 
     def _encode_subset(self, embeddings, kept, pixels, static, order, count, r_bucket: int, with_context: bool):

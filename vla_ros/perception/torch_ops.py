@@ -37,10 +37,22 @@ def adaptive_budget(scores: torch.Tensor, cap: int, mass: float, min_tokens: int
     return torch.where(total > 0, needed, torch.full_like(needed, cap))
 
 
+def descending_order(scores: torch.Tensor) -> torch.Tensor:
+    """Indices by descending score, ties by ascending index (np.argsort(-s, kind='stable')).
+
+    Does not rely on the sort being stable (small CUDA sorts need not be): after a first sort, equal
+    scores form runs; sorting the unique keys run_id * n + index puts each run in index order."""
+    n = scores.shape[0]
+    vals, idx = torch.sort(scores.to(F64), descending=True)
+    new_run = torch.ones_like(idx)
+    new_run[1:] = (vals[1:] != vals[:-1]).to(idx.dtype)
+    run_id = torch.cumsum(new_run, 0)
+    return idx[torch.sort(run_id * n + idx).indices]
+
+
 def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     """The k highest scores' indices, ascending; ties go to the lower index (stable, as np.argsort)."""
-    order = torch.sort(scores.to(F64), descending=True, stable=True).indices
-    return torch.sort(order[:k]).values
+    return torch.sort(descending_order(scores)[:k]).values
 
 
 def minmax_unit(x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +105,7 @@ def spatial_coverage(saliency: torch.Tensor, budget: int, grid_hw: Tuple[int, in
     if n_salient:
         first = top_indices(sal, n_salient)
         chosen[:n_salient] = first
-        taken[first] = True
+        taken.index_fill_(0, first, True)       # (not taken[first] = True: that copies a host scalar)
         dist = dists[first].min(dim=0).values
     else:
         dist = torch.full((n,), 1e6, dtype=F64, device=device)
@@ -109,11 +121,11 @@ def spatial_coverage(saliency: torch.Tensor, budget: int, grid_hw: Tuple[int, in
                 disable_triton(exc)
                 use_triton = False
         if not use_triton:
-            neg_inf = torch.tensor(-math.inf, dtype=F64, device=device)
+            neg_inf = torch.full((), -math.inf, dtype=F64, device=device)
             for i in range(n_fill):
                 pick = torch.argmax(torch.where(taken, neg_inf, dist + tie))   # first max, as np.argmax
                 chosen[n_salient + i] = pick
-                taken[pick] = True
+                taken.index_fill_(0, pick.view(1), True)
                 dist = torch.minimum(dist, dists[pick])
     return torch.sort(chosen).values
 
@@ -160,6 +172,12 @@ def patch_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (dot + 1e-8) / (sq + 1e-8)
 
 
+def recompute_first(static: torch.Tensor) -> torch.Tensor:
+    """Order of the kept slots: to-recompute ones first, each group in ascending slot order."""
+    k = static.shape[0]
+    return torch.sort(static.to(torch.long) * k + torch.arange(k, device=static.device)).indices
+
+
 def reuse_static_mask(kept: torch.Tensor, pixels: torch.Tensor, cached_pixels: torch.Tensor,
                       valid: torch.Tensor, threshold: float, relevance: Optional[torch.Tensor],
                       task_relevant_ratio: float) -> torch.Tensor:
@@ -169,7 +187,6 @@ def reuse_static_mask(kept: torch.Tensor, pixels: torch.Tensor, cached_pixels: t
     k = kept.shape[0]
     if relevance is not None and task_relevant_ratio > 0 and k:
         n_rel = int(math.ceil(task_relevant_ratio * k))
-        order = torch.sort(relevance.to(F64)[kept], descending=True, stable=True).indices[:n_rel]
-        static = static.clone()
-        static[order] = False
+        order = descending_order(relevance[kept])[:n_rel]
+        static = static.clone().index_fill_(0, order, False)
     return static
