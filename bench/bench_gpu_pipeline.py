@@ -246,6 +246,7 @@ def main(argv=None):
     gc.enable()
     report = _report(args, stats, action, acc, names, n, pipes, planners, captured, build_s, encoder, lm)
     report['decision_selftest'] = _decision_selftest(encoder.grid_hw, args.device)
+    report['perception_stage_profile_ms'] = _profile_stages(pipes, encoder, args)
     report['graph_captures_during_timed_frames'] = _captures(pipes, planners) - (captures_at_start or 0)
     if args.knob_frames > 0 and 'opt_pruned' in names:
         report['knobs'] = run_knobs(lm, encoder, instruction_ids, args, dtype, sync)
@@ -317,9 +318,27 @@ def _report(args, stats, action, acc, names, n, pipes, planners, captured, build
         accuracy={k: mean_or_nan(v) for k, v in acc.items()},
         shapes=dict(vision=SCALES[args.scale]['vision'], lm=SCALES[args.scale]['lm'], patches=n,
                     text_tokens=TEXT_TOKENS, decode_tokens=args.decode_tokens),
-        triton_fps=dict(available=triton_fps_available(), disabled_reason=list(fps_triton._DISABLED)),
+        triton_fps=dict(available=triton_fps_available(), disabled_reason=list(fps_triton._DISABLED),
+                        best_config=str(getattr(getattr(fps_triton, '_fps_fill_kernel', None), 'best_config', None))),
         versions=dict(torch=torch.__version__, transformers=__import__('transformers').__version__,
                       cuda=torch.version.cuda), build_s=build_s, args=vars(args))
+
+
+def _profile_stages(pipes, encoder, args, frames=40):
+    """Separate pass (a sync after every stage, so not part of the timed run): where perception's
+    time goes, median ms per stage, for the optimised settings."""
+    out = {}
+    for name in ('opt_full', 'opt_pruned'):
+        pipe = pipes.get(name)
+        if pipe is None or not hasattr(pipe, 'profile'):
+            continue
+        pipe.reset()
+        pipe.profile = {}
+        for frame in moving_object_sequence(frames, size=encoder.image_size, seed=3):
+            pipe.process(frame)
+        out[name] = {stage: float(np.median(v[5:])) for stage, v in pipe.profile.items()}
+        pipe.profile = None
+    return out
 
 
 def _decision_selftest(grid, device, trials=20):

@@ -84,6 +84,8 @@ class DevicePerceptionPipeline(PerceptionPipeline):
         self.last_device_tokens: Optional[torch.Tensor] = None
         self.syncs_last_frame = 0
         self._force_recompute: Optional[int] = None
+        self.profile: Optional[Dict[str, list]] = None   # set to {} to time each stage (adds syncs)
+        self._mark_t = 0.0
 
     def set_instruction(self, text: str) -> None:
         super().set_instruction(text)
@@ -98,7 +100,7 @@ class DevicePerceptionPipeline(PerceptionPipeline):
     # ------------------------------------------------------------------ stages (fixed shapes per key)
     def _embed_and_score(self, image, relevance, use_attention: bool, use_text: bool):
         enc = self.encoder
-        x = (image.to(torch.float32) / 255.0 - self._mean) / self._std
+        x = (torch_ops.div255(image.to(torch.float32)) - self._mean) / self._std
         embeddings = enc.embed(x.permute(2, 0, 1).unsqueeze(0).to(enc.dtype))
         attention = None
         if use_attention:
@@ -162,6 +164,7 @@ class DevicePerceptionPipeline(PerceptionPipeline):
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.size == 0 or rgb.dtype != np.uint8:
             raise ValueError(f'expected an HxWx3 uint8 RGB image, got {rgb.dtype} {rgb.shape}')
         start = time.perf_counter()
+        self._mark_t = start
         syncs = 0
         grid = enc.grid_hw
         n = grid[0] * grid[1]
@@ -180,6 +183,7 @@ class DevicePerceptionPipeline(PerceptionPipeline):
         use_attention = cfg.pruning in ('attention_topk', 'spatial_coverage') or cfg.adaptive_budget \
             or (cfg.pruning == 'query' and not has_rel) or cfg.reuse_enabled
         use_text = cfg.pruning == 'query' and not has_rel and self._text_query is not None
+        self._mark('host_pre')
 
         with torch.inference_mode():
             if cfg.pruning == 'none':
@@ -211,6 +215,7 @@ class DevicePerceptionPipeline(PerceptionPipeline):
                                   lambda image, relevance: self._select(image, relevance, budget, flags),
                                   dict(image=image, relevance=relevance))
             k = int(sel['kept'].shape[0])
+            self._mark('select')
             if not reuse:
                 tokens = self.graphs.run(('encode', k), self._encode_plain,
                                          dict(embeddings=sel['embeddings'], kept=sel['kept']))
@@ -234,6 +239,7 @@ class DevicePerceptionPipeline(PerceptionPipeline):
                              count=count))
                     self.cache.any_valid = True
             self.last_device_tokens = tokens
+            self._mark('encode')
             self.last_plan_counts = (recomputed, k - recomputed)
             # The one copy to publish: tokens and kept indices into pinned buffers, one sync.
             host_tokens = self._host_buffer(('t',) + tuple(tokens.shape), torch.float32)
@@ -243,16 +249,27 @@ class DevicePerceptionPipeline(PerceptionPipeline):
             if self.device.type == 'cuda':
                 torch.cuda.current_stream(self.device).synchronize()
             syncs += 1
+            self._mark('copy_out')
         tokens_np = host_tokens.numpy().copy()
         kept_np = host_kept.numpy().astype(np.int32)
         self.syncs_last_frame = syncs
         mean = tokens_np.mean(axis=0)
         scene = (mean / (np.linalg.norm(mean) + 1e-12)).astype(np.float32)
         self.frames += 1
+        self._mark('host_post')
         return PerceptionResult(tokens=tokens_np, kept_indices=kept_np, grid_hw=grid, keep_ratio=k / n,
                                 reuse_ratio=(k - recomputed) / k if (reuse and k) else 0.0,
                                 is_keyframe=keyframe, compute_ms=(time.perf_counter() - start) * 1e3,
                                 scene_embedding=scene, relevance=relevance_np)
+
+    def _mark(self, stage: str) -> None:
+        if self.profile is None:
+            return
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.profile.setdefault(stage, []).append((now - self._mark_t) * 1e3)
+        self._mark_t = now
 
     def precapture(self, rgb: np.ndarray) -> int:
         """Capture every graph a run of this config can need (keyframe, and each recompute bucket on a

@@ -38,6 +38,8 @@ def disable_triton(reason) -> None:
 
 
 if _HAVE_TRITON:
+    # One program loops over the picks; fewer warps = cheaper per-pick argmax. Timed once per grid size.
+    @triton.autotune(configs=[triton.Config({}, num_warps=w) for w in (1, 2, 4, 8)], key=['n'])
     @triton.jit
     def _fps_fill_kernel(dist_mat_ptr, dist_ptr, taken_ptr, tie_ptr, out_ptr, n, n_pick,
                          BLOCK: tl.constexpr):
@@ -65,5 +67,5 @@ def farthest_point_fill(dist_mat: torch.Tensor, dist: torch.Tensor, taken: torch
     out = torch.empty(n_pick, dtype=torch.int64, device=dist.device)
     block = max(triton.next_power_of_2(n), 16)
     _fps_fill_kernel[(1,)](dist_mat.contiguous(), dist.contiguous(), taken.to(torch.int8).contiguous(),
-                           tie.contiguous(), out, n, n_pick, BLOCK=block, num_warps=4 if block <= 1024 else 8)
+                           tie.contiguous(), out, n, n_pick, BLOCK=block)
     return out

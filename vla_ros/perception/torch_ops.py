@@ -157,10 +157,16 @@ def select_tokens(strategy: str, budget: int, grid_hw: Tuple[int, int], attentio
     raise ValueError(f'unknown pruning strategy {strategy!r}')
 
 
+def div255(x: torch.Tensor) -> torch.Tensor:
+    """x / 255 rounded as numpy rounds it. (Dividing a CUDA tensor by a Python scalar multiplies by
+    the reciprocal, which can differ in the last bit and flip a threshold or a tie downstream.)"""
+    return x / torch.full((), 255.0, dtype=x.dtype, device=x.device)
+
+
 def patchify(resized: torch.Tensor, grid_hw: Tuple[int, int], patch: int) -> torch.Tensor:
     """[S,S,3] uint8 device image -> [N, p*p*3] float32 in [0,1] (same layout as VisionEncoder.patchify)."""
     h, w = grid_hw
-    x = resized[:h * patch, :w * patch].to(torch.float32).reshape(h, patch, w, patch, 3) / 255.0
+    x = div255(resized[:h * patch, :w * patch].to(torch.float32)).reshape(h, patch, w, patch, 3)
     return x.permute(0, 2, 1, 3, 4).reshape(h * w, patch * patch * 3)
 
 
