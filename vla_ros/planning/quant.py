@@ -13,7 +13,6 @@ import logging
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 LOG = logging.getLogger(__name__)
 FP8 = torch.float8_e4m3fn
