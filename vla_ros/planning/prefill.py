@@ -22,9 +22,19 @@ from vla_ros.models.graphs import GraphCache
 LOG = logging.getLogger(__name__)
 
 
+def find_text_decoder(model):
+    """The language model's decoder stack (the module with `embed_tokens` and a `layers` ModuleList)
+    inside a causal LM or a VLM; the vision tower's layers are never picked."""
+    for module in model.modules():
+        if isinstance(getattr(module, 'layers', None), torch.nn.ModuleList) and hasattr(module, 'embed_tokens'):
+            return module
+    raise ValueError(f'no text decoder (embed_tokens + layers) in {type(model).__name__}')
+
+
 def drop_final_layers(lm, drop: int) -> int:
-    """Keep the first L - drop decoder layers of a transformers causal LM (in place); returns L kept."""
-    base = lm.model if hasattr(lm, 'model') else lm
+    """Keep the first L - drop decoder layers of a transformers causal LM or VLM's language model
+    (in place); returns how many are kept."""
+    base = find_text_decoder(lm)
     layers = base.layers
     keep = len(layers) - int(drop)
     if drop <= 0:
@@ -32,7 +42,10 @@ def drop_final_layers(lm, drop: int) -> int:
     if keep < 1:
         raise ValueError(f'cannot drop {drop} of {len(layers)} layers')
     base.layers = torch.nn.ModuleList(list(layers)[:keep])
-    for cfg in {id(lm.config): lm.config, id(base.config): base.config}.values():
+    configs = [base.config, lm.config, getattr(lm.config, 'text_config', None)]
+    for cfg in {id(c): c for c in configs if c is not None}.values():
+        if getattr(cfg, 'num_hidden_layers', None) is None:
+            continue
         cfg.num_hidden_layers = keep
         if getattr(cfg, 'layer_types', None):
             cfg.layer_types = list(cfg.layer_types)[:keep]
