@@ -85,3 +85,23 @@ def test_bad_paths_fail_clearly(tmp_path):
         make_planner(_cfg(''), VIS_DIM)
     with pytest.raises(VLMLoadError, match='no config.json'):
         make_planner(_cfg(str(tmp_path)), VIS_DIM)
+
+
+def test_vlm_planner_layer_drop_and_fp8_parameters(checkpoints):
+    from vla_ros.planning.prefill import find_text_decoder
+    from vla_ros.planning.quant import Fp8Linear
+    req = PlanRequest('touch the red cube', SCENE_A)
+    base = make_planner(_cfg(checkpoints['idefics3']), visual_dim=VIS_DIM)
+    cut = make_planner(_cfg(checkpoints['idefics3'], drop_final_layers=1), visual_dim=VIS_DIM)
+    fp8 = make_planner(_cfg(checkpoints['idefics3'], quantize='fp8'), visual_dim=VIS_DIM)
+    assert len(find_text_decoder(cut.model).layers) == 1 == len(find_text_decoder(base.model).layers) - 1
+    assert any(isinstance(m, Fp8Linear) for m in find_text_decoder(fp8.model).modules())
+    outs = [p.plan(req) for p in (base, cut, fp8)]
+    for out in outs:
+        assert out.plan_tokens.shape == (5, 12) and np.isfinite(out.plan_tokens).all()
+    assert not np.allclose(outs[0].plan_tokens, outs[1].plan_tokens)   # one layer fewer: other features
+    cos = float(np.sum(outs[0].plan_tokens * outs[2].plan_tokens)
+                / (np.linalg.norm(outs[0].plan_tokens) * np.linalg.norm(outs[2].plan_tokens)))
+    assert cos > 0.9                                                     # fp8: close to bf16/fp32
+    with pytest.raises(VLMLoadError):
+        make_planner(_cfg(checkpoints['idefics3'], drop_final_layers=2), visual_dim=VIS_DIM)

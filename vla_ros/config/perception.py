@@ -5,6 +5,7 @@ from typing import List
 from vla_ros.config.base import ConfigError, param
 
 PRUNING_STRATEGIES = ('none', 'attention_topk', 'query', 'spatial_coverage')
+OPS_CHOICES = ('auto', 'numpy', 'torch')
 
 
 @dataclass
@@ -29,6 +30,19 @@ class PerceptionConfig:
     keyframe_interval: int = param(10, 'Recompute every patch every N frames (0 = never)', range=(0, 100000))
     task_relevant_ratio: float = param(0.1, 'Fraction of tokens (most instruction-relevant) always recomputed',
                                        range=(0.0, 1.0))
+    ops: str = param('auto', 'Where the per-frame pruning/reuse decisions run: numpy on the host, torch on the '
+                             'encoder device, or auto (torch when device is cuda)', choices=OPS_CHOICES)
+    cuda_graphs: bool = param(False, 'Capture the per-frame stages as CUDA graphs, one per token-count bucket '
+                                     '(cuda + ops torch only; eager fallback is logged)')
+    static_shapes: bool = param(False, 'Round token counts up to the buckets below (fixed shapes, so a few CUDA '
+                                       'graphs cover every frame); off = exact counts (ops torch only)')
+    keep_buckets: List[float] = param([0.125, 0.25, 0.375, 0.5, 0.75, 1.0],
+                                      'static_shapes + adaptive_budget: kept-token count rounded up to the '
+                                      'nearest of these fractions of the grid (the selection keeps that many)')
+    recompute_buckets: List[float] = param([0.0625, 0.125, 0.25, 0.5, 1.0],
+                                           'static_shapes: recomputed-token count padded up to the nearest of '
+                                           'these fractions of the kept tokens (padding rows are masked out)')
+    pinned_upload: bool = param(True, 'Upload camera frames from pinned host memory, non-blocking (cuda)')
     sync_slop_s: float = param(0.05, 'Max stamp difference for image/joint-state synchronisation',
                                range=(0.0, 10.0))
     sync_queue_size: int = param(10, 'Messages buffered per input for synchronisation', range=(1, 1000))
@@ -48,3 +62,6 @@ class PerceptionConfig:
     def validate(self):
         if self.pruning not in PRUNING_STRATEGIES:
             raise ConfigError(f'perception.pruning must be one of {PRUNING_STRATEGIES}')
+        for name in ('keep_buckets', 'recompute_buckets'):
+            if any(not 0.0 < float(f) <= 1.0 for f in getattr(self, name)):
+                raise ConfigError(f'perception.{name}: every bucket must be a fraction in (0, 1]')

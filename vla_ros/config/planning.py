@@ -29,6 +29,12 @@ class PlannerConfig:
                                    range=(1, 100000))
     prompt: str = param('Instruction: {instruction} . Next subtask :',
                         'VLM prompt; {instruction} is replaced, perception tokens go in front of it')
+    drop_final_layers: int = param(0, 'VLM: run only the first L - N decoder layers of its language model '
+                                      '(SmolVLA-style; halves the prefill at N = L/2, needs a policy trained '
+                                      'that way: see the drift in bench/RESULTS.md)', range=(0, 1000))
+    quantize: str = param('none', 'VLM language-model linears: none, or fp8 weights + per-token fp8 '
+                                  'activations (Hopper/Ada GPUs; exact but slow dequantising path elsewhere)',
+                          choices=('none', 'fp8'))
     seed: int = param(0, 'Seed of the fixed projections (plan tokens must be reproducible)', range=(0, 2**31 - 1))
     cache_enabled: bool = param(True, 'Reuse the last plan while instruction and scene are unchanged')
     cache_similarity: float = param(0.95, 'Scene-embedding cosine similarity needed for a cache hit',

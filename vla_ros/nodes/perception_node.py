@@ -25,7 +25,7 @@ from vla_ros.nodes.common import (LATCHED_QOS, SENSOR_QOS, Diagnostics, DropCoun
 from vla_ros.nodes.params import declare_config
 from vla_ros.perception.encoder import VisionEncoder
 from vla_ros.perception.image_conversion import ImageConversionError, image_msg_to_rgb
-from vla_ros.perception.pipeline import PerceptionPipeline
+from vla_ros.perception.device_pipeline import make_pipeline
 from vla_ros.perception.sync import make_image_joint_sync
 from vla_ros.resources import resolve_path
 from vla_ros.timing import StampGate, positions_by_name, stamp_to_ns
@@ -46,7 +46,7 @@ class PerceptionNode(Node):
         if self.cfg.torch_threads > 0:
             torch.set_num_threads(self.cfg.torch_threads)
         self.encoder = VisionEncoder.from_pretrained(path, device=self.cfg.device)
-        self.pipeline = PerceptionPipeline(self.encoder, self.cfg)
+        self.pipeline = make_pipeline(self.encoder, self.cfg)   # device ops on cuda (perception.ops)
         self.source = f'perception/{self.encoder.name}'
         self.drops = DropCounter(self.get_logger())
         self.gate = StampGate(self.cfg.max_input_age_s, self.timing.max_future_s, self.timing.clock_jump_s)

@@ -24,7 +24,6 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -122,6 +121,7 @@ class VisionEncoder:
         s = self._image_size
         if rgb.shape[:2] == (s, s):
             return np.ascontiguousarray(rgb, dtype=np.uint8)
+        import cv2   # only when the frame needs resizing (a bare GPU image may lack OpenCV)
         interp = cv2.INTER_AREA if rgb.shape[0] > s else cv2.INTER_LINEAR
         return cv2.resize(np.ascontiguousarray(rgb, dtype=np.uint8), (s, s), interpolation=interp)
 
@@ -155,15 +155,7 @@ class VisionEncoder:
     def attention_scores(self, embeddings: torch.Tensor, query: Optional[torch.Tensor] = None) -> np.ndarray:
         """Layer-0 attention each position receives: mean over heads and over all queries
         (no CLS in SigLIP), or from one query vector in hidden space (text-query-driven). Sums to 1."""
-        layer = self.layers[0]
-        attn = layer.self_attn
-        x = layer.layer_norm1(embeddings)
-        k = self._heads(attn.k_proj(x))
-        q_in = x if query is None else layer.layer_norm1(query.to(x).view(1, -1))
-        q = self._heads(attn.q_proj(q_in))
-        weights = torch.softmax(q @ k.transpose(1, 2) * (k.shape[-1] ** -0.5), dim=-1)  # [H, Q, N]
-        scores = weights.mean(dim=(0, 1))
-        return (scores / scores.sum()).float().cpu().numpy()
+        return self.attention_scores_t(embeddings, query).cpu().numpy()
 
     @torch.inference_mode()
     def forward_subset(self, hidden: torch.Tensor, context_keys: Optional[torch.Tensor] = None,
@@ -185,6 +177,48 @@ class VisionEncoder:
                 v = torch.cat([v, context_values[li]], dim=0)
             q = self._heads(attn.q_proj(x)).unsqueeze(0)
             out = F.scaled_dot_product_attention(q, self._heads(k).unsqueeze(0), self._heads(v).unsqueeze(0))
+            out = out[0].transpose(0, 1).reshape(h.shape[0], -1)
+            h = h + attn.out_proj(out)
+            h = h + layer.mlp(layer.layer_norm2(h))
+        feats = self._post_ln(h) if self._post_ln is not None else h
+        return SubsetOutput(feats, torch.stack(keys), torch.stack(values))
+
+    @torch.inference_mode()
+    def attention_scores_t(self, embeddings: torch.Tensor, query: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """attention_scores() as a float32 tensor on the encoder device (no host copy); both paths use it."""
+        layer = self.layers[0]
+        attn = layer.self_attn
+        x = layer.layer_norm1(embeddings)
+        k = self._heads(attn.k_proj(x))
+        q_in = x if query is None else layer.layer_norm1(query.to(x).view(1, -1))
+        q = self._heads(attn.q_proj(q_in))
+        weights = torch.softmax(q @ k.transpose(1, 2) * (k.shape[-1] ** -0.5), dim=-1)
+        scores = weights.mean(dim=(0, 1))
+        return (scores / scores.sum()).float()
+
+    @torch.inference_mode()
+    def forward_masked(self, hidden: torch.Tensor, context_keys: torch.Tensor, context_values: torch.Tensor,
+                       key_mask: torch.Tensor) -> SubsetOutput:
+        """forward_subset() with FIXED shapes: `hidden` [R, D] (R a bucket; padding rows allowed),
+        context [L, C, D] (C a bucket), `key_mask` [R + C] bool, True = this key takes part (padding
+        rows and context rows being recomputed are False). Masked keys get exactly zero weight, so on
+        the real rows this equals forward_subset(real hidden, real context)."""
+        keys: List[torch.Tensor] = []
+        values: List[torch.Tensor] = []
+        mask = key_mask.view(1, 1, 1, -1)
+        h = hidden
+        for li, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            x = layer.layer_norm1(h)
+            k = attn.k_proj(x)
+            v = attn.v_proj(x)
+            keys.append(k)
+            values.append(v)
+            k = torch.cat([k, context_keys[li]], dim=0)
+            v = torch.cat([v, context_values[li]], dim=0)
+            q = self._heads(attn.q_proj(x)).unsqueeze(0)
+            out = F.scaled_dot_product_attention(q, self._heads(k).unsqueeze(0), self._heads(v).unsqueeze(0),
+                                                 attn_mask=mask)
             out = out[0].transpose(0, 1).reshape(h.shape[0], -1)
             h = h + attn.out_proj(out)
             h = h + layer.mlp(layer.layer_norm2(h))

@@ -9,12 +9,17 @@ Two honest, cheap signals:
 """
 from __future__ import annotations
 
+import functools
 import re
 import zlib
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
-import cv2
 import numpy as np
+
+try:
+    import cv2
+except ImportError:  # a bare GPU image without OpenCV: the numpy conversion below stands in
+    cv2 = None
 
 # OpenCV hue centres (0..180 scale).
 COLOUR_HUES: Dict[str, float] = {
@@ -36,17 +41,49 @@ def colour_relevance(resized_rgb: np.ndarray, grid_hw, colours: List[str]) -> Op
     """[N] fraction of pixels in each patch matching any named colour; None without colour words."""
     if not colours:
         return None
-    hsv = cv2.cvtColor(np.ascontiguousarray(resized_rgb), cv2.COLOR_RGB2HSV).astype(np.float32)
-    hue, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
-    coloured = (sat >= MIN_SATURATION) & (val >= MIN_VALUE)
-    match = np.zeros(hue.shape, bool)
+    hsv = rgb_to_hsv_u8(resized_rgb)
+    table = _hue_table(tuple(colours))
+    if cv2 is not None:   # same test in OpenCV's vectorised kernels (~10x faster than strided numpy)
+        coloured = cv2.inRange(hsv, (0, MIN_SATURATION, MIN_VALUE), (255, 255, 255))
+        hue_ok = cv2.LUT(cv2.extractChannel(hsv, 0), table.astype(np.uint8) * 255)
+        match = cv2.bitwise_and(coloured, hue_ok) > 0
+    else:
+        match = table[hsv[..., 0]] & (hsv[..., 1] >= MIN_SATURATION) & (hsv[..., 2] >= MIN_VALUE)
+    gh, gw = grid_hw
+    ph, pw = match.shape[0] // gh, match.shape[1] // gw
+    counts = match[:gh * ph, :gw * pw].reshape(gh, ph, gw, pw).sum(axis=(1, 3), dtype=np.int64)
+    return (counts / float(ph * pw)).reshape(-1).astype(np.float32)    # = the mean, exactly
+
+
+@functools.lru_cache(maxsize=32)
+def _hue_table(colours: Tuple[str, ...]) -> np.ndarray:
+    """[256] bool: does uint8 hue h lie within HUE_TOLERANCE of any named colour (circular, 0..180)."""
+    hue = np.arange(256, dtype=np.float32)
+    table = np.zeros(256, bool)
     for name in colours:
         d = np.abs(hue - COLOUR_HUES[name])
         d = np.minimum(d, 180.0 - d)               # hue is circular
-        match |= coloured & (d <= HUE_TOLERANCE)
-    gh, gw = grid_hw
-    ph, pw = match.shape[0] // gh, match.shape[1] // gw
-    return match[:gh * ph, :gw * pw].reshape(gh, ph, gw, pw).mean(axis=(1, 3)).reshape(-1).astype(np.float32)
+        table |= d <= HUE_TOLERANCE
+    table.setflags(write=False)
+    return table
+
+
+def rgb_to_hsv_u8(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB -> OpenCV-convention uint8 HSV (H 0..180). OpenCV when installed; else the same
+    formula in numpy (OpenCV's fixed-point tables can differ from it by 1 in H or S)."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if cv2 is not None:
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+    x = rgb.astype(np.float64)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    v = x.max(axis=-1)
+    delta = v - x.min(axis=-1)
+    s = np.where(v > 0, 255.0 * delta / np.where(v > 0, v, 1.0), 0.0)
+    d = np.where(delta > 0, delta, 1.0)
+    h = np.where(v == r, 60.0 * (g - b) / d, np.where(v == g, 120.0 + 60.0 * (b - r) / d, 240.0 + 60.0 * (r - g) / d))
+    h = np.where(delta > 0, np.where(h < 0, h + 360.0, h), 0.0)
+    out = np.stack([np.round(h / 2.0) % 180, np.round(s), v], axis=-1)
+    return out.astype(np.uint8)
 
 
 def text_query_embedding(text: str, dim: int) -> np.ndarray:

@@ -19,6 +19,7 @@ import torch
 def patch_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-row a.b / max(|a|^2, |b|^2) for non-negative pixel vectors: 1 only if identical; falls
     with a colour change (direction) AND a brightness change (magnitude), unlike plain cosine."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)   # float64: the device path decides identically
     dot = np.einsum('ij,ij->i', a, b)
     sq = np.maximum(np.einsum('ij,ij->i', a, a), np.einsum('ij,ij->i', b, b))
     eps = 1e-8

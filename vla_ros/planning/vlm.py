@@ -91,6 +91,7 @@ class VLMPlanner(Planner):
         self.device = cfg.device
         model_path = resolve_model_path(cfg.model_path)
         self.processor, self.tokenizer, self.model = _load_model_and_tokenizer(model_path, cfg.device)
+        self._apply_lm_knobs(cfg)
         self.family = getattr(self.model.config, 'model_type', 'unknown')
         embedding = self.model.get_input_embeddings()
         self.hidden_size = int(embedding.embedding_dim)
@@ -108,6 +109,20 @@ class VLMPlanner(Planner):
                  self.hidden_size, self.injection)
 
     # ------------------------------------------------------------------ setup helpers
+    def _apply_lm_knobs(self, cfg: PlannerConfig) -> None:
+        """planner.drop_final_layers / planner.quantize on the language model (not the vision tower)."""
+        from vla_ros.planning.prefill import drop_final_layers, find_text_decoder
+        from vla_ros.planning.quant import quantize_linears
+        if cfg.drop_final_layers > 0:
+            try:
+                kept = drop_final_layers(self.model, cfg.drop_final_layers)
+            except ValueError as exc:
+                raise VLMLoadError(f'planner.drop_final_layers: {exc}') from exc
+            LOG.info('VLM planner: language model cut to its first %d layers', kept)
+        if cfg.quantize != 'none':
+            replaced = quantize_linears(find_text_decoder(self.model).layers, cfg.quantize)
+            LOG.info('VLM planner: %d language-model linears quantised to %s', replaced, cfg.quantize)
+
     def _seeded_tensor(self, shape, tag: str):
         rng = np.random.default_rng(stable_seed(self.cfg.seed, 'vlm', tag, *shape))
         return self._torch.from_numpy(rng.standard_normal(shape).astype(np.float32)).to(self.device)

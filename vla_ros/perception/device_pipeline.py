@@ -1,0 +1,310 @@
+"""Perception on the encoder's device: the same decisions as PerceptionPipeline, no numpy mid-frame.
+
+Per frame: resize + colour relevance on the host (cv2 on the host image; no device data involved),
+one non-blocking upload from pinned memory, then on the device: normalise, patch embedding, layer-0
+scores, budget, selection (torch_ops), the reuse mask against a device-resident cache, the encoder
+on the positions being recomputed (attending to the cached keys/values of the reused ones), the
+cache scatter and the gather of the kept tokens. Host synchronisation per frame: reading the
+recompute count (one int, to pick the graph bucket; only on reuse frames), the adaptive budget (one
+int, only with adaptive_budget), and the final copy of the tokens to publish.
+
+Static shapes for CUDA graphs: a fixed keep ratio is one shape already; an adaptive budget is
+rounded up to one of `keep_buckets` (the selection runs with that budget, so a few more tokens are
+kept than the exact adaptive budget); with
+`recompute_buckets` the recompute set is padded to a bucket with rows that are computed but masked
+out of every attention and scattered to a trash row, so the kept tokens' features equal the exact
+(unpadded) computation. The stages run through GraphCache (cuda_graphs=True): one graph per bucket.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import torch
+
+from vla_ros.config.perception import PerceptionConfig
+from vla_ros.models.graphs import GraphCache
+from vla_ros.perception import torch_ops
+from vla_ros.perception.encoder import VisionEncoder
+from vla_ros.perception.pipeline import PerceptionPipeline, PerceptionResult
+from vla_ros.perception.relevance import colour_relevance
+
+LOG = logging.getLogger(__name__)
+
+
+def bucket_up(count: int, total: int, fractions: Sequence[float]) -> int:
+    """Smallest ceil(f * total) >= count over the bucket fractions (count itself with no buckets)."""
+    if not fractions:
+        return count
+    sizes = sorted({min(total, max(1, int(math.ceil(f * total)))) for f in fractions} | {total})
+    for size in sizes:
+        if size >= count:
+            return size
+    return total
+
+
+class DeviceFeatureCache:
+    """Per-position pixels / features / per-layer keys+values on the device; row N is a trash row
+    that padded recompute slots scatter into."""
+
+    def __init__(self, n: int, num_layers: int, hidden: int, patch_dim: int, device, dtype):
+        self.n = n
+        self.pixels = torch.zeros(n + 1, patch_dim, device=device, dtype=torch.float32)
+        self.valid = torch.zeros(n + 1, device=device, dtype=torch.bool)
+        self.features = torch.zeros(n + 1, hidden, device=device, dtype=dtype)
+        self.keys = torch.zeros(num_layers, n + 1, hidden, device=device, dtype=dtype)
+        self.values = torch.zeros_like(self.keys)
+        self.any_valid = False            # host-side mirror of valid.any(): no sync to read it
+
+    def invalidate(self) -> None:
+        with torch.inference_mode():          # the cache tensors are inference tensors
+            self.valid.zero_()
+        self.any_valid = False
+
+
+class DevicePerceptionPipeline(PerceptionPipeline):
+    def __init__(self, encoder: VisionEncoder, cfg: Optional[PerceptionConfig] = None):
+        super().__init__(encoder, cfg)
+        cfg = self.cfg
+        self.device = encoder.device
+        self.graphs = GraphCache('perception', enabled=cfg.cuda_graphs and self.device.type == 'cuda')
+        self.cache: Optional[DeviceFeatureCache] = None
+        self.frames_since_keyframe = 0
+        s = encoder.image_size
+        pin = cfg.pinned_upload and self.device.type == 'cuda'
+        self._host_img = torch.empty((s, s, 3), dtype=torch.uint8, pin_memory=pin)
+        self._host_rel = torch.empty(encoder.num_patches, dtype=torch.float32, pin_memory=pin)
+        self._host_tokens: Dict[tuple, torch.Tensor] = {}
+        self._mean = torch.tensor(encoder._mean.reshape(3), device=self.device, dtype=torch.float32)
+        self._std = torch.tensor(encoder._std.reshape(3), device=self.device, dtype=torch.float32)
+        self.last_plan_counts = (0, 0)    # (recomputed, reused) of the latest frame
+        self.last_device_tokens: Optional[torch.Tensor] = None
+        self.syncs_last_frame = 0
+        self._force_recompute: Optional[int] = None
+        self.profile: Optional[Dict[str, list]] = None   # set to {} to time each stage (adds syncs)
+        self._mark_t = 0.0
+
+    def set_instruction(self, text: str) -> None:
+        super().set_instruction(text)
+        self._text_query_dev = None if self._text_query is None else self._text_query.to(self.device)
+
+    def reset(self) -> None:
+        super().reset()
+        if self.cache is not None:
+            self.cache.invalidate()
+        self.frames_since_keyframe = 0
+
+    # ------------------------------------------------------------------ stages (fixed shapes per key)
+    def _embed_and_score(self, image, relevance, use_attention: bool, use_text: bool):
+        enc = self.encoder
+        x = (torch_ops.div255(image.to(torch.float32)) - self._mean) / self._std
+        embeddings = enc.embed(x.permute(2, 0, 1).unsqueeze(0).to(enc.dtype))
+        attention = None
+        if use_attention:
+            query = self._text_query_dev if use_text else None
+            attention = enc.attention_scores_t(embeddings, query)
+        return embeddings, attention
+
+    def _select(self, image, relevance, budget: int, flags: tuple):
+        has_rel, use_attention, use_text, reuse, keyframe = flags
+        cfg, enc = self.cfg, self.encoder
+        rel = relevance if has_rel else None
+        embeddings, attention = self._embed_and_score(image, rel, use_attention, use_text)
+        if cfg.pruning == 'none':
+            kept = torch.arange(enc.num_patches, device=self.device)
+        else:
+            kept = torch_ops.select_tokens(cfg.pruning, budget, enc.grid_hw, attention, rel,
+                                           cfg.coverage_salient_fraction, device=self.device)
+        out = dict(embeddings=embeddings, kept=kept)
+        if reuse:
+            pixels = torch_ops.patchify(image, enc.grid_hw, enc.patch_size)
+            out['pixels'] = pixels
+            if keyframe:
+                static = torch.zeros(kept.shape[0], dtype=torch.bool, device=self.device)
+            else:
+                c = self.cache
+                static = torch_ops.reuse_static_mask(kept, pixels, c.pixels, c.valid, cfg.reuse_similarity,
+                                                     rel if rel is not None else attention,
+                                                     cfg.task_relevant_ratio)
+            out['static'] = static
+            out['count'] = (~static).sum()
+            # Positions to recompute first (ascending grid order within each group).
+            out['order'] = torch_ops.recompute_first(static)
+        return out
+
+    def _encode_subset(self, embeddings, kept, pixels, static, order, count, r_bucket: int, with_context: bool):
+        """Recompute `r_bucket` slots (the first `count` real), scatter into the cache, gather kept tokens."""
+        enc, c = self.encoder, self.cache
+        slots = order[:r_bucket]
+        real = torch.arange(r_bucket, device=self.device) < count
+        positions = kept[slots]
+        rows = torch.where(real, positions, torch.full_like(positions, c.n))
+        hidden = embeddings[positions]
+        if with_context:
+            key_mask = torch.cat([real, static])
+            out = enc.forward_masked(hidden, c.keys[:, kept], c.values[:, kept], key_mask)
+        else:
+            out = enc.forward_subset(hidden)
+        c.features.index_copy_(0, rows, out.features)
+        c.keys.index_copy_(1, rows, out.keys)
+        c.values.index_copy_(1, rows, out.values)
+        c.pixels.index_copy_(0, rows, pixels[positions])
+        c.valid.index_fill_(0, rows, True)
+        return c.features[kept]
+
+    def _encode_plain(self, embeddings, kept):
+        return self.encoder.forward_subset(embeddings[kept]).features
+
+    # ------------------------------------------------------------------ per frame
+    def process(self, rgb: np.ndarray) -> PerceptionResult:
+        cfg, enc = self.cfg, self.encoder
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.size == 0 or rgb.dtype != np.uint8:
+            raise ValueError(f'expected an HxWx3 uint8 RGB image, got {rgb.dtype} {rgb.shape}')
+        start = time.perf_counter()
+        self._mark_t = start
+        syncs = 0
+        grid = enc.grid_hw
+        n = grid[0] * grid[1]
+        resized = enc.resize(rgb)
+        relevance_np = colour_relevance(resized, grid, self._colours)
+        if relevance_np is not None and relevance_np.max() <= 0:
+            relevance_np = None
+        self._host_img.numpy()[...] = resized
+        image = self._host_img.to(self.device, non_blocking=True)
+        has_rel = relevance_np is not None
+        if has_rel:
+            self._host_rel.numpy()[...] = relevance_np
+            relevance = self._host_rel.to(self.device, non_blocking=True)
+        else:
+            relevance = torch.zeros(n, device=self.device)
+        use_attention = cfg.pruning in ('attention_topk', 'spatial_coverage') or cfg.adaptive_budget \
+            or (cfg.pruning == 'query' and not has_rel) or cfg.reuse_enabled
+        use_text = cfg.pruning == 'query' and not has_rel and self._text_query is not None
+        self._mark('host_pre')
+
+        with torch.inference_mode():
+            if cfg.pruning == 'none':
+                budget = n
+            else:
+                budget = torch_ops.budget_cap(n, cfg.keep_ratio)
+                if cfg.adaptive_budget:
+                    _, attention = self._embed_and_score(image, relevance, True, use_text)
+                    scores = relevance if (cfg.pruning == 'query' and has_rel) else attention
+                    budget = int(torch_ops.adaptive_budget(scores, budget, cfg.adaptive_mass, cfg.min_tokens))
+                    syncs += 1
+                    # A fixed budget is already one shape; an adaptive one is rounded up to a bucket.
+                    budget = bucket_up(budget, n, cfg.keep_buckets if cfg.static_shapes else ())
+            reuse = cfg.reuse_enabled
+            keyframe = True
+            if reuse:
+                if self.cache is None:
+                    self.cache = DeviceFeatureCache(n, enc.num_layers, enc.hidden_size,
+                                                    enc.patch_size * enc.patch_size * 3, self.device, enc.dtype)
+                keyframe = (not self.cache.any_valid or (cfg.keyframe_interval > 0 and
+                                                         self.frames_since_keyframe >= cfg.keyframe_interval))
+                if keyframe:
+                    self.cache.invalidate()
+                    self.frames_since_keyframe = 1
+                else:
+                    self.frames_since_keyframe += 1
+            flags = (has_rel, use_attention, use_text, reuse, keyframe)
+            sel = self.graphs.run(('select', budget) + flags,
+                                  lambda image, relevance: self._select(image, relevance, budget, flags),
+                                  dict(image=image, relevance=relevance))
+            k = int(sel['kept'].shape[0])
+            self._mark('select')
+            if not reuse:
+                tokens = self.graphs.run(('encode', k), self._encode_plain,
+                                         dict(embeddings=sel['embeddings'], kept=sel['kept']))
+                recomputed = k
+            else:
+                recomputed = k if keyframe else int(sel['count'])
+                syncs += 0 if keyframe else 1
+                count = sel['count']
+                if self._force_recompute is not None and not keyframe:
+                    recomputed = max(recomputed, min(self._force_recompute, k))
+                    count = torch.full_like(count, recomputed)
+                if recomputed == 0:
+                    tokens = self.cache.features[sel['kept']]
+                else:
+                    r_bucket = k if keyframe else bucket_up(recomputed, k, cfg.recompute_buckets if cfg.static_shapes else ())
+                    with_ctx = not keyframe
+                    tokens = self.graphs.run(
+                        ('reuse', k, r_bucket, with_ctx),
+                        lambda **kw: self._encode_subset(**kw, r_bucket=r_bucket, with_context=with_ctx),
+                        dict({name: sel[name] for name in ('embeddings', 'kept', 'pixels', 'static', 'order')},
+                             count=count))
+                    self.cache.any_valid = True
+            self.last_device_tokens = tokens
+            self._mark('encode')
+            self.last_plan_counts = (recomputed, k - recomputed)
+            # The one copy to publish: tokens and kept indices into pinned buffers, one sync.
+            host_tokens = self._host_buffer(('t',) + tuple(tokens.shape), torch.float32)
+            host_kept = self._host_buffer(('k', k), torch.int64)
+            host_tokens.copy_(tokens.float(), non_blocking=True)
+            host_kept.copy_(sel['kept'], non_blocking=True)
+            if self.device.type == 'cuda':
+                torch.cuda.current_stream(self.device).synchronize()
+            syncs += 1
+            self._mark('copy_out')
+        tokens_np = host_tokens.numpy().copy()
+        kept_np = host_kept.numpy().astype(np.int32)
+        self.syncs_last_frame = syncs
+        mean = tokens_np.mean(axis=0)
+        scene = (mean / (np.linalg.norm(mean) + 1e-12)).astype(np.float32)
+        self.frames += 1
+        self._mark('host_post')
+        return PerceptionResult(tokens=tokens_np, kept_indices=kept_np, grid_hw=grid, keep_ratio=k / n,
+                                reuse_ratio=(k - recomputed) / k if (reuse and k) else 0.0,
+                                is_keyframe=keyframe, compute_ms=(time.perf_counter() - start) * 1e3,
+                                scene_embedding=scene, relevance=relevance_np)
+
+    def _mark(self, stage: str) -> None:
+        if self.profile is None:
+            return
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.profile.setdefault(stage, []).append((now - self._mark_t) * 1e3)
+        self._mark_t = now
+
+    def precapture(self, rgb: np.ndarray) -> int:
+        """Capture every graph a run of this config can need (keyframe, and each recompute bucket on a
+        reuse frame) on `rgb`, so no capture lands mid-run; then reset. Returns the graphs captured."""
+        cfg = self.cfg
+        self.process(rgb)
+        if cfg.reuse_enabled:
+            k = int(self.last_device_tokens.shape[0])
+            sizes = sorted({bucket_up(max(1, int(math.ceil(f * k))), k, cfg.recompute_buckets)
+                            for f in cfg.recompute_buckets}) if cfg.static_shapes else []
+            for size in [0] + sizes:
+                self._force_recompute = size
+                try:
+                    self.process(rgb)
+                finally:
+                    self._force_recompute = None
+        self.reset()
+        return self.graphs.captures
+
+    def _host_buffer(self, key, dtype) -> torch.Tensor:
+        buf = self._host_tokens.get(key)
+        if buf is None:
+            shape = key[1:]
+            buf = torch.empty(shape, dtype=dtype, pin_memory=self.device.type == 'cuda')
+            self._host_tokens[key] = buf
+        return buf
+
+
+def use_device_ops(cfg: PerceptionConfig) -> bool:
+    return cfg.ops == 'torch' or (cfg.ops == 'auto' and cfg.device == 'cuda')
+
+
+def make_pipeline(encoder: VisionEncoder, cfg: Optional[PerceptionConfig] = None) -> PerceptionPipeline:
+    """The device pipeline where the config asks for it (ops='torch', or 'auto' on cuda), else numpy."""
+    cfg = cfg or PerceptionConfig()
+    if use_device_ops(cfg):
+        return DevicePerceptionPipeline(encoder, cfg)
+    return PerceptionPipeline(encoder, cfg)
