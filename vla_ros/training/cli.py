@@ -125,6 +125,7 @@ def run(cfg) -> dict:
 
     report['checkpoint'] = save_policy(policy, cfg.out_dir)
     report['train_seconds_total'] = round(time.perf_counter() - t0, 1)
+    _write_metrics(cfg, report)          # already there if the evaluation is cut short
     if cfg.eval_episodes > 0:
         seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))
         report['eval'] = evaluate_checkpoint(os.path.abspath(cfg.out_dir), seeds, cfg.workers, cfg.episode_timeout_s,
@@ -132,9 +133,13 @@ def run(cfg) -> dict:
         summary = {k: v for k, v in report['eval'].items() if k != 'per_episode'}
         print(json.dumps({'eval': summary}), flush=True)
     report['total_seconds'] = round(time.perf_counter() - t0, 1)
+    _write_metrics(cfg, report)
+    return report
+
+
+def _write_metrics(cfg, report: dict) -> None:
     with open(os.path.join(cfg.out_dir, 'train_metrics.json'), 'w') as fh:
         json.dump(report, fh, indent=1, default=float)
-    return report
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -32,6 +32,10 @@ class TrainConfig:
     # ---- action head
     head_hidden: int = field(default=128, metadata={'help': 'flow head width'})
     head_layers: int = field(default=3, metadata={'help': 'flow head decoder layers'})
+    head_memory_layers: int = field(default=2, metadata={'help': 'flow head self-attention layers over the '
+                                                         'conditioning tokens (vision tokens read the plan)'})
+    colour_aux_weight: float = field(default=0.5, metadata={'help': 'weight of the auxiliary per-token cube-colour '
+                                                            'loss on the encoder (training only)'})
     keep_tokens: List[int] = field(default_factory=lambda: [32, 32, 32, 64],
                                    metadata={'help': 'token counts sampled per batch (pruned 32 of 64 as the '
                                                      'default perception config, 64 = pruning off)'})

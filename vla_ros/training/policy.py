@@ -51,7 +51,7 @@ def build_head(cfg: TrainConfig, action_dim: int, horizon: int, proprio_dim: int
     return FlowMatchingActionHead(FlowHeadConfig(
         action_dim=action_dim, horizon=horizon, vis_dim=cfg.encoder_hidden,
         plan_dim=PlannerConfig().plan_token_dim, proprio_dim=proprio_dim, hidden_dim=cfg.head_hidden,
-        num_layers=cfg.head_layers, num_heads=4, denoising_steps=10))
+        num_layers=cfg.head_layers, num_heads=4, denoising_steps=10, memory_layers=cfg.head_memory_layers))
 
 
 # ---------------------------------------------------------------------------------- encoder
@@ -197,6 +197,13 @@ def relevance_of(image: np.ndarray, instruction: str, grid_hw: Tuple[int, int]) 
     if rel is None:
         return np.zeros(grid_hw[0] * grid_hw[1], np.float32)
     return rel.astype(np.float32)
+
+
+def colour_maps(image: np.ndarray, grid_hw: Tuple[int, int]) -> np.ndarray:
+    """[3, N] per-patch coverage of each cube colour (auxiliary encoder targets)."""
+    from vla_ros.sim.arm_env import CUBE_COLOURS
+
+    return np.stack([relevance_of(image, colour, grid_hw) for colour in CUBE_COLOURS])
 
 
 def default_keep_tokens(grid_tokens: int) -> int:

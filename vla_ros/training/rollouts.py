@@ -37,7 +37,7 @@ def _init_worker(episode_timeout_s: float, torch_threads: int = 1) -> None:
 def expert_episode(job: dict) -> dict:
     """One scripted-expert episode with DART noise -> arrays (images, proprio, chunks, relevance)."""
     from vla_ros.sim.demos import collect_episode
-    from vla_ros.training.policy import relevance_of
+    from vla_ros.training.policy import colour_maps, relevance_of
 
     env, expert = _STATE['env'], _STATE['expert']
     env.config.episode_timeout_s = min(_STATE['timeout'], job['max_steps'] * expert.config.action_dt)
@@ -46,8 +46,10 @@ def expert_episode(job: dict) -> dict:
     env.config.episode_timeout_s = _STATE['timeout']
     grid = tuple(job.get('grid', (8, 8)))
     relevance = np.stack([relevance_of(img, ep.instruction, grid) for img in ep.images])
+    colours = np.stack([colour_maps(img, grid) for img in ep.images])
     return {'seed': ep.seed, 'instruction': ep.instruction, 'images': ep.images, 'proprio': ep.proprio,
-            'actions': ep.chunks, 'relevance': relevance.astype(np.float16), 'success': ep.success,
+            'actions': ep.chunks, 'relevance': relevance.astype(np.float16), 'colours': colours.astype(np.float16),
+            'success': ep.success,
             'steps_to_success': ep.steps_to_success}
 
 
@@ -77,7 +79,7 @@ def policy_episode(job: dict) -> dict:
     import torch
 
     from vla_ros.sim.demos import evaluate_policy
-    from vla_ros.training.policy import relevance_of
+    from vla_ros.training.policy import colour_maps, relevance_of
 
     env, expert = _STATE['env'], _STATE['expert']
     policy = _load_policy(job['model_dir'])
@@ -96,7 +98,8 @@ def policy_episode(job: dict) -> dict:
     if job.get('record') and images:
         grid = tuple(policy['pipeline'].encoder.grid_hw)
         out.update(images=np.stack(images), proprio=np.stack(proprio), actions=np.stack(actions),
-                   relevance=np.stack([relevance_of(i, out['instruction'], grid) for i in images]).astype(np.float16))
+                   relevance=np.stack([relevance_of(i, out['instruction'], grid) for i in images]).astype(np.float16),
+                   colours=np.stack([colour_maps(i, grid) for i in images]).astype(np.float16))
     return out
 
 

@@ -25,7 +25,7 @@ class EpisodeData:
         self.device = torch.device(device)
         self.instructions: List[str] = []
         self._parts: Dict[str, List[np.ndarray]] = {k: [] for k in
-                                                     ('images', 'proprio', 'actions', 'relevance', 'step',
+                                                     ('images', 'proprio', 'actions', 'relevance', 'colours', 'step',
                                                       'instr')}
         self.tensors: Dict[str, torch.Tensor] = {}
         self.episodes = 0
@@ -41,6 +41,7 @@ class EpisodeData:
             self._parts['proprio'].append(np.asarray(ep['proprio'], np.float32))
             self._parts['actions'].append(np.asarray(ep['actions'], np.float32))
             self._parts['relevance'].append(np.asarray(ep['relevance'], np.float32))
+            self._parts['colours'].append(np.asarray(ep['colours'], np.float16))
             self._parts['step'].append(np.arange(n, dtype=np.int64))
             self._parts['instr'].append(np.full(n, self.instructions.index(ep['instruction']), np.int64))
             self.episodes += 1
@@ -60,6 +61,8 @@ class Policy(torch.nn.Module):
         super().__init__()
         self.encoder = build_encoder(cfg)
         self.head = build_head(cfg, action_dim, horizon, proprio_dim)
+        # Training-only probe: which cube colour each token's patch shows (not saved).
+        self.colour_probe = torch.nn.Linear(cfg.encoder_hidden, 3)
 
 
 def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: int, desc: str = 'train',
@@ -98,8 +101,8 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
                    * (torch.clamp(t['step'][idx], max=cfg.plan_staleness) + 1).float()).long()
             plan_idx = idx - lag                       # same episode: step >= lag
             with autocast:
-                vis = encode_subset(policy.encoder, augment(t['images'][idx], cfg, gen),
-                                    sample_kept(t['relevance'][idx], keep, gen))
+                kept = sample_kept(t['relevance'][idx], keep, gen)
+                vis = encode_subset(policy.encoder, augment(t['images'][idx], cfg, gen), kept)
                 with torch.no_grad():
                     plan_vis = encode_subset(policy.encoder, augment(t['images'][plan_idx], cfg, gen),
                                              sample_kept(t['relevance'][plan_idx], keep, gen))
@@ -107,6 +110,12 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
                 head = policy.head
                 loss = head.loss(vis.float(), None, plan_tokens, head.normalize_proprio(t['proprio'][idx]),
                                  head.normalize_actions(t['actions'][idx]))
+                if cfg.colour_aux_weight > 0:
+                    colour_target = torch.gather(t['colours'][idx].float(), 2,
+                                                 kept[:, None, :].expand(-1, 3, -1)).transpose(1, 2)
+                    aux = torch.nn.functional.binary_cross_entropy_with_logits(
+                        policy.colour_probe(vis.float()), colour_target)
+                    loss = loss + cfg.colour_aux_weight * aux
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
@@ -115,6 +124,9 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
             running += float(loss.detach())
         losses.append(running / steps_per_epoch)
         bar.set_postfix(loss=f'{losses[-1]:.4f}', samples=n)
+        if not cfg.progress:
+            print(f'[{desc}] epoch {len(losses)}/{epochs} loss {losses[-1]:.4f} '
+                  f'({time.perf_counter() - t0:.0f} s, {n} samples)', flush=True)
     bar.close()
     policy.eval()
     return {'epoch_losses': [round(x, 5) for x in losses], 'final_loss': losses[-1], 'samples': n,
