@@ -39,6 +39,7 @@ setup(
             'recorder_node = vla_ros.nodes.recorder_node:main',
             'vla_bringup = vla_ros.bringup:main',
             'vla_evaluate = vla_ros.eval.evaluate:main',
+            'vla_eval_episodes = vla_ros.eval.harness:main',
             'vla_train = vla_ros.training.cli:main',
             'vla_make_demo_models = vla_ros.models.make_demo_models:main',
         ],
