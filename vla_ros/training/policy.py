@@ -124,7 +124,8 @@ def sample_kept(relevance: torch.Tensor, keep: int, generator: torch.Generator =
     if keep >= n:
         return torch.arange(n, device=relevance.device).expand(b, n).contiguous()
     span = relevance.amax(dim=1, keepdim=True).clamp_min(1e-6)
-    score = relevance / span + torch.rand(b, n, device=relevance.device, generator=generator)
+    score = (relevance > 0).float() * 2.0 + relevance / span + torch.rand(b, n, device=relevance.device,
+                                                                           generator=generator)
     # The salient half is picked by score, the other half uniformly from the remainder.
     salient = keep // 2
     top = torch.topk(score, salient, dim=1).indices
