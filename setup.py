@@ -21,6 +21,7 @@ setup(
         ('share/' + PACKAGE + '/launch', _files('launch/*.launch.py')),
         ('share/' + PACKAGE + '/config', _files('config/*.yaml')),
         ('share/' + PACKAGE + '/checkpoints', _files('checkpoints/*')),
+        ('share/' + PACKAGE + '/checkpoints/vision_encoder', _files('checkpoints/vision_encoder/*')),
     ],
     package_data={PACKAGE: ['sim/assets/*.xml', 'config_defaults/*.yaml']},
     include_package_data=True,

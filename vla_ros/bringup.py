@@ -54,6 +54,12 @@ def default_checkpoint_path() -> str:
     return os.path.join(REPO_ROOT, 'checkpoints', 'action_head.pt')
 
 
+def default_encoder_path() -> str:
+    """The vision encoder trained with the shipped head (checkpoints/vision_encoder), '' if absent."""
+    path = os.path.join(REPO_ROOT, 'checkpoints', 'vision_encoder')
+    return path if os.path.isfile(os.path.join(path, 'config.json')) else ''
+
+
 def _parse_override(text: str):
     if '=' not in text:
         raise SystemExit(f'--set expects prefix.name=value, got {text!r}')
@@ -135,7 +141,7 @@ def build_overrides(args) -> Dict[str, object]:
     from vla_ros.models.make_demo_models import ensure_vision_encoder, ensure_vlm
     overrides: Dict[str, object] = {}
     overrides['planner.type'] = args.planner
-    encoder = args.encoder_path or ensure_vision_encoder(args.models_dir)
+    encoder = args.encoder_path or default_encoder_path() or ensure_vision_encoder(args.models_dir)
     overrides['perception.encoder_path'] = os.path.abspath(encoder)
     if args.planner == 'vlm':
         overrides['planner.model_path'] = os.path.abspath(args.vlm_path or ensure_vlm(args.models_dir))
@@ -268,7 +274,8 @@ def parse_args(argv=None):
     parser.add_argument('--threads', type=int, default=8, help='executor threads (in-process mode)')
     parser.add_argument('--models-dir', default=os.path.join(REPO_ROOT, 'models'),
                         help='where the demo encoder/VLM are created if no path is given')
-    parser.add_argument('--encoder-path', default='', help='perception.encoder_path (default: demo encoder)')
+    parser.add_argument('--encoder-path', default='', help='perception.encoder_path (default: checkpoints/vision_encoder, the encoder trained '
+                        'with the shipped head)')
     parser.add_argument('--vlm-path', default='', help='planner.model_path for --planner vlm (default: demo VLM)')
     parser.add_argument('--checkpoint', default=None, help='action-head checkpoint (default: checkpoints/)')
     parser.add_argument('--set', action='append', metavar='PREFIX.NAME=VALUE',

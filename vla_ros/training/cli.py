@@ -94,9 +94,12 @@ def run(cfg) -> dict:
     sample = data.tensors
     policy = Policy(cfg, action_dim=int(sample['actions'].shape[-1]), horizon=int(sample['actions'].shape[1]),
                     proprio_dim=int(sample['proprio'].shape[-1]))
-    policy.head.set_normalization(*data.statistics())
-    report['train'] = [train_policy(policy, data, cfg, cfg.epochs, desc='train (expert data)', seed=cfg.seed)]
-    print(json.dumps({'train': {k: v for k, v in report['train'][-1].items() if k != 'epoch_losses'}}), flush=True)
+    if not policy.initialised_from:
+        policy.head.set_normalization(*data.statistics())
+    report['train'] = [] if cfg.epochs == 0 else [train_policy(policy, data, cfg, cfg.epochs, desc='train (expert data)', seed=cfg.seed,
+                                 budget_s=cfg.train_budget_s)]
+    if report['train']:
+        print(json.dumps({'train': {k: v for k, v in report['train'][-1].items() if k != 'epoch_losses'}}), flush=True)
 
     report['dagger'] = []
     for r in range(cfg.dagger_rounds):
@@ -119,7 +122,7 @@ def run(cfg) -> dict:
         data.add([x for x in rollouts if 'proprio' in x])
         del rollouts
         stats['train'] = train_policy(policy, data, cfg, cfg.dagger_epochs, desc=f'train (DAgger {r + 1})',
-                                      seed=cfg.seed + r + 1)
+                                      seed=cfg.seed + r + 1, budget_s=cfg.dagger_train_budget_s)
         report['dagger'].append(stats)
         print(json.dumps({'dagger': {k: v for k, v in stats.items() if k != 'train'}}), flush=True)
 

@@ -13,6 +13,8 @@ class TrainConfig:
     out_dir: str = field(default='checkpoints', metadata={'help': 'vision_encoder/, action_head.pt and '
                                                          'train_metrics.json are written here'})
     work_dir: str = field(default='runs/train', metadata={'help': 'scratch space (worker checkpoints)'})
+    init_from: str = field(default='', metadata={'help': 'continue from a checkpoint directory (vision_encoder/ + '
+                                                  'action_head.pt) instead of a fresh policy'})
     seed: int = field(default=0, metadata={'help': 'first demo seed; also the torch seed'})
     device: str = field(default='auto', metadata={'help': 'training device: auto, cpu or cuda'})
     workers: int = field(default=0, metadata={'help': 'parallel sim processes (0 = all CPU cores)'})
@@ -58,6 +60,10 @@ class TrainConfig:
     eval_episodes: int = field(default=100, metadata={'help': 'held-out closed-loop episodes after training'})
     eval_seed: int = field(default=100000, metadata={'help': 'first held-out seed (never used in training)'})
     episode_timeout_s: float = field(default=20.0, metadata={'help': 'closed-loop episode timeout (sim s)'})
+    train_budget_s: float = field(default=0.0, metadata={'help': 'wall-clock cap on training on the expert data '
+                                                         '(0 = epochs only)'})
+    dagger_train_budget_s: float = field(default=0.0, metadata={'help': 'wall-clock cap on each DAgger training '
+                                                                'phase (0 = epochs only)'})
     time_budget_s: float = field(default=0.0, metadata={'help': 'skip further DAgger rounds once training has '
                                                         'run this long (0 = no limit)'})
     progress: bool = field(default=True, metadata={'help': 'progress bars'})
@@ -68,8 +74,8 @@ class TrainConfig:
         grid = (self.image_size // self.patch_size) ** 2
         if not self.keep_tokens or any(k < 1 or k > grid for k in self.keep_tokens):
             raise ValueError(f'keep_tokens must be in 1..{grid}')
-        if self.episodes < 1 or self.epochs < 1 or self.batch_size < 1:
-            raise ValueError('episodes, epochs and batch_size must be positive')
+        if self.episodes < 1 or self.epochs < 0 or self.batch_size < 1:
+            raise ValueError('episodes and batch_size must be positive, epochs >= 0')
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

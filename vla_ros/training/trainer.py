@@ -59,15 +59,32 @@ class EpisodeData:
 class Policy(torch.nn.Module):
     def __init__(self, cfg: TrainConfig, action_dim: int, horizon: int, proprio_dim: int):
         super().__init__()
-        self.encoder = build_encoder(cfg)
-        self.head = build_head(cfg, action_dim, horizon, proprio_dim)
+        if cfg.init_from:
+            import os
+
+            from transformers import SiglipVisionModel
+
+            from vla_ros.action.flow_head import FlowMatchingActionHead
+            self.encoder = SiglipVisionModel.from_pretrained(os.path.join(cfg.init_from, 'vision_encoder'))
+            self.head = FlowMatchingActionHead.load(os.path.join(cfg.init_from, 'action_head.pt'))
+            if self.encoder.config.hidden_size != cfg.encoder_hidden:
+                raise ValueError(f'{cfg.init_from}: encoder width {self.encoder.config.hidden_size} != '
+                                 f'--encoder-hidden {cfg.encoder_hidden}')
+        else:
+            self.encoder = build_encoder(cfg)
+            self.head = build_head(cfg, action_dim, horizon, proprio_dim)
+        self.initialised_from = cfg.init_from
         # Training-only probe: which cube colour each token's patch shows (not saved).
         self.colour_probe = torch.nn.Linear(cfg.encoder_hidden, 3)
 
 
 def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: int, desc: str = 'train',
-                 lr: float = None, seed: int = 0) -> Dict[str, object]:
-    """Joint flow-matching training of encoder + head; returns per-epoch losses and timing."""
+                 lr: float = None, seed: int = 0, budget_s: float = 0.0) -> Dict[str, object]:
+    """Joint flow-matching training of encoder + head; returns per-epoch losses and timing.
+
+    With `budget_s` > 0 the cosine schedule runs on max(step fraction, time fraction) and training
+    stops when either reaches 1, so a time-boxed run still ends with a decayed learning rate.
+    """
     device = data.device
     policy.to(device).train()
     plan = PlanTokens(cfg.encoder_hidden)
@@ -80,8 +97,16 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
     peak = lr or cfg.lr
     opt = torch.optim.AdamW(policy.parameters(), lr=peak, weight_decay=cfg.weight_decay)
     warmup = max(1, int(0.03 * total))
+    t_start = time.perf_counter()
+
+    def fraction(step: int) -> float:
+        frac = step / total
+        if budget_s > 0:
+            frac = max(frac, (time.perf_counter() - t_start) / budget_s)
+        return min(1.0, frac)
+
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * fraction(s))))
     gen = torch.Generator(device=device).manual_seed(seed)
     cpu_gen = np.random.default_rng(seed)
     autocast = torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' else torch.autocast(
@@ -91,10 +116,15 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
     losses: List[float] = []
     t0 = time.perf_counter()
     bar = tqdm(range(epochs), desc=desc, unit='epoch', disable=not cfg.progress)
+    step = 0
     for _ in bar:
+        if fraction(step) >= 1.0:
+            break
         perm = torch.randperm(n, device=device, generator=gen)
-        running = 0.0
+        running, done = 0.0, 0
         for s in range(steps_per_epoch):
+            if step and fraction(step) >= 1.0:
+                break
             idx = perm[s * batch:(s + 1) * batch]
             keep = int(cfg.keep_tokens[cpu_gen.integers(len(cfg.keep_tokens))])
             lag = (torch.rand(idx.shape, device=device, generator=gen)
@@ -121,13 +151,15 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
             opt.step()
             sched.step()
+            step += 1
+            done += 1
             running += float(loss.detach())
-        losses.append(running / steps_per_epoch)
+        losses.append(running / max(1, done))
         bar.set_postfix(loss=f'{losses[-1]:.4f}', samples=n)
         if not cfg.progress:
             print(f'[{desc}] epoch {len(losses)}/{epochs} loss {losses[-1]:.4f} '
                   f'({time.perf_counter() - t0:.0f} s, {n} samples)', flush=True)
     bar.close()
     policy.eval()
-    return {'epoch_losses': [round(x, 5) for x in losses], 'final_loss': losses[-1], 'samples': n,
+    return {'epoch_losses': [round(x, 5) for x in losses], 'final_loss': losses[-1], 'samples': n, 'steps': step,
             'episodes': data.episodes, 'seconds': round(time.perf_counter() - t0, 1)}
