@@ -76,9 +76,10 @@ def plan_jobs(rows: Sequence[str], episodes: int, workers: int, seed: int, chunk
     """Split each row's `episodes` seeds into jobs of `chunk` episodes (default: spread over workers)."""
     size = chunk or max(1, math.ceil(episodes / max(1, workers)))
     jobs = []
-    for label in rows:
-        overrides = {} if label == 'full' else dict(ABLATIONS[label])
-        for start in range(0, episodes, size):
+    # Rows interleaved chunk by chunk, so a change in machine load over the run hits every row alike.
+    for start in range(0, episodes, size):
+        for label in rows:
+            overrides = {} if label == 'full' else dict(ABLATIONS[label])
             jobs.append(Job(label, overrides, seed + start, min(size, episodes - start)))
     return jobs
 
