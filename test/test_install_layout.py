@@ -15,7 +15,7 @@ NODE_EXECUTABLES = [spec.executable for spec in stack.NODES]
 def assert_ros_layout(prefix):
     share = os.path.join(prefix, 'share', 'vla_ros')
     for rel in ('package.xml', 'launch/vla.launch.py', 'config/vla.yaml', 'checkpoints/action_head.pt',
-                'models/vision_encoder/config.json', 'models/vlm_idefics3/config.json'):
+                'checkpoints/vision_encoder/config.json', 'models/vlm_idefics3/config.json'):
         assert os.path.isfile(os.path.join(share, rel)), rel
     assert os.path.isfile(os.path.join(prefix, 'share', 'ament_index', 'resource_index', 'packages', 'vla_ros'))
     for exe in NODE_EXECUTABLES:
@@ -28,7 +28,7 @@ def _share_dir_seen_by(prefix, extra_env=None):
     env.update(extra_env or {})
     code = ('from ament_index_python.packages import get_package_share_directory as g; '
             'from vla_ros.resources import resolve_path; print(g("vla_ros")); '
-            'print(resolve_path("package://vla_ros/models/vision_encoder", "perception.encoder_path"))')
+            'print(resolve_path("package://vla_ros/checkpoints/vision_encoder", "perception.encoder_path"))')
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, cwd='/')
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout.split()
@@ -39,7 +39,7 @@ def test_the_readme_setup_installs_the_package_into_the_venv():
     assert_ros_layout(sys.prefix)
     share, encoder = _share_dir_seen_by(sys.prefix)     # no AMENT_PREFIX_PATH set: the venv's hook adds it
     assert share == os.path.join(sys.prefix, 'share', 'vla_ros')
-    assert encoder == os.path.join(share, 'models', 'vision_encoder')
+    assert encoder == os.path.join(share, 'checkpoints', 'vision_encoder')
 
 
 def test_install_into_a_temporary_prefix(tmp_path):

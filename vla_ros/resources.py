@@ -3,7 +3,7 @@
 Ground floor: imports nothing of vla_ros. A path parameter may be
 
 * ``package://<package>/<relative path>``: a file installed in that package's share directory
-  (the URI scheme ROS users know from URDF meshes). ``package://vla_ros/models/vision_encoder``
+  (the URI scheme ROS users know from URDF meshes). ``package://vla_ros/checkpoints/vision_encoder``
   resolves through the ament index on an install (colcon, or the README's setup, which installs
   into the virtualenv like a ROS prefix), else through this source tree;
 * an absolute or ``~`` path; a relative path is taken from the current directory.

@@ -37,6 +37,9 @@ class FlowHeadConfig:
     num_layers: int = 2
     num_heads: int = 4
     denoising_steps: int = 10
+    # Self-attention layers over the conditioning tokens before decoding (0 = none, the original
+    # head). They let visual tokens read the plan tokens, e.g. mark themselves as the named target.
+    memory_layers: int = 0
 
 
 def _timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -69,6 +72,12 @@ class FlowMatchingActionHead(nn.Module):
         layer = nn.TransformerDecoderLayer(d_model=h, nhead=c.num_heads, dim_feedforward=4 * h, dropout=0.0,
                                            activation='gelu', batch_first=True, norm_first=True)
         self.decoder = nn.TransformerDecoder(layer, num_layers=c.num_layers)
+        self.memory_encoder = None
+        if c.memory_layers > 0:
+            enc_layer = nn.TransformerEncoderLayer(d_model=h, nhead=c.num_heads, dim_feedforward=4 * h, dropout=0.0,
+                                                   activation='gelu', batch_first=True, norm_first=True)
+            self.memory_encoder = nn.TransformerEncoder(enc_layer, num_layers=c.memory_layers,
+                                                        enable_nested_tensor=False)
         self.out_norm = nn.LayerNorm(h)
         self.out = nn.Linear(h, c.action_dim)
         self.register_buffer('proprio_mean', torch.zeros(c.proprio_dim))
@@ -116,7 +125,10 @@ class FlowMatchingActionHead(nn.Module):
         parts.append(prop)
         # The proprio token is always valid, so attention never sees an all-masked row.
         valid.append(torch.ones(batch, 1, dtype=torch.bool, device=prop.device))
-        return torch.cat(parts, dim=1), ~torch.cat(valid, dim=1)
+        memory, pad = torch.cat(parts, dim=1), ~torch.cat(valid, dim=1)
+        if self.memory_encoder is not None:
+            memory = self.memory_encoder(memory, src_key_padding_mask=pad)
+        return memory, pad
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, memory: torch.Tensor,
                  memory_pad: torch.Tensor) -> torch.Tensor:

@@ -10,9 +10,10 @@ OPS_CHOICES = ('auto', 'numpy', 'torch')
 
 @dataclass
 class PerceptionConfig:
-    encoder_path: str = param('package://vla_ros/models/vision_encoder',
+    encoder_path: str = param('package://vla_ros/checkpoints/vision_encoder',
                               'Directory of a transformers vision model (save_pretrained layout): a path or a '
-                              'package://<pkg>/<path> URI into a package share directory (default: the demo encoder)')
+                              'package://<pkg>/<path> URI into a package share directory (default: the encoder trained '
+                              'with the shipped action head)')
     device: str = param('cpu', 'torch device for the encoder', choices=('cpu', 'cuda'))
     torch_threads: int = param(0, 'torch intra-op threads for the encoder (0 = leave torch default)',
                                range=(0, 256))

@@ -117,10 +117,14 @@ class EvalResult:
 
 
 def evaluate_policy(env: ArmEnv, pipeline, planner, head, action_cfg, seeds, perception_rate_hz: float = 10.0,
-                    plan_rate_hz: float = 2.0, progress: Optional[Callable] = None) -> EvalResult:
+                    plan_rate_hz: float = 2.0, progress: Optional[Callable] = None,
+                    on_perceive: Optional[Callable] = None) -> EvalResult:
     """Closed loop on simulated time, no ROS: the same ControlLoop (chunk buffer + RTC/ensembling +
     safety filter) the action node runs, driven at control rate; perception and chunk inference at
     `perception_rate_hz`, planning at `plan_rate_hz`. Inference latency is not simulated (zero).
+
+    `on_perceive(image, joint_positions)`, if given, sees every frame the policy perceives (DAgger
+    records the policy's own states through it).
     """
     from vla_ros.action.controller import ControlLoop
     from vla_ros.planning.base import PlanRequest
@@ -142,7 +146,10 @@ def evaluate_policy(env: ArmEnv, pipeline, planner, head, action_cfg, seeds, per
             q = env.joint_positions()
             loop.update_proprio(q, now=now)
             if tick % perceive_every == 0:
-                perceived = pipeline.process(env.render())
+                image = env.render()
+                if on_perceive is not None:
+                    on_perceive(image, q)
+                perceived = pipeline.process(image)
                 loop.update_perception(perceived.tokens, frame_id=tick, now=now)
                 if tick % plan_every == 0:
                     plan = planner.plan(PlanRequest(instruction=env.instruction, visual_tokens=perceived.tokens,

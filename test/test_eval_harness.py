@@ -1,0 +1,63 @@
+"""vla_eval_episodes: statistics, job planning, and real parallel runs of the ROS stack on separate domains."""
+import math
+import os
+import sys
+
+import pytest
+
+from vla_ros.eval.harness import (ABLATIONS, bringup_command, main, parse_args, parse_episode_lines, plan_jobs,
+                                  summarise)
+from vla_ros.eval.stats import wilson_interval
+
+
+def test_wilson_interval_known_values():
+    lo, hi = wilson_interval(95, 100)
+    assert math.isclose(lo, 0.8882, abs_tol=1e-3) and math.isclose(hi, 0.9785, abs_tol=1e-3)
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and math.isclose(hi, 0.2775, abs_tol=1e-3)
+    assert math.isclose(wilson_interval(10, 10)[1], 1.0) and wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+
+
+def test_episode_lines_parse_and_missing_episodes_are_counted():
+    text = ('noise\nepisode 0: SUCCESS in 2.3s (touch the red cube)\n'
+            '[bar] episode 1: fail in 20.0s (touch the blue block)\nepisode 1: SUCCESS in 1.0s (dup)\n')
+    eps = parse_episode_lines(text, seed=500)
+    assert [(e['seed'], e['success'], e['elapsed_s']) for e in eps] == [(500, True, 2.3), (501, False, 20.0)]
+    row = summarise('full', 3, eps)
+    assert row['episodes'] == 2 and row['missing'] == 1 and row['successes'] == 1
+    assert row['time_to_success_mean_s'] == 2.3
+
+
+def test_jobs_cover_every_seed_once_per_row():
+    jobs = plan_jobs(['full', 'rtc'], episodes=7, workers=3, seed=1000)
+    for label in ('full', 'rtc'):
+        seeds = [j.seed + i for j in jobs if j.label == label for i in range(j.episodes)]
+        assert sorted(seeds) == list(range(1000, 1007))
+    assert all(j.overrides == ABLATIONS['rtc'] for j in jobs if j.label == 'rtc')
+    args = parse_args(['--ablate', 'reuse', '--set', 'action.device=cpu'])
+    cmd = bringup_command(plan_jobs(['reuse'], 1, 1, 5)[0], args)
+    assert 'sim.seed=5' in cmd and 'perception.reuse_enabled=false' in cmd and 'action.device=cpu' in cmd
+
+
+def test_parallel_stacks_on_separate_domains_report_every_episode(tmp_path, monkeypatch):
+    """Two bringups at once (own process group + ROS domain each): every held-out episode is reported
+    with the instruction the sim gives that seed."""
+    import json
+
+    from vla_ros.config import SimConfig
+    from vla_ros.sim.arm_env import ArmEnv
+
+    monkeypatch.setattr(sys, 'argv', ['vla_eval_episodes'])
+    rc = main(['--episodes', '2', '--workers', '2', '--episode-timeout-s', '3', '--domain-base', '150',
+               '--out', str(tmp_path), '--no-progress'])
+    report = json.loads((tmp_path / 'episodes.json').read_text())
+    assert rc == 0, report['jobs']
+    assert sorted(j['domain_id'] for j in report['jobs']) == [150, 151]
+    assert report['rows'][0]['episodes'] == 2 and report['rows'][0]['missing'] == 0
+    env = ArmEnv(SimConfig(), render=False)
+    for ep in report['per_episode']:
+        env.reset(seed=ep['seed'])
+        assert ep['instruction'] == env.instruction
+    assert (tmp_path / 'episodes.md').read_text().count('| full |') == 3   # summary + 2 episode rows

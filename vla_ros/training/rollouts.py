@@ -1,0 +1,146 @@
+"""Sim episodes in parallel worker processes: expert demos, DAgger rollouts, closed-loop evaluation.
+
+Each worker owns one MuJoCo env (its own headless GL context: workers are spawned, not forked),
+one scripted expert and, for policy episodes, the policy loaded from a checkpoint directory
+(`vision_encoder/` + `action_head.pt`) exactly as the ROS nodes load it. Jobs are per episode, so
+the result of a seed does not depend on the number of workers.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from typing import Callable, Dict, Iterable, List, Optional
+
+import numpy as np
+
+_STATE: Dict[str, object] = {}
+
+
+def _init_worker(episode_timeout_s: float, torch_threads: int = 1) -> None:
+    import torch
+
+    import vla_ros.sim  # noqa: F401  (GL backend before mujoco)
+    from vla_ros.config import ActionConfig, SimConfig
+    from vla_ros.sim.arm_env import ArmEnv
+    from vla_ros.sim.expert import ExpertConfig, TouchExpert
+
+    if torch_threads > 0:
+        torch.set_num_threads(torch_threads)
+    sim_cfg = SimConfig()
+    sim_cfg.episode_timeout_s = episode_timeout_s
+    action_cfg = ActionConfig()
+    env = ArmEnv(sim_cfg, seed=0)
+    _STATE.update(env=env, action_cfg=action_cfg, timeout=episode_timeout_s,
+                  expert=TouchExpert(env, ExpertConfig(action_dt=action_cfg.action_dt, horizon=action_cfg.horizon)))
+
+
+def expert_episode(job: dict) -> dict:
+    """One scripted-expert episode with DART noise -> arrays (images, proprio, chunks, relevance)."""
+    from vla_ros.sim.demos import collect_episode
+    from vla_ros.training.policy import colour_maps, relevance_of
+
+    env, expert = _STATE['env'], _STATE['expert']
+    env.config.episode_timeout_s = min(_STATE['timeout'], job['max_steps'] * expert.config.action_dt)
+    ep = collect_episode(env, expert, job['seed'], noise_std=job['noise'], hold_steps=job['hold_steps'],
+                         rng=np.random.default_rng(job['seed'] + 7919))
+    env.config.episode_timeout_s = _STATE['timeout']
+    grid = tuple(job.get('grid', (8, 8)))
+    relevance = np.stack([relevance_of(img, ep.instruction, grid) for img in ep.images])
+    colours = np.stack([colour_maps(img, grid) for img in ep.images])
+    return {'seed': ep.seed, 'instruction': ep.instruction, 'images': ep.images, 'proprio': ep.proprio,
+            'actions': ep.chunks, 'relevance': relevance.astype(np.float16), 'colours': colours.astype(np.float16),
+            'success': ep.success,
+            'steps_to_success': ep.steps_to_success}
+
+
+def _load_policy(model_dir: str) -> dict:
+    stamp = os.path.getmtime(os.path.join(model_dir, 'action_head.pt'))
+    policy = _STATE.get('policy')
+    if policy is not None and policy['dir'] == model_dir and policy['stamp'] == stamp:
+        return policy
+    from vla_ros.action.flow_head import FlowMatchingActionHead
+    from vla_ros.config import PerceptionConfig, PlannerConfig
+    from vla_ros.perception.encoder import VisionEncoder
+    from vla_ros.perception.pipeline import PerceptionPipeline
+    from vla_ros.planning.base import make_planner
+
+    encoder = VisionEncoder.from_pretrained(os.path.join(model_dir, 'vision_encoder'))
+    perception_cfg = PerceptionConfig(**_STATE.get('perception_overrides', {}))
+    policy = {'dir': model_dir, 'stamp': stamp, 'pipeline': PerceptionPipeline(encoder, perception_cfg),
+              'planner': make_planner(PlannerConfig(), encoder.hidden_size),
+              'head': FlowMatchingActionHead.load(os.path.join(model_dir, 'action_head.pt')).eval()}
+    _STATE['policy'] = policy
+    return policy
+
+
+def policy_episode(job: dict) -> dict:
+    """One closed-loop policy episode (no ROS); with job['record'] also the perceived states,
+    each labelled with the expert's chunk from that state (DAgger)."""
+    import torch
+
+    from vla_ros.sim.demos import evaluate_policy
+    from vla_ros.training.policy import colour_maps, relevance_of
+
+    env, expert = _STATE['env'], _STATE['expert']
+    policy = _load_policy(job['model_dir'])
+    images, proprio, actions = [], [], []
+
+    def record(image, q):
+        images.append(image)
+        proprio.append(np.asarray(q, np.float32))
+        actions.append(expert.chunk(q).astype(np.float32))
+
+    with torch.no_grad():
+        res = evaluate_policy(env, policy['pipeline'], policy['planner'], policy['head'], _STATE['action_cfg'],
+                              [job['seed']], on_perceive=record if job.get('record') else None)
+    out = {'seed': job['seed'], 'instruction': res.instructions[0], 'success': bool(res.successes[0]),
+           'elapsed_s': float(res.elapsed_s[0]), 'final_distance_m': float(res.final_distances[0])}
+    if job.get('record') and images:
+        grid = tuple(policy['pipeline'].encoder.grid_hw)
+        out.update(images=np.stack(images), proprio=np.stack(proprio), actions=np.stack(actions),
+                   relevance=np.stack([relevance_of(i, out['instruction'], grid) for i in images]).astype(np.float16),
+                   colours=np.stack([colour_maps(i, grid) for i in images]).astype(np.float16))
+    return out
+
+
+class _Indexed:
+    """Picklable wrapper returning (job index, result), so results keep the job order."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, item):
+        i, job = item
+        return i, self.fn(job)
+
+
+def run_jobs(fn: Callable[[dict], dict], jobs: Iterable[dict], workers: int, episode_timeout_s: float,
+             desc: str = '', progress: bool = True, on_result: Optional[Callable[[dict], None]] = None
+             ) -> List[dict]:
+    """Run one job per episode on `workers` spawned processes (0 = all cores, 1 = in this process);
+    results come back in job order."""
+    from tqdm import tqdm
+
+    jobs = list(jobs)
+    workers = max(1, min(int(workers) or (os.cpu_count() or 1), len(jobs) or 1))
+    bar = tqdm(total=len(jobs), desc=desc, unit='ep', disable=not progress)
+    results: List[Optional[dict]] = [None] * len(jobs)
+
+    def done(i, res):
+        results[i] = res
+        bar.update(1)
+        if on_result is not None:
+            on_result(res)
+
+    if workers == 1:
+        if 'env' not in _STATE or _STATE.get('timeout') != episode_timeout_s:
+            _init_worker(episode_timeout_s, torch_threads=0)
+        for i, job in enumerate(jobs):
+            done(i, fn(job))
+    else:
+        ctx = mp.get_context('spawn')
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(episode_timeout_s, 1)) as pool:
+            for i, res in pool.imap_unordered(_Indexed(fn), list(enumerate(jobs)), chunksize=1):
+                done(i, res)
+    bar.close()
+    return results  # type: ignore[return-value]

@@ -1,0 +1,165 @@
+"""Joint training of the vision encoder and the flow-matching action head on episode data.
+
+The dataset lives on the training device as uint8 frames + joint data, one sample per decision;
+each step augments the frames, runs the encoder on a pruning-like token subset, builds the plan
+tokens from an earlier frame of the same episode (the planner is slower than the head and caches
+plans) and takes a flow-matching step through head and encoder together.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+
+from vla_ros.training.config import TrainConfig
+from vla_ros.training.policy import PlanTokens, augment, build_encoder, build_head, encode_subset, sample_kept
+
+
+class EpisodeData:
+    """Episodes (dicts with images, proprio, actions, relevance, instruction) as flat device tensors."""
+
+    def __init__(self, device: str):
+        self.device = torch.device(device)
+        self.instructions: List[str] = []
+        self._parts: Dict[str, List[np.ndarray]] = {k: [] for k in
+                                                     ('images', 'proprio', 'actions', 'relevance', 'colours', 'step',
+                                                      'instr')}
+        self.tensors: Dict[str, torch.Tensor] = {}
+        self.episodes = 0
+
+    def add(self, episodes: Sequence[dict]) -> None:
+        for ep in episodes:
+            n = len(ep['proprio'])
+            if n == 0:
+                continue
+            if ep['instruction'] not in self.instructions:
+                self.instructions.append(ep['instruction'])
+            self._parts['images'].append(np.asarray(ep['images'], np.uint8))
+            self._parts['proprio'].append(np.asarray(ep['proprio'], np.float32))
+            self._parts['actions'].append(np.asarray(ep['actions'], np.float32))
+            self._parts['relevance'].append(np.asarray(ep['relevance'], np.float32))
+            self._parts['colours'].append(np.asarray(ep['colours'], np.float16))
+            self._parts['step'].append(np.arange(n, dtype=np.int64))
+            self._parts['instr'].append(np.full(n, self.instructions.index(ep['instruction']), np.int64))
+            self.episodes += 1
+        self.tensors = {k: torch.from_numpy(np.concatenate(v)).to(self.device) for k, v in self._parts.items()}
+
+    def __len__(self) -> int:
+        return int(self.tensors['proprio'].shape[0]) if self.tensors else 0
+
+    def statistics(self):
+        proprio = self.tensors['proprio'].double()
+        actions = self.tensors['actions'].double().reshape(-1, self.tensors['actions'].shape[-1])
+        return (proprio.mean(0).cpu(), proprio.std(0).cpu(), actions.mean(0).cpu(), actions.std(0).cpu())
+
+
+class Policy(torch.nn.Module):
+    def __init__(self, cfg: TrainConfig, action_dim: int, horizon: int, proprio_dim: int):
+        super().__init__()
+        if cfg.init_from:
+            import os
+
+            from transformers import SiglipVisionModel
+
+            from vla_ros.action.flow_head import FlowMatchingActionHead
+            self.encoder = SiglipVisionModel.from_pretrained(os.path.join(cfg.init_from, 'vision_encoder'))
+            self.head = FlowMatchingActionHead.load(os.path.join(cfg.init_from, 'action_head.pt'))
+            if self.encoder.config.hidden_size != cfg.encoder_hidden:
+                raise ValueError(f'{cfg.init_from}: encoder width {self.encoder.config.hidden_size} != '
+                                 f'--encoder-hidden {cfg.encoder_hidden}')
+        else:
+            self.encoder = build_encoder(cfg)
+            self.head = build_head(cfg, action_dim, horizon, proprio_dim)
+        self.initialised_from = cfg.init_from
+        # Training-only probe: which cube colour each token's patch shows (not saved).
+        self.colour_probe = torch.nn.Linear(cfg.encoder_hidden, 3)
+
+
+def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: int, desc: str = 'train',
+                 lr: float = None, seed: int = 0, budget_s: float = 0.0) -> Dict[str, object]:
+    """Joint flow-matching training of encoder + head; returns per-epoch losses and timing.
+
+    With `budget_s` > 0 the cosine schedule runs on max(step fraction, time fraction) and training
+    stops when either reaches 1, so a time-boxed run still ends with a decayed learning rate.
+    """
+    device = data.device
+    policy.to(device).train()
+    plan = PlanTokens(cfg.encoder_hidden)
+    language = torch.stack([plan.language(i) for i in data.instructions]).to(device)   # [I, T, Dp]
+    t = data.tensors
+    n = len(data)
+    batch = min(cfg.batch_size, n)
+    steps_per_epoch = max(1, n // batch)
+    total = epochs * steps_per_epoch
+    peak = lr or cfg.lr
+    opt = torch.optim.AdamW(policy.parameters(), lr=peak, weight_decay=cfg.weight_decay)
+    warmup = max(1, int(0.03 * total))
+    t_start = time.perf_counter()
+
+    def fraction(step: int) -> float:
+        frac = step / total
+        if budget_s > 0:
+            frac = max(frac, (time.perf_counter() - t_start) / budget_s)
+        return min(1.0, frac)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * fraction(s))))
+    gen = torch.Generator(device=device).manual_seed(seed)
+    cpu_gen = np.random.default_rng(seed)
+    autocast = torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' else torch.autocast(
+        'cpu', enabled=False)
+    from tqdm import tqdm
+
+    losses: List[float] = []
+    t0 = time.perf_counter()
+    bar = tqdm(range(epochs), desc=desc, unit='epoch', disable=not cfg.progress)
+    step = 0
+    for _ in bar:
+        if fraction(step) >= 1.0:
+            break
+        perm = torch.randperm(n, device=device, generator=gen)
+        running, done = 0.0, 0
+        for s in range(steps_per_epoch):
+            if step and fraction(step) >= 1.0:
+                break
+            idx = perm[s * batch:(s + 1) * batch]
+            keep = int(cfg.keep_tokens[cpu_gen.integers(len(cfg.keep_tokens))])
+            lag = (torch.rand(idx.shape, device=device, generator=gen)
+                   * (torch.clamp(t['step'][idx], max=cfg.plan_staleness) + 1).float()).long()
+            plan_idx = idx - lag                       # same episode: step >= lag
+            with autocast:
+                kept = sample_kept(t['relevance'][idx], keep, gen)
+                vis = encode_subset(policy.encoder, augment(t['images'][idx], cfg, gen), kept)
+                with torch.no_grad():
+                    plan_vis = encode_subset(policy.encoder, augment(t['images'][plan_idx], cfg, gen),
+                                             sample_kept(t['relevance'][plan_idx], keep, gen))
+                    plan_tokens = language[t['instr'][idx]] + plan.scene(plan_vis.float())
+                head = policy.head
+                loss = head.loss(vis.float(), None, plan_tokens, head.normalize_proprio(t['proprio'][idx]),
+                                 head.normalize_actions(t['actions'][idx]))
+                if cfg.colour_aux_weight > 0:
+                    colour_target = torch.gather(t['colours'][idx].float(), 2,
+                                                 kept[:, None, :].expand(-1, 3, -1)).transpose(1, 2)
+                    aux = torch.nn.functional.binary_cross_entropy_with_logits(
+                        policy.colour_probe(vis.float()), colour_target)
+                    loss = loss + cfg.colour_aux_weight * aux
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            done += 1
+            running += float(loss.detach())
+        losses.append(running / max(1, done))
+        bar.set_postfix(loss=f'{losses[-1]:.4f}', samples=n)
+        if not cfg.progress:
+            print(f'[{desc}] epoch {len(losses)}/{epochs} loss {losses[-1]:.4f} '
+                  f'({time.perf_counter() - t0:.0f} s, {n} samples)', flush=True)
+    bar.close()
+    policy.eval()
+    return {'epoch_losses': [round(x, 5) for x in losses], 'final_loss': losses[-1], 'samples': n, 'steps': step,
+            'episodes': data.episodes, 'seconds': round(time.perf_counter() - t0, 1)}
