@@ -1,8 +1,11 @@
 """Action node: the fast system. Latest plan + perception tokens + joint state in, safe joint
-commands out at control rate (std_msgs/Float64MultiArray for a forward position controller,
-optionally trajectory_msgs/JointTrajectory), ActionChunk for every committed chunk.
+commands out: std_msgs/Float64MultiArray every control tick for a forward_command_controller, or
+every chunk as trajectory_msgs/JointTrajectory for a joint_trajectory_controller
+(action.command_interface); the tick's command stamped as sensor_msgs/JointState, ActionChunk for
+every committed chunk.
 
-All logic lives in vla_ros.action.controller.ControlLoop; this node only converts messages.
+All logic lives in vla_ros.action (ControlLoop, RealtimeController: a deadline thread, the head in
+an inference process); this node only converts messages.
 """
 from __future__ import annotations
 
@@ -20,7 +23,9 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from vla_ros.action.controller import ChunkResult, ControlLoop, RateMonitor, build_head
+from vla_ros.action.controller import ChunkResult, ControlLoop, build_head
+from vla_ros.action.inference_proc import InferenceProcess
+from vla_ros.action.realtime_loop import RealtimeController
 from vla_ros.config.action import ActionConfig
 from vla_ros.config.topics import TopicsConfig
 from vla_ros.nodes.common import (SENSOR_QOS, Diagnostics, DropCounter, TokenDecodeError, msg_to_tokens,
@@ -45,22 +50,25 @@ class ActionNode(Node):
         self._joint_index: Optional[np.ndarray] = None
         self._lock = threading.Lock()
         self.loop: Optional[ControlLoop] = None
+        self.rt: Optional[RealtimeController] = None
         self._head_loaded = False
-        self._published = 0
-        self._rate = RateMonitor(self.cfg.control_rate_hz)
-        self._last_mode = 'waiting'
         self._pending_estop = False
         self._plan_cache: Optional[tuple] = None    # (tokens, plan_id) seen before the head exists
         self._vis_cache: Optional[tuple] = None     # (tokens, frame_id)
         self._latest_q: Optional[np.ndarray] = None
 
         self._chunk_pub = self.create_publisher(ActionChunk, self.topics.action_chunk, reliable_qos())
-        self._cmd_pub = self.create_publisher(Float64MultiArray, self.topics.joint_command, reliable_qos())
-        self._traj_pub = (self.create_publisher(JointTrajectory, self.topics.joint_trajectory, reliable_qos())
-                          if self.cfg.publish_trajectory else None)
-        # The single trajectory point is due one control period ahead (sec/nanosec split: valid at 1 Hz too).
-        period_ns = int(round(1e9 / self.cfg.control_rate_hz))
-        self._point_time = Duration(sec=period_ns // 1_000_000_000, nanosec=period_ns % 1_000_000_000)
+        self._stamped_pub = self.create_publisher(JointState, self.topics.command_stamped, reliable_qos())
+        if self.cfg.command_interface == 'forward':
+            self._cmd_pub = self.create_publisher(Float64MultiArray, self.topics.joint_command, reliable_qos())
+        else:
+            self._traj_pub = self.create_publisher(JointTrajectory, self.topics.joint_trajectory, reliable_qos())
+        # Messages reused by the control thread every tick (only their values change).
+        n = len(self.cfg.joint_names)
+        self._cmd_msg = Float64MultiArray()
+        self._cmd_msg.layout.dim = [MultiArrayDimension(label='joints', size=n, stride=n)]
+        self._stamped_msg = JointState(name=list(self.cfg.joint_names))
+        self._stamped_msg.header.frame_id = 'base'
 
         inputs = MutuallyExclusiveCallbackGroup()
         self.create_subscription(Plan, self.topics.plan, self._on_plan, reliable_qos(), callback_group=inputs)
@@ -76,8 +84,6 @@ class ActionNode(Node):
                                  callback_group=estop_group)
         if SetBool is not None:
             self.create_service(SetBool, self.topics.estop, self._on_estop_srv, callback_group=estop_group)
-        self._control_timer = self.create_timer(1.0 / self.cfg.control_rate_hz, self._on_control_tick,
-                                                callback_group=MutuallyExclusiveCallbackGroup())
         self._diagnostics = Diagnostics(self, self._status, level_fn=self._level)
         if self.cfg.checkpoint_path:
             self._ensure_loop(None, None)  # dims come from the checkpoint; fail over loudly now
@@ -101,9 +107,19 @@ class ActionNode(Node):
                 self.get_logger().warning('action.checkpoint_path is empty: using a RANDOMLY INITIALISED action '
                                           'head. Commands are safe (clamped) but meaningless; train one with '
                                           'vla_train.')
-            loop = ControlLoop(head, self.cfg, clock=time.monotonic, on_chunk=self._publish_chunk)
-            loop.set_estop(self._pending_estop)
-            loop.start()
+            in_process = self.cfg.inference_mode == 'process'
+            loop = ControlLoop(head, self.cfg, clock=time.monotonic,
+                               on_chunk=None if in_process else self._publish_chunk_now)
+            backend = None
+            if in_process:
+                state = {k: v.detach().cpu().numpy() for k, v in head.state_dict().items()}
+                backend = InferenceProcess(self.cfg, head.config, state, self.cfg.max_tokens)
+            rt = RealtimeController(loop, self.cfg, sink=self, backend=backend, log=self.get_logger().info)
+            rt.set_estop(self._pending_estop)
+            if self._latest_q is not None:
+                rt.update_proprio(self._latest_q)
+            rt.start()
+            self.rt = rt
             self.loop = loop
             return loop
 
@@ -136,19 +152,22 @@ class ActionNode(Node):
             loop = self._ensure_loop(vis[0].shape[1], plan[0].shape[1])
             if loop is None:
                 return
-        hc = loop.head.config
-        if plan is not None:
-            if plan[0].shape[1] != hc.plan_dim:
-                self.drops.drop('plan_dim', f'plan token dim {plan[0].shape[1]} != head plan_dim {hc.plan_dim}')
-            else:
-                loop.update_plan(*plan)
-            self._plan_cache = None
-        if vis is not None:
-            if vis[0].shape[1] != hc.vis_dim:
-                self.drops.drop('perception_dim', f'token dim {vis[0].shape[1]} != head vis_dim {hc.vis_dim}')
-            else:
-                loop.update_perception(*vis)
-            self._vis_cache = None
+        hc, rt = loop.head.config, self.rt
+        try:
+            if plan is not None:
+                self._plan_cache = None
+                if plan[0].shape[1] != hc.plan_dim:
+                    self.drops.drop('plan_dim', f'plan token dim {plan[0].shape[1]} != head plan_dim {hc.plan_dim}')
+                else:
+                    rt.update_plan(*plan)
+            if vis is not None:
+                self._vis_cache = None
+                if vis[0].shape[1] != hc.vis_dim:
+                    self.drops.drop('perception_dim', f'token dim {vis[0].shape[1]} != head vis_dim {hc.vis_dim}')
+                else:
+                    rt.update_perception(*vis)
+        except ValueError as exc:  # more tokens than action.max_tokens
+            self.drops.drop('too_many_tokens', str(exc))
 
     def _on_joint_state(self, msg: JointState) -> None:
         names = list(msg.name)
@@ -166,13 +185,13 @@ class ActionNode(Node):
             self.drops.drop('nan_joint_state', 'non-finite joint position')
             return
         self._latest_q = q
-        if self.loop is not None:
-            self.loop.update_proprio(q)
+        if self.rt is not None:
+            self.rt.update_proprio(q)
 
     def _set_estop(self, active: bool) -> None:
         self._pending_estop = bool(active)
-        if self.loop is not None:
-            self.loop.set_estop(active)
+        if self.rt is not None:
+            self.rt.set_estop(active)
         if active:
             self.get_logger().error('e-stop LATCHED: holding position')
         else:
@@ -187,42 +206,33 @@ class ActionNode(Node):
         response.message = 'e-stop latched' if request.data else 'e-stop released'
         return response
 
-    # ------------------------------------------------------------------ outputs
-    def _on_control_tick(self) -> None:
-        now = time.monotonic()
-        self._rate.record(now)
-        loop = self.loop
-        if loop is None:
-            self._last_mode = 'waiting'
-            return  # no head yet: nothing has been commanded, so the arm keeps its own hold
-        try:
-            if loop.measured is None and self._latest_q is not None:
-                loop.update_proprio(self._latest_q)
-            command, status = loop.tick(now)
-        except Exception as exc:  # never let the control timer die; publish nothing this tick
-            self.drops.drop('tick_error', f'{type(exc).__name__}: {exc}')
-            return
-        self._last_mode = status.mode
-        if command is None:
-            return
-        stamp = self.get_clock().now().to_msg()
-        cmd = Float64MultiArray()
-        cmd.layout.dim = [MultiArrayDimension(label='joints', size=len(command), stride=len(command))]
-        cmd.data = [float(v) for v in command]
-        self._cmd_pub.publish(cmd)
-        if self._traj_pub is not None:
-            traj = JointTrajectory()
-            traj.header.stamp = stamp
-            traj.joint_names = list(self.cfg.joint_names)
-            traj.points = [JointTrajectoryPoint(positions=cmd.data, time_from_start=self._point_time)]
-            self._traj_pub.publish(traj)
-        self._published += 1
+    # ------------------------------------------------------------------ outputs (CommandSink, control thread)
+    def ros_now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
 
-    def _publish_chunk(self, chunk: ChunkResult) -> None:
+    def stamped(self, command: np.ndarray, stamp_ns: int) -> None:
+        msg = self._stamped_msg
+        msg.header.stamp = ns_to_stamp(stamp_ns)
+        msg.position = command
+        self._stamped_pub.publish(msg)
+
+    def forward(self, command: np.ndarray) -> None:
+        self._cmd_msg.data = command
+        self._cmd_pub.publish(self._cmd_msg)
+
+    def trajectory(self, start_ns: int, times: np.ndarray, positions: np.ndarray, velocities: np.ndarray) -> None:
+        msg = JointTrajectory()
+        msg.header.stamp = ns_to_stamp(start_ns)
+        msg.joint_names = list(self.cfg.joint_names)
+        for t, p, v in zip(times, positions, velocities):
+            ns = int(round(t * 1e9))
+            msg.points.append(JointTrajectoryPoint(positions=p, velocities=v, time_from_start=Duration(
+                sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)))
+        self._traj_pub.publish(msg)
+
+    def chunk(self, chunk: ChunkResult, stamp_ns: int) -> None:
         msg = ActionChunk()
-        # Chunk step 0 applies at chunk.start_time (monotonic); express it on the ROS clock.
-        offset_ns = int((chunk.start_time - time.monotonic()) * 1e9)
-        msg.header.stamp = ns_to_stamp(max(0, self.get_clock().now().nanoseconds + offset_ns))
+        msg.header.stamp = ns_to_stamp(max(0, stamp_ns))   # when step 0 applies
         msg.chunk_id = int(chunk.chunk_id)
         msg.horizon, msg.action_dim = int(chunk.actions.shape[0]), int(chunk.actions.shape[1])
         msg.dt = float(chunk.dt)
@@ -233,15 +243,25 @@ class ActionNode(Node):
         msg.smoothing = chunk.smoothing
         self._chunk_pub.publish(msg)
 
+    def _publish_chunk_now(self, chunk: ChunkResult) -> None:
+        """Inference-thread mode: chunk step 0 applies at chunk.start_time (monotonic) -> ROS clock."""
+        offset_ns = int((chunk.start_time - time.monotonic()) * 1e9)
+        self.chunk(chunk, self.get_clock().now().nanoseconds + offset_ns)
+
     # ------------------------------------------------------------------ diagnostics
+    @property
+    def _last_mode(self) -> str:
+        return 'waiting' if self.rt is None else self.rt.mode
+
     def _status(self):
-        out = dict(self._rate.stats())
-        out.update(mode=self._last_mode, commands_published=self._published, dropped=self.drops.total,
-                   head_from_checkpoint=self._head_loaded, estop=self._pending_estop)
+        out = {'mode': self._last_mode, 'commands_published': 0, 'dropped': self.drops.total,
+               'head_from_checkpoint': self._head_loaded, 'estop': self._pending_estop}
         loop = self.loop
+        if self.rt is not None:
+            out.update(self.rt.stats())
         if loop is not None:
             out.update(chunks=loop.chunk_count, inference_ms=loop.last_inference_ms,
-                       inference_errors=loop.inference_errors, inference_priority=loop.inference_priority,
+                       inference_errors=loop.inference_errors + int(out.get('inference_errors', 0)),
                        smoothing=self.cfg.smoothing)
             if loop.last_error:
                 out['last_inference_error'] = loop.last_error
@@ -260,9 +280,8 @@ class ActionNode(Node):
         return DiagnosticStatus.OK, self._last_mode
 
     def close(self) -> None:
-        if self.loop is not None:
-            self.loop.close()
-        self._control_timer.cancel()
+        if self.rt is not None:
+            self.rt.close()
 
 
 def main(args=None):
