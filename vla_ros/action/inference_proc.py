@@ -155,7 +155,7 @@ def child_main(cfg_dict, head_cfg_dict, state_dict, ch: InferenceChannels, paren
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
     head = FlowMatchingActionHead(FlowHeadConfig(**head_cfg_dict))
-    head.load_state_dict(state_dict)
+    head.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()})
     head.to(cfg.device).eval()
     horizon, action_dim, vis_dim, plan_dim, _ = ch.dims
     errors = 0

@@ -4,7 +4,8 @@ follower that executes them (no ROS).
 `TrajectoryFollower` follows ros2_controllers' JTC semantics, so the simulated arm behaves like a
 real one behind a JTC and the action side can predict exactly what the arm is executing:
   * a trajectory starts at its header stamp (0 = on receipt); until then the active one continues;
-  * of a new trajectory only waypoints still in the future on receipt are kept (none -> rejected);
+  * of a new trajectory only waypoints still in the future on receipt are kept (none -> rejected),
+    and only those not before its own start time;
   * at the start time the old trajectory is cut and the new one spliced on from the old one's
     desired state (position and velocity) at that instant;
   * positions + velocities -> cubic Hermite spline between waypoints; positions only -> linear;
@@ -34,7 +35,7 @@ class _Spline:
 
     def sample(self, t: float) -> Tuple[np.ndarray, np.ndarray]:
         times = self.times
-        if t <= times[0]:
+        if t < times[0] or times.size == 1:
             return self.pos[0].copy(), np.zeros_like(self.pos[0])
         if t >= times[-1]:
             return self.pos[-1].copy(), np.zeros_like(self.pos[-1])
@@ -109,7 +110,10 @@ class TrajectoryFollower:
                 p0, v0 = pos[0].copy(), np.zeros(self.num_joints)
             else:
                 p0, v0 = self._active.sample(start)
-            if times[0] <= start:  # first waypoint due at the splice instant: it replaces the splice knot
+            after = times >= start      # waypoints before the trajectory's own start never execute
+            times, pos = times[after], pos[after]
+            vel = None if vel is None else vel[after]
+            if times.size and times[0] == start:  # due at the splice instant: replaces the splice knot
                 knots_t, knots_p, knots_v = times, pos, vel
             else:
                 knots_t = np.concatenate([[start], times])
