@@ -159,6 +159,7 @@ class SimArmNode(Node):
                 if not self._policy_live:
                     self._policy_live = True
                     env.restart_clock()
+                    next_camera = next_joint = next_status = 0.0   # publish deadlines are on the episode clock
                     self.get_logger().info(f'first command received: episode {env.episode} clock started')
             elif (cfg.command_timeout_s > 0.0
                   and float(env.data.time) - self._last_command_sim_t > cfg.command_timeout_s):
