@@ -34,7 +34,9 @@ SETTINGS = {
     'forward': ['action.command_interface=forward'],
     # (b) whole chunks as JointTrajectory to the sim's JTC mode
     'trajectory': ['action.command_interface=trajectory'],
-    # before issue 14's process split: head in a thread of the node, normal priority (same deadline loop)
+    # the same deadline loop as a thread of the action node (shares the GIL with ROS callbacks)
+    'forward_in_node': ['action.command_interface=forward', 'action.realtime.control_process=false'],
+    # ... and with the head in a thread too, normal priority, automatic gc (closest to the old rclpy timer)
     'forward_thread': ['action.command_interface=forward', 'action.inference_mode=thread',
                        'action.realtime.fifo_priority=0', 'action.realtime.manage_gc=false'],
     # stretch target

@@ -97,11 +97,12 @@ def test_chunks_as_trajectories_drive_the_sim_arm_like_a_jtc(stack):
     t_end = time.monotonic() + 2.0
     while time.monotonic() < t_end:
         rclpy.spin_once(node, timeout_sec=0.01)
-    # Inputs stopped for 2 s > the 1 s perception watchdog: exactly one stop trajectory, to rest.
-    # (A stop trajectory is one waypoint reached in >= trajectory_stop_s = 0.1 s; chunk waypoints are 0.05 s apart.)
+    # Inputs stopped for 2 s > the 1 s perception watchdog: the last trajectory is a stop, to rest.
+    # (A stop trajectory is one waypoint reached in >= trajectory_stop_s = 0.1 s; chunk waypoints are 0.05 s
+    # apart. On a loaded machine a late perception message can trigger one earlier, too.)
     stops = [m for r, m in trajs if len(m.points) == 1 and _sec(m.points[0].time_from_start) >= 0.1 - 1e-6]
-    assert len(stops) == 1 and trajs[-1][1] is stops[0] and trajs[-1][0] > last_pub + 0.9
-    assert np.all(np.asarray(stops[0].points[0].velocities) == 0.0)
+    assert stops and trajs[-1][1] is stops[-1] and trajs[-1][0] > last_pub + 0.9
+    assert np.all(np.asarray(stops[-1].points[0].velocities) == 0.0)
     assert sum(len(m.points) >= 2 for _, m in trajs) >= 5
     for received, msg in trajs:
         assert len(msg.joint_names) == 7

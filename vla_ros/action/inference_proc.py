@@ -46,6 +46,39 @@ class InferenceChannels:
         self.status = SeqSlot({'v': (4,)})   # C writes: inference errors, heartbeat, ready, torch threads
 
 
+class ChunkInbox:
+    """The control side of the channels: new chunks, the clear epoch, the inference heartbeat.
+    Used by exactly one thread (the control tick), in whichever process runs it."""
+
+    def __init__(self, channels: InferenceChannels):
+        self.channels = channels
+        self._epoch = 0
+        self._last_chunk_version = 0
+        self._status = channels.status.buffers()
+
+    def poll_chunk(self, out: Dict[str, np.ndarray]) -> bool:
+        """Copy a chunk committed since the last poll into `out` (from `channels.chunk.buffers()`)."""
+        version = self.channels.chunk.version
+        if version == self._last_chunk_version:
+            return False
+        got = self.channels.chunk.read_into(out)
+        if got is None:
+            return False
+        self._last_chunk_version = got
+        return True
+
+    def clear(self) -> None:
+        """The control side dropped its chunks (stale inputs): the inference process drops its mirror too."""
+        self._epoch += 1
+        self.channels.epoch.write(v=(self._epoch,))
+
+    def status(self) -> Dict[str, float]:
+        self.channels.status.read_into(self._status)
+        v = self._status['v']
+        return {'inference_errors': int(v[0]), 'heartbeat_age_s': time.monotonic() - v[1] if v[1] else -1.0,
+                'inference_ready': bool(v[2])}
+
+
 class InferenceProcess:
     """Parent-side handle: feed inputs, poll chunks, stop the child."""
 
@@ -55,9 +88,7 @@ class InferenceProcess:
         self.channels = InferenceChannels(cfg.horizon, cfg.action_dim, head_config.vis_dim, head_config.plan_dim,
                                           self.max_tokens)
         self.vis_dim, self.plan_dim = head_config.vis_dim, head_config.plan_dim
-        self._epoch = 0
-        self._last_chunk_version = 0
-        self._status = self.channels.status.buffers()
+        self.inbox = ChunkInbox(self.channels)
         ctx = multiprocessing.get_context('spawn')  # never fork a process that runs DDS threads
         self.process = ctx.Process(
             target=child_main, name='action-inference', daemon=True,
@@ -90,28 +121,15 @@ class InferenceProcess:
     def set_estop(self, active: bool) -> None:
         self.channels.estop.write(v=(1.0 if active else 0.0,))
 
-    def clear(self) -> None:
-        """The parent dropped its chunks (stale inputs): the child drops its mirror too."""
-        self._epoch += 1
-        self.channels.epoch.write(v=(self._epoch,))
-
     # ------------------------------------------------------------------ outputs (control tick)
     def poll_chunk(self, out: Dict[str, np.ndarray]) -> bool:
-        """Copy a chunk committed since the last poll into `out` (from `channels.chunk.buffers()`)."""
-        version = self.channels.chunk.version
-        if version == self._last_chunk_version:
-            return False
-        got = self.channels.chunk.read_into(out)
-        if got is None:
-            return False
-        self._last_chunk_version = got
-        return True
+        return self.inbox.poll_chunk(out)
+
+    def clear(self) -> None:
+        self.inbox.clear()
 
     def status(self) -> Dict[str, float]:
-        self.channels.status.read_into(self._status)
-        v = self._status['v']
-        return {'inference_errors': int(v[0]), 'heartbeat_age_s': time.monotonic() - v[1] if v[1] else -1.0,
-                'inference_ready': bool(v[2]), 'inference_alive': self.process.is_alive()}
+        return dict(self.inbox.status(), inference_alive=self.process.is_alive())
 
     def close(self, timeout: float = 5.0) -> None:
         self.channels.stop.write(v=(1.0,))
@@ -145,6 +163,8 @@ def _apply_process_priority(level: str, cpus) -> str:
 
 def child_main(cfg_dict, head_cfg_dict, state_dict, ch: InferenceChannels, parent_pid: int) -> None:
     """Entry point of the inference process."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the whole group: the parent stops us
     import torch
 
     from vla_ros.action.controller import ControlLoop

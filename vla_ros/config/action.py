@@ -24,6 +24,9 @@ class SafetyConfig:
 
 @dataclass
 class RealtimeConfig:
+    control_process: bool = param(True, 'Run the control tick in its own process (a single Python thread: no ROS '
+                                  'callback can hold the GIL when a tick is due); false = a thread of the action '
+                                  'node. Needs action.inference_mode = process')
     fifo_priority: int = param(40, 'SCHED_FIFO priority of the control-loop thread (0 = normal scheduling). Used '
                                'when permitted (CAP_SYS_NICE or an rtprio limit), else logged once. Below '
                                "ros2_control's controller_manager (50) so the arm's own loop always wins",

@@ -4,8 +4,9 @@ every chunk as trajectory_msgs/JointTrajectory for a joint_trajectory_controller
 (action.command_interface); the tick's command stamped as sensor_msgs/JointState, ActionChunk for
 every committed chunk.
 
-All logic lives in vla_ros.action (ControlLoop, RealtimeController: a deadline thread, the head in
-an inference process); this node only converts messages.
+All logic lives in vla_ros.action (ControlLoop; RealtimeController: the tick on absolute deadlines;
+the head in an inference process) and the control process (vla_ros.nodes.action_control) that
+publishes the commands; this node converts input messages and reports diagnostics.
 """
 from __future__ import annotations
 
@@ -15,23 +16,22 @@ from typing import Optional
 
 import numpy as np
 import torch
-from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool, Float64MultiArray, MultiArrayDimension
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from std_msgs.msg import Bool
 
 from vla_ros.action.controller import ChunkResult, ControlLoop, build_head
 from vla_ros.action.inference_proc import InferenceProcess
 from vla_ros.action.realtime_loop import RealtimeController
 from vla_ros.config.action import ActionConfig
 from vla_ros.config.topics import TopicsConfig
-from vla_ros.nodes.common import (SENSOR_QOS, Diagnostics, DropCounter, TokenDecodeError, msg_to_tokens,
-                                  ns_to_stamp, reliable_qos)
+from vla_ros.nodes.action_control import ControlProcess
+from vla_ros.nodes.command_publisher import CommandPublisher, resolved_output_topics
+from vla_ros.nodes.common import SENSOR_QOS, Diagnostics, DropCounter, TokenDecodeError, msg_to_tokens, reliable_qos
 from vla_ros.nodes.params import declare_config
-from vla_ros_msgs.msg import ActionChunk, LatentTokens, Plan
+from vla_ros_msgs.msg import LatentTokens, Plan
 
 try:  # std_srvs ships with every ROS 2 install; the PyPI wheel is in requirements.txt
     from std_srvs.srv import SetBool
@@ -50,25 +50,18 @@ class ActionNode(Node):
         self._joint_index: Optional[np.ndarray] = None
         self._lock = threading.Lock()
         self.loop: Optional[ControlLoop] = None
-        self.rt: Optional[RealtimeController] = None
+        self.rt: Optional[RealtimeController] = None     # control tick in a thread of this node
+        self._ctrl_stats: dict = {}
+        self.infer: Optional[InferenceProcess] = None    # the head in its own process
+        self.ctrl: Optional[ControlProcess] = None       # the control tick in its own process
         self._head_loaded = False
         self._pending_estop = False
         self._plan_cache: Optional[tuple] = None    # (tokens, plan_id) seen before the head exists
         self._vis_cache: Optional[tuple] = None     # (tokens, frame_id)
         self._latest_q: Optional[np.ndarray] = None
 
-        self._chunk_pub = self.create_publisher(ActionChunk, self.topics.action_chunk, reliable_qos())
-        self._stamped_pub = self.create_publisher(JointState, self.topics.command_stamped, reliable_qos())
-        if self.cfg.command_interface == 'forward':
-            self._cmd_pub = self.create_publisher(Float64MultiArray, self.topics.joint_command, reliable_qos())
-        else:
-            self._traj_pub = self.create_publisher(JointTrajectory, self.topics.joint_trajectory, reliable_qos())
-        # Messages reused by the control thread every tick (only their values change).
-        n = len(self.cfg.joint_names)
-        self._cmd_msg = Float64MultiArray()
-        self._cmd_msg.layout.dim = [MultiArrayDimension(label='joints', size=n, stride=n)]
-        self._stamped_msg = JointState(name=list(self.cfg.joint_names))
-        self._stamped_msg.header.frame_id = 'base'
+        self._topic_names = resolved_output_topics(self, self.topics)
+        self._sink: Optional[CommandPublisher] = None
 
         inputs = MutuallyExclusiveCallbackGroup()
         self.create_subscription(Plan, self.topics.plan, self._on_plan, reliable_qos(), callback_group=inputs)
@@ -107,21 +100,39 @@ class ActionNode(Node):
                 self.get_logger().warning('action.checkpoint_path is empty: using a RANDOMLY INITIALISED action '
                                           'head. Commands are safe (clamped) but meaningless; train one with '
                                           'vla_train.')
-            in_process = self.cfg.inference_mode == 'process'
-            loop = ControlLoop(head, self.cfg, clock=time.monotonic,
-                               on_chunk=None if in_process else self._publish_chunk_now)
-            backend = None
-            if in_process:
-                state = {k: v.detach().cpu().numpy() for k, v in head.state_dict().items()}
-                backend = InferenceProcess(self.cfg, head.config, state, self.cfg.max_tokens)
-            rt = RealtimeController(loop, self.cfg, sink=self, backend=backend, log=self.get_logger().info)
-            rt.set_estop(self._pending_estop)
+            self.loop = self._start_control(head)
+            return self.loop
+
+    def _start_control(self, head) -> ControlLoop:
+        """inference_mode=process: head in an inference process; realtime.control_process: tick in a
+        control process too, else in a thread here. inference_mode=thread: both in this node."""
+        cfg = self.cfg
+        if cfg.inference_mode == 'process':
+            state = {k: v.detach().cpu().numpy() for k, v in head.state_dict().items()}
+            self.infer = InferenceProcess(cfg, head.config, state, cfg.max_tokens)
+            self.infer.set_estop(self._pending_estop)
             if self._latest_q is not None:
-                rt.update_proprio(self._latest_q)
-            rt.start()
-            self.rt = rt
-            self.loop = loop
+                self.infer.update_proprio(self._latest_q, time.monotonic())
+        loop = ControlLoop(head, cfg, clock=time.monotonic,
+                           on_chunk=self._publish_chunk_now if self.infer is None else None)
+        loop.set_estop(self._pending_estop)
+        if self.infer is not None and cfg.realtime.control_process:
+            self.ctrl = ControlProcess(cfg, head.config, self.infer.channels, self._topic_names, self.get_name(),
+                                       self.get_namespace())
+            self.infer.start()
+            self.ctrl.start()
+            self.get_logger().info('control tick in its own process; its node logs the real-time settings')
             return loop
+        self._sink = CommandPublisher(self, cfg, self._topic_names)
+        self.rt = RealtimeController(loop, cfg, sink=self._sink,
+                                     backend=None if self.infer is None else self.infer.inbox,
+                                     log=self.get_logger().info)
+        if self._latest_q is not None:
+            self.rt.update_proprio(self._latest_q)
+        if self.infer is not None:
+            self.infer.start()
+        self.rt.start()
+        return loop
 
     # ------------------------------------------------------------------ inputs
     def _on_plan(self, msg: Plan) -> None:
@@ -152,20 +163,25 @@ class ActionNode(Node):
             loop = self._ensure_loop(vis[0].shape[1], plan[0].shape[1])
             if loop is None:
                 return
-        hc, rt = loop.head.config, self.rt
+        hc = loop.head.config
+        now = time.monotonic()
         try:
             if plan is not None:
                 self._plan_cache = None
                 if plan[0].shape[1] != hc.plan_dim:
                     self.drops.drop('plan_dim', f'plan token dim {plan[0].shape[1]} != head plan_dim {hc.plan_dim}')
                 else:
-                    rt.update_plan(*plan)
+                    if self.infer is not None:
+                        self.infer.update_plan(plan[0], plan[1], now)
+                    loop.update_plan(*plan, now=now)
             if vis is not None:
                 self._vis_cache = None
                 if vis[0].shape[1] != hc.vis_dim:
                     self.drops.drop('perception_dim', f'token dim {vis[0].shape[1]} != head vis_dim {hc.vis_dim}')
                 else:
-                    rt.update_perception(*vis)
+                    if self.infer is not None:
+                        self.infer.update_perception(vis[0], vis[1], now)
+                    loop.update_perception(*vis, now=now)
         except ValueError as exc:  # more tokens than action.max_tokens
             self.drops.drop('too_many_tokens', str(exc))
 
@@ -185,13 +201,18 @@ class ActionNode(Node):
             self.drops.drop('nan_joint_state', 'non-finite joint position')
             return
         self._latest_q = q
-        if self.rt is not None:
-            self.rt.update_proprio(q)
+        now = time.monotonic()
+        if self.infer is not None:
+            self.infer.update_proprio(q, now)
+        if self.loop is not None:
+            self.loop.update_proprio(q, now=now)
 
     def _set_estop(self, active: bool) -> None:
         self._pending_estop = bool(active)
-        if self.rt is not None:
-            self.rt.set_estop(active)
+        if self.infer is not None:
+            self.infer.set_estop(active)   # the inference and the control process both read it
+        if self.loop is not None:
+            self.loop.set_estop(active)
         if active:
             self.get_logger().error('e-stop LATCHED: holding position')
         else:
@@ -206,52 +227,21 @@ class ActionNode(Node):
         response.message = 'e-stop latched' if request.data else 'e-stop released'
         return response
 
-    # ------------------------------------------------------------------ outputs (CommandSink, control thread)
-    def ros_now_ns(self) -> int:
-        return self.get_clock().now().nanoseconds
-
-    def stamped(self, command: np.ndarray, stamp_ns: int) -> None:
-        msg = self._stamped_msg
-        msg.header.stamp = ns_to_stamp(stamp_ns)
-        msg.position = command
-        self._stamped_pub.publish(msg)
-
-    def forward(self, command: np.ndarray) -> None:
-        self._cmd_msg.data = command
-        self._cmd_pub.publish(self._cmd_msg)
-
-    def trajectory(self, start_ns: int, times: np.ndarray, positions: np.ndarray, velocities: np.ndarray) -> None:
-        msg = JointTrajectory()
-        msg.header.stamp = ns_to_stamp(start_ns)
-        msg.joint_names = list(self.cfg.joint_names)
-        for t, p, v in zip(times, positions, velocities):
-            ns = int(round(t * 1e9))
-            msg.points.append(JointTrajectoryPoint(positions=p, velocities=v, time_from_start=Duration(
-                sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)))
-        self._traj_pub.publish(msg)
-
-    def chunk(self, chunk: ChunkResult, stamp_ns: int) -> None:
-        msg = ActionChunk()
-        msg.header.stamp = ns_to_stamp(max(0, stamp_ns))   # when step 0 applies
-        msg.chunk_id = int(chunk.chunk_id)
-        msg.horizon, msg.action_dim = int(chunk.actions.shape[0]), int(chunk.actions.shape[1])
-        msg.dt = float(chunk.dt)
-        msg.actions = chunk.actions.astype(np.float32).ravel()
-        msg.joint_names = list(self.cfg.joint_names)
-        msg.plan_id, msg.frame_id = int(chunk.plan_id), int(chunk.frame_id)
-        msg.inference_ms = float(chunk.inference_ms)
-        msg.smoothing = chunk.smoothing
-        self._chunk_pub.publish(msg)
-
+    # ------------------------------------------------------------------ outputs
     def _publish_chunk_now(self, chunk: ChunkResult) -> None:
         """Inference-thread mode: chunk step 0 applies at chunk.start_time (monotonic) -> ROS clock."""
         offset_ns = int((chunk.start_time - time.monotonic()) * 1e9)
-        self.chunk(chunk, self.get_clock().now().nanoseconds + offset_ns)
+        if self._sink is not None:
+            self._sink.chunk(chunk, self.get_clock().now().nanoseconds + offset_ns)
 
     # ------------------------------------------------------------------ diagnostics
     @property
     def _last_mode(self) -> str:
-        return 'waiting' if self.rt is None else self.rt.mode
+        if self.rt is not None:
+            return self.rt.mode
+        if self.ctrl is not None:
+            return str(self._ctrl_stats.get('mode', 'waiting'))
+        return 'waiting'
 
     def _status(self):
         out = {'mode': self._last_mode, 'commands_published': 0, 'dropped': self.drops.total,
@@ -259,6 +249,11 @@ class ActionNode(Node):
         loop = self.loop
         if self.rt is not None:
             out.update(self.rt.stats())
+        if self.ctrl is not None:
+            self._ctrl_stats = self.ctrl.stats()
+            out.update(self._ctrl_stats)
+        if self.infer is not None:
+            out.update(self.infer.status())
         if loop is not None:
             out.update(chunks=loop.chunk_count, inference_ms=loop.last_inference_ms,
                        inference_errors=loop.inference_errors + int(out.get('inference_errors', 0)),
@@ -282,6 +277,9 @@ class ActionNode(Node):
     def close(self) -> None:
         if self.rt is not None:
             self.rt.close()
+        for proc in (self.ctrl, self.infer):   # both read the same stop slot
+            if proc is not None:
+                proc.close()
 
 
 def main(args=None):
