@@ -32,6 +32,8 @@ from vla_ros.eval.control_timing import analyze_bag, format_table  # noqa: E402
 SETTINGS = {
     # (a) streaming positions to a forward_command_controller, head in its own process, SCHED_FIFO 40
     'forward': ['action.command_interface=forward'],
+    # (a) with Fast DDS writing synchronously in the tick (a late-acknowledging reader can block it)
+    'forward_sync': ['action.command_interface=forward', 'action.realtime.async_publish=false'],
     # (b) whole chunks as JointTrajectory to the sim's JTC mode
     'trajectory': ['action.command_interface=trajectory'],
     # the same deadline loop as a thread of the action node (shares the GIL with ROS callbacks)
@@ -45,10 +47,11 @@ SETTINGS = {
 RATES = {'forward_250hz': 250.0}
 
 
-def run_setting(label: str, seconds: float, out_dir: str, extra) -> str:
+def run_setting(label: str, seconds: float, warmup: float, out_dir: str, extra) -> str:
     bag = os.path.join(out_dir, label, 'bag')
     os.makedirs(os.path.dirname(bag), exist_ok=True)
-    cmd = [sys.executable, '-m', 'vla_ros.bringup', '--processes', '--duration', str(seconds), '--record', bag]
+    cmd = [sys.executable, '-m', 'vla_ros.bringup', '--processes', '--duration', str(seconds + warmup),
+           '--record', bag]
     for item in SETTINGS[label] + list(extra):
         cmd += ['--set', item]
     load = os.getloadavg()
@@ -62,8 +65,10 @@ def run_setting(label: str, seconds: float, out_dir: str, extra) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--settings', nargs='+', default=['forward', 'trajectory'], choices=list(SETTINGS))
-    parser.add_argument('--seconds', type=float, default=120.0, help='stack run time per setting')
-    parser.add_argument('--skip', type=float, default=5.0, help='start-up seconds left out of the statistics')
+    parser.add_argument('--seconds', type=float, default=120.0, help='measured run time per setting (about)')
+    parser.add_argument('--warmup', type=float, default=60.0,
+                        help='added to --seconds: the stack loads its models before the first command')
+    parser.add_argument('--skip', type=float, default=5.0, help='seconds after the first command left out')
     parser.add_argument('--out', default=os.path.join(ROOT, 'runs', 'control'))
     parser.add_argument('--extra', action='append', default=[], help='extra --set for every run')
     parser.add_argument('--analyze', nargs='+', default=None, metavar='BAG', help='only analyse existing bags')
@@ -80,7 +85,7 @@ def main(argv=None):
         out_dir = os.path.join(args.out, time.strftime('%Y%m%d_%H%M%S'))
         os.makedirs(out_dir, exist_ok=True)
         for label in args.settings:
-            bag = run_setting(label, args.seconds, out_dir, args.extra)
+            bag = run_setting(label, args.seconds, args.warmup, out_dir, args.extra)
             try:
                 results[label] = analyze_bag(bag, control_rate_hz=RATES.get(label, 100.0), skip_s=args.skip)
             except Exception as exc:  # keep the other settings' numbers

@@ -28,7 +28,7 @@ from vla_ros.config.action import ActionConfig
 MODES = ('waiting', 'hold', 'stale', 'decay', 'estop', 'running')
 STAT_KEYS = ('ticks', 'missed_deadlines', 'skipped_periods', 'tick_errors', 'gc_runs', 'gc_max_ms', 'rate_hz',
              'jitter_p50_ms', 'jitter_p99_ms', 'jitter_max_ms', 'gap_max_ms', 'late_p99_ms', 'tick_cost_p99_ms',
-             'tick_cost_max_ms', 'commands_published', 'trajectories_sent', 'stop_trajectories_sent', 'chunks',
+             'tick_cost_max_ms', 'publish_max_ms', 'commands_published', 'trajectories_sent', 'stop_trajectories_sent', 'chunks',
              'mode', 'realtime_granted', 'heartbeat')
 _STOPPING_MODES = ('estop', 'stale', 'decay')
 _STALE_MODES = ('stale', 'decay')   # ControlLoop.tick drops its chunks on entering these
@@ -102,6 +102,7 @@ class RealtimeController:
         self._logged_rt = False
         self.mode = 'waiting'
         self.published = 0
+        self.publish_max_ms = 0.0      # longest stamped+forward publish (DDS write) of the run
         self.trajectories_sent = 0
         self.stop_trajectories_sent = 0
 
@@ -159,9 +160,11 @@ class RealtimeController:
         if status.mode in _STALE_MODES and self.mode not in _STALE_MODES and self.backend is not None:
             self.backend.clear()   # the child's chunk mirror must not seed RTC with pre-stop chunks
         if command is not None:
+            t_pub = time.monotonic_ns()
             self.sink.stamped(command, now_ns + offset_ns)
             if not self._trajectory:
                 self.sink.forward(command)
+            self.publish_max_ms = max(self.publish_max_ms, (time.monotonic_ns() - t_pub) * 1e-6)
             self.published += 1
         if self._trajectory:
             self._trajectory_step(now, offset_ns, status.mode)
@@ -232,7 +235,8 @@ class RealtimeController:
     # ------------------------------------------------------------------ diagnostics
     def stats(self) -> Dict[str, object]:
         out: Dict[str, object] = dict(self.deadline.stats())
-        out.update(mode=self.mode, commands_published=self.published, realtime=self.deadline.rt_status,
+        out.update(mode=self.mode, commands_published=self.published, publish_max_ms=self.publish_max_ms,
+                   realtime=self.deadline.rt_status,
                    command_interface=self.cfg.command_interface, inference_mode=self.cfg.inference_mode)
         if self.deadline.last_error:
             out['last_tick_error'] = self.deadline.last_error

@@ -27,6 +27,9 @@ class RealtimeConfig:
     control_process: bool = param(True, 'Run the control tick in its own process (a single Python thread: no ROS '
                                   'callback can hold the GIL when a tick is due); false = a thread of the action '
                                   'node. Needs action.inference_mode = process')
+    async_publish: bool = param(True, 'Control process on Fast DDS: publish through its asynchronous writer thread '
+                                '(RMW_FASTRTPS_PUBLICATION_MODE=ASYNCHRONOUS) so a reliable reader that acknowledges '
+                                'late cannot block a tick in the DDS write; an explicit environment setting wins')
     fifo_priority: int = param(40, 'SCHED_FIFO priority of the control-loop thread (0 = normal scheduling). Used '
                                'when permitted (CAP_SYS_NICE or an rtprio limit), else logged once. Below '
                                "ros2_control's controller_manager (50) so the arm's own loop always wins",

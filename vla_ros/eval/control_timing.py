@@ -15,6 +15,9 @@ import numpy as np
 from vla_ros.eval.bag_io import read_bag
 
 GAP_MS = 5.0
+# Keys of the action node's diagnostics copied into the results (the loop's own view, whole run).
+LOOP_KEYS = ('ticks', 'missed_deadlines', 'skipped_periods', 'commands_published', 'jitter_p99_ms', 'gap_max_ms',
+             'late_p99_ms', 'tick_cost_p99_ms', 'tick_cost_max_ms', 'publish_max_ms', 'gc_max_ms', 'gc_runs', 'realtime_granted')
 
 
 def period_stats(times_s: Sequence[float], nominal_s: float, gap_ms: float = GAP_MS) -> Dict[str, float]:
@@ -74,7 +77,8 @@ def analyze_bag(bag: str, namespace: str = '/vla', control_rate_hz: float = 100.
     The first `skip_s` seconds after the first command (start-up) are left out."""
     ns = namespace.rstrip('/')
     topics = {f'{ns}/action/command': 'cmd', f'{ns}/joint_states': 'js', f'{ns}/action/chunk': 'chunk',
-              f'{ns}/arm/joint_trajectory': 'traj'}
+              f'{ns}/arm/joint_trajectory': 'traj', '/diagnostics': 'diag'}
+    loop_view: Dict[str, float] = {}
     cmd_stamp: List[float] = []
     cmd_recv: List[float] = []
     js_t: List[float] = []
@@ -93,6 +97,17 @@ def analyze_bag(bag: str, namespace: str = '/vla', control_rate_hz: float = 100.
             chunk_recv.append(log_ns * 1e-9)
         elif kind == 'traj' and len(msg.points) > 1:
             traj_start.append(_stamp(msg))
+        elif kind == 'diag':
+            for st in msg.status:
+                if st.name.rstrip('/').endswith(f'{ns}/action'):
+                    values = {kv.key: kv.value for kv in st.values}
+                    for key in LOOP_KEYS:
+                        if key in values:
+                            text = values[key]
+                            try:
+                                loop_view[key] = float({'True': 1.0, 'False': 0.0}.get(text, text))
+                            except ValueError:
+                                pass
     if not cmd_stamp:
         raise ValueError(f'{bag}: no {ns}/action/command messages (recorded with an older stack?)')
     t0 = min(cmd_stamp) + skip_s
@@ -100,6 +115,8 @@ def analyze_bag(bag: str, namespace: str = '/vla', control_rate_hz: float = 100.
     nominal = 1.0 / control_rate_hz
     out = {'by_header_stamp': period_stats(np.asarray(cmd_stamp)[keep], nominal),
            'by_receive_time': period_stats(np.asarray(cmd_recv)[keep], nominal)}
+    if loop_view:   # the control loop's own counters (last diagnostics): ticks it ran vs messages recorded
+        out['control_loop'] = dict(loop_view, recorded_commands=len(cmd_stamp))
     js_t_arr = np.asarray(js_t)
     keep_js = js_t_arr >= t0
     if keep_js.sum() > 10:
@@ -120,6 +137,12 @@ def format_table(results: Dict[str, Dict[str, Dict[str, float]]], rows: Optional
         ('arm_motion', 'seam_jerk_p95', '{:.0f}'), ('arm_motion', 'off_seam_jerk_p95', '{:.0f}'),
         ('arm_motion', 'seam_to_off_seam', '{:.2f}'), ('arm_motion', 'max_accel', '{:.1f}'),
         ('by_header_stamp', 'duration_s', '{:.0f}'),
+        ('control_loop', 'ticks', '{:.0f}'), ('control_loop', 'recorded_commands', '{:.0f}'),
+        ('control_loop', 'missed_deadlines', '{:.0f}'), ('control_loop', 'skipped_periods', '{:.0f}'),
+        ('control_loop', 'jitter_p99_ms', '{:.3f}'), ('control_loop', 'gap_max_ms', '{:.2f}'),
+        ('control_loop', 'tick_cost_p99_ms', '{:.3f}'), ('control_loop', 'tick_cost_max_ms', '{:.2f}'),
+        ('control_loop', 'publish_max_ms', '{:.2f}'),
+        ('control_loop', 'gc_max_ms', '{:.2f}'), ('control_loop', 'realtime_granted', '{:.0f}'),
     ]
     labels = list(results)
     lines = [f'{"metric":<36}' + ''.join(f'{lab:>16}' for lab in labels)]

@@ -66,6 +66,8 @@ def control_main(cfg_dict, head_cfg_dict, channels: InferenceChannels, stats_slo
     from vla_ros.nodes.command_publisher import CommandPublisher
 
     cfg: ActionConfig = config_from_dict(ActionConfig, cfg_dict)
+    if cfg.realtime.async_publish:
+        os.environ.setdefault('RMW_FASTRTPS_PUBLICATION_MODE', 'ASYNCHRONOUS')   # read when publishers are made
     rclpy.init(args=[], signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node(node_name, namespace=namespace)
     try:
