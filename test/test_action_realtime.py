@@ -129,3 +129,62 @@ def test_inference_process_delivers_chunks_through_shared_memory():
     finally:
         proc.close()
     assert not proc.process.is_alive()
+
+
+def test_control_process_side_reads_inputs_and_exports_stats_through_slots():
+    """What the control process does each tick, without the process: InputMirror -> ControlLoop,
+    RealtimeController.export_stats -> stats_from_slot (what the node's diagnostics read)."""
+    from vla_ros.action.controller import ControlLoop
+    from vla_ros.action.inference_proc import ChunkInbox, InferenceChannels
+    from vla_ros.action.realtime_loop import STAT_KEYS, InputMirror, RealtimeController, stats_from_slot
+
+    cfg = _small_cfg(inference_mode='process', smoothing='none')
+    head = FlowMatchingActionHead(FlowHeadConfig(action_dim=3, horizon=8, vis_dim=6, plan_dim=4, proprio_dim=3,
+                                                 hidden_dim=16, num_layers=1, num_heads=2))
+    ch = InferenceChannels(8, 3, 6, 4, 16)
+    loop = ControlLoop(head, cfg)
+    mirror = InputMirror(ch)
+    now = time.monotonic()
+    with ch.plan.writing() as a:
+        a['meta'][:] = (2, 7, now - 0.5)
+    with ch.vis.writing() as a:
+        a['meta'][:] = (5, 3, now - 0.25)
+    ch.proprio.write(q=(0.1, 0.2, 0.3), meta=(now,))
+    mirror.poll(loop)
+    plan_age, vis_age = loop.ages(now)
+    assert plan_age == pytest.approx(0.5) and vis_age == pytest.approx(0.25)
+    np.testing.assert_allclose(loop.measured, [0.1, 0.2, 0.3])
+    assert not loop.estop_active
+    ch.estop.write(v=(1.0,))
+    mirror.poll(loop)
+    assert loop.estop_active
+
+    class Sink:
+        def __init__(self):
+            self.n = 0
+
+        def ros_now_ns(self):
+            return time.monotonic_ns()
+
+        def stamped(self, command, stamp_ns):
+            self.n += 1
+
+        def forward(self, command):
+            pass
+
+        def chunk(self, result, stamp_ns):
+            self.chunk_ids = getattr(self, 'chunk_ids', []) + [result.chunk_id]
+
+    stats = SeqSlot({'v': (len(STAT_KEYS),)})
+    sink = Sink()
+    rt = RealtimeController(loop, cfg, sink, backend=ChunkInbox(ch), log=lambda s: None, inputs=mirror,
+                            stats_slot=stats)
+    # A chunk written by the "inference process" is committed by the tick (inputs fresh, e-stop off).
+    ch.estop.write(v=(0.0,))
+    ch.chunk.write(actions=np.full((8, 3), 0.2), weights=0.0, meta=(now, 0.05, now, 11, 7, 3, 12.5, 0.0))
+    for k in range(3):
+        rt._tick(time.monotonic_ns())
+    assert loop.chunk_count == 1 and sink.n == 3 and sink.chunk_ids == [11]
+    out = stats_from_slot(stats, stats.buffers())
+    assert out['mode'] == 'running' and out['commands_published'] >= 1 and out['chunks'] == 1
+    assert 0.0 <= out['control_heartbeat_age_s'] < 5.0

@@ -234,7 +234,7 @@ class ControlLoop:
                      plan_id: int = 0, frame_id: int = 0, inference_ms: float = 0.0,
                      prefix_weights: Optional[np.ndarray] = None) -> Optional[ChunkResult]:
         """Commit a chunk inferred elsewhere (the inference process); None if the loop is stopped/stale."""
-        if self.estop_active or self._was_stale:
+        if self.estop_active or not self.inputs_ready():
             return None
         with self._infer_lock:
             chunk = self.buffer.add(actions, start_time, dt, active_from=active_from, chunk_id=chunk_id)

@@ -52,6 +52,7 @@ class ActionNode(Node):
         self.loop: Optional[ControlLoop] = None
         self.rt: Optional[RealtimeController] = None     # control tick in a thread of this node
         self._ctrl_stats: dict = {}
+        self._starters: list = []
         self.infer: Optional[InferenceProcess] = None    # the head in its own process
         self.ctrl: Optional[ControlProcess] = None       # the control tick in its own process
         self._head_loaded = False
@@ -119,8 +120,7 @@ class ActionNode(Node):
         if self.infer is not None and cfg.realtime.control_process:
             self.ctrl = ControlProcess(cfg, head.config, self.infer.channels, self._topic_names, self.get_name(),
                                        self.get_namespace())
-            self.infer.start()
-            self.ctrl.start()
+            self._start_in_background(self.infer, self.ctrl)
             self.get_logger().info('control tick in its own process; its node logs the real-time settings')
             return loop
         self._sink = CommandPublisher(self, cfg, self._topic_names)
@@ -130,9 +130,17 @@ class ActionNode(Node):
         if self._latest_q is not None:
             self.rt.update_proprio(self._latest_q)
         if self.infer is not None:
-            self.infer.start()
+            self._start_in_background(self.infer)
         self.rt.start()
         return loop
+
+    def _start_in_background(self, *procs) -> None:
+        """Spawning blocks until the child has imported torch (seconds on a busy CPU): do it off the
+        executor so the node keeps spinning (and stops promptly on Ctrl-C meanwhile)."""
+        for proc in procs:
+            starter = threading.Thread(target=proc.start, name='spawn', daemon=True)
+            starter.start()
+            self._starters.append(starter)
 
     # ------------------------------------------------------------------ inputs
     def _on_plan(self, msg: Plan) -> None:
@@ -275,6 +283,8 @@ class ActionNode(Node):
         return DiagnosticStatus.OK, self._last_mode
 
     def close(self) -> None:
+        for starter in self._starters:
+            starter.join(timeout=30.0)
         if self.rt is not None:
             self.rt.close()
         for proc in (self.ctrl, self.infer):   # both read the same stop slot
