@@ -34,6 +34,8 @@ SETTINGS = {
     'forward': ['action.command_interface=forward'],
     # (a) with Fast DDS writing synchronously in the tick (a late-acknowledging reader can block it)
     'forward_sync': ['action.command_interface=forward', 'action.realtime.async_publish=false'],
+    # (a) with a best-effort command stream (no DDS acknowledgements to wait for)
+    'forward_best_effort': ['action.command_interface=forward', 'action.realtime.command_qos=best_effort'],
     # (b) whole chunks as JointTrajectory to the sim's JTC mode
     'trajectory': ['action.command_interface=trajectory'],
     # the same deadline loop as a thread of the action node (shares the GIL with ROS callbacks)

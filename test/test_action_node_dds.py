@@ -67,7 +67,7 @@ class Harness:
                                  lambda m: self.commands.append(np.array(m.data)), reliable_qos(100))
         node.create_subscription(ActionChunk, 'action/chunk', self.chunks.append, reliable_qos(100))
         node.create_subscription(JointTrajectory, 'arm/joint_trajectory', self.trajs.append, reliable_qos(100))
-        node.create_subscription(JointState, 'action/command', self.stamped.append, reliable_qos(100))
+        node.create_subscription(JointState, 'action/command', self.stamped.append, SENSOR_QOS)
         self.plan_pub = node.create_publisher(Plan, 'planner/plan', reliable_qos())
         self.tok_pub = node.create_publisher(LatentTokens, 'perception/tokens', reliable_qos())
         self.js_pub = node.create_publisher(JointState, 'joint_states', SENSOR_QOS)

@@ -28,7 +28,7 @@ from vla_ros.config.action import ActionConfig
 MODES = ('waiting', 'hold', 'stale', 'decay', 'estop', 'running')
 STAT_KEYS = ('ticks', 'missed_deadlines', 'skipped_periods', 'tick_errors', 'gc_runs', 'gc_max_ms', 'rate_hz',
              'jitter_p50_ms', 'jitter_p99_ms', 'jitter_max_ms', 'gap_max_ms', 'late_p99_ms', 'tick_cost_p99_ms',
-             'tick_cost_max_ms', 'publish_max_ms', 'commands_published', 'trajectories_sent', 'stop_trajectories_sent', 'chunks',
+             'tick_cost_max_ms', 'publish_max_ms', 'run_gap_max_ms', 'run_gaps_over_5ms', 'commands_published', 'trajectories_sent', 'stop_trajectories_sent', 'chunks',
              'mode', 'realtime_granted', 'heartbeat')
 _STOPPING_MODES = ('estop', 'stale', 'decay')
 _STALE_MODES = ('stale', 'decay')   # ControlLoop.tick drops its chunks on entering these
@@ -255,6 +255,7 @@ def stats_from_slot(slot: SeqSlot, out: Dict[str, np.ndarray]) -> Dict[str, obje
     v = out['v']
     stats: Dict[str, object] = {k: float(v[i]) for i, k in enumerate(STAT_KEYS)}
     for k in ('ticks', 'missed_deadlines', 'skipped_periods', 'tick_errors', 'gc_runs', 'commands_published',
+              'run_gaps_over_5ms',
               'trajectories_sent', 'stop_trajectories_sent', 'chunks'):
         stats[k] = int(stats[k])
     mode = int(stats.pop('mode'))

@@ -128,6 +128,9 @@ class DeadlineLoop:
         self.last_error = ''
         self.gc_runs = 0
         self.gc_max_ms = 0.0
+        self.run_gap_max_ms = 0.0      # longest period between tick starts, whole run
+        self.run_gaps_over_5ms = 0     # periods more than 5 ms longer than nominal, whole run
+        self._prev_wake = 0
         self.rt_status = 'not started'
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -177,6 +180,13 @@ class DeadlineLoop:
                 if self.on_error is not None:
                     self.on_error(self.last_error)
             done = time.monotonic_ns()
+            if self._prev_wake:
+                gap = woke - self._prev_wake
+                if gap - period > 5_000_000:
+                    self.run_gaps_over_5ms += 1
+                if gap * 1e-6 > self.run_gap_max_ms:
+                    self.run_gap_max_ms = gap * 1e-6
+            self._prev_wake = woke
             i = self._n % size
             self._wake[i], self._late[i], self._cost[i] = woke, late, done - woke
             self._n += 1
@@ -212,7 +222,8 @@ class DeadlineLoop:
         n = min(self._n, self._wake.size)
         out = {'ticks': self.ticks, 'missed_deadlines': self.missed_deadlines,
                'skipped_periods': self.skipped_periods, 'tick_errors': self.tick_errors,
-               'gc_runs': self.gc_runs, 'gc_max_ms': self.gc_max_ms}
+               'gc_runs': self.gc_runs, 'gc_max_ms': self.gc_max_ms, 'run_gap_max_ms': self.run_gap_max_ms,
+               'run_gaps_over_5ms': self.run_gaps_over_5ms}
         if n < 3:
             return out
         start = self._n - n

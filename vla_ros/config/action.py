@@ -27,6 +27,9 @@ class RealtimeConfig:
     control_process: bool = param(True, 'Run the control tick in its own process (a single Python thread: no ROS '
                                   'callback can hold the GIL when a tick is due); false = a thread of the action '
                                   'node. Needs action.inference_mode = process')
+    command_qos: str = param('reliable', 'QoS of the per-tick joint command: reliable matches '
+                             "ros2_controllers' subscriptions; best_effort never waits for a reader's "
+                             'acknowledgement (both reach the sim arm)', choices=('reliable', 'best_effort'))
     async_publish: bool = param(True, 'Control process on Fast DDS: publish through its asynchronous writer thread '
                                 '(RMW_FASTRTPS_PUBLICATION_MODE=ASYNCHRONOUS) so a reliable reader that acknowledges '
                                 'late cannot block a tick in the DDS write; an explicit environment setting wins')

@@ -17,7 +17,8 @@ from vla_ros.eval.bag_io import read_bag
 GAP_MS = 5.0
 # Keys of the action node's diagnostics copied into the results (the loop's own view, whole run).
 LOOP_KEYS = ('ticks', 'missed_deadlines', 'skipped_periods', 'commands_published', 'jitter_p99_ms', 'gap_max_ms',
-             'late_p99_ms', 'tick_cost_p99_ms', 'tick_cost_max_ms', 'publish_max_ms', 'gc_max_ms', 'gc_runs', 'realtime_granted')
+             'late_p99_ms', 'tick_cost_p99_ms', 'tick_cost_max_ms', 'publish_max_ms',
+             'run_gap_max_ms', 'run_gaps_over_5ms', 'gc_max_ms', 'gc_runs', 'realtime_granted')
 
 
 def period_stats(times_s: Sequence[float], nominal_s: float, gap_ms: float = GAP_MS) -> Dict[str, float]:
@@ -138,6 +139,7 @@ def format_table(results: Dict[str, Dict[str, Dict[str, float]]], rows: Optional
         ('arm_motion', 'seam_to_off_seam', '{:.2f}'), ('arm_motion', 'max_accel', '{:.1f}'),
         ('by_header_stamp', 'duration_s', '{:.0f}'),
         ('control_loop', 'ticks', '{:.0f}'), ('control_loop', 'recorded_commands', '{:.0f}'),
+        ('control_loop', 'run_gaps_over_5ms', '{:.0f}'), ('control_loop', 'run_gap_max_ms', '{:.2f}'),
         ('control_loop', 'missed_deadlines', '{:.0f}'), ('control_loop', 'skipped_periods', '{:.0f}'),
         ('control_loop', 'jitter_p99_ms', '{:.3f}'), ('control_loop', 'gap_max_ms', '{:.2f}'),
         ('control_loop', 'tick_cost_p99_ms', '{:.3f}'), ('control_loop', 'tick_cost_max_ms', '{:.2f}'),

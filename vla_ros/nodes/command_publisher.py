@@ -16,7 +16,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vla_ros.action.controller import ChunkResult
 from vla_ros.config.action import ActionConfig
-from vla_ros.nodes.common import ns_to_stamp, reliable_qos
+from vla_ros.nodes.common import SENSOR_QOS, ns_to_stamp, reliable_qos
 from vla_ros_msgs.msg import ActionChunk
 
 # CommandSink output -> TopicsConfig field naming its topic.
@@ -32,10 +32,13 @@ class CommandPublisher:
     def __init__(self, node: Node, cfg: ActionConfig, topic_names: Dict[str, str]):
         self.node, self.cfg = node, cfg
         qos = reliable_qos()
-        self._stamped_pub = node.create_publisher(JointState, topic_names['command_stamped'], qos)
+        # The stamped mirror is for recording and timing only: best effort, so a slow recorder can
+        # never make the tick wait for its acknowledgements.
+        self._stamped_pub = node.create_publisher(JointState, topic_names['command_stamped'], SENSOR_QOS)
         self._chunk_pub = node.create_publisher(ActionChunk, topic_names['action_chunk'], qos)
         if cfg.command_interface == 'forward':
-            self._cmd_pub = node.create_publisher(Float64MultiArray, topic_names['joint_command'], qos)
+            cmd_qos = qos if cfg.realtime.command_qos == 'reliable' else SENSOR_QOS
+            self._cmd_pub = node.create_publisher(Float64MultiArray, topic_names['joint_command'], cmd_qos)
         else:
             self._traj_pub = node.create_publisher(JointTrajectory, topic_names['joint_trajectory'], qos)
         n = len(cfg.joint_names)

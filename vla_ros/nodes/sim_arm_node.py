@@ -59,7 +59,8 @@ class SimArmNode(Node):
         self._joint_pub = self.create_publisher(JointState, self.topics.joint_states, reliable_qos())
         self._instruction_pub = self.create_publisher(String, self.topics.instruction, LATCHED_QOS)
         self._status_pub = self.create_publisher(TaskStatus, self.topics.task_status, reliable_qos())
-        self.create_subscription(Float64MultiArray, self.topics.joint_command, self._on_command, reliable_qos())
+        # Best effort: accepts reliable and best-effort command publishers alike.
+        self.create_subscription(Float64MultiArray, self.topics.joint_command, self._on_command, SENSOR_QOS)
         self.create_subscription(JointTrajectory, self.topics.joint_trajectory, self._on_trajectory,
                                  reliable_qos())
         self._diagnostics = Diagnostics(self, self._status, level_fn=self._level)
