@@ -201,7 +201,8 @@ class DeadlineLoop:
                 last_young, last_full = self._safe_point(done, release, last_young, last_full)
 
     def _safe_point(self, now: int, release: int, last_young: int, last_full: int):
-        if release - now < self.gc.min_slack_s * 1e9:
+        # Slack needed: gc_min_slack, but never more than half a period (else at 250 Hz it never ran).
+        if release - now < min(self.gc.min_slack_s * 1e9, 0.5 * self.period_ns):
             return last_young, last_full
         generation = None
         if now - last_full >= self.gc.full_period_s * 1e9:

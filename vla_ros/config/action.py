@@ -46,7 +46,7 @@ class RealtimeConfig:
     gc_young_period_s: float = param(1.0, 'Collect the young generations (0, 1) this often, after a tick',
                                      range=(0.01, 3600.0))
     gc_full_period_s: float = param(60.0, 'Full collection this often, after a tick', range=(1.0, 86400.0))
-    gc_min_slack_ms: float = param(4.0, 'Collect only if at least this much time is left to the next tick',
+    gc_min_slack_ms: float = param(4.0, 'Collect only if at least this much time (at most half a period) is left to the next tick',
                                    range=(0.0, 1000.0))
 
 
