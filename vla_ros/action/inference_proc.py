@@ -138,7 +138,7 @@ class InferenceProcess:
         self.process.join(timeout)
         if self.process.is_alive():
             self.process.terminate()
-            self.process.join(2.0)
+            self.process.join(1.0)
 
 
 def _apply_process_priority(level: str, cpus) -> str:

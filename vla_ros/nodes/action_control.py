@@ -48,7 +48,7 @@ class ControlProcess:
         self.process.join(timeout)
         if self.process.is_alive():
             self.process.terminate()
-            self.process.join(2.0)
+            self.process.join(1.0)
 
 
 def control_main(cfg_dict, head_cfg_dict, channels: InferenceChannels, stats_slot: SeqSlot,

@@ -39,6 +39,9 @@ except ImportError:  # pragma: no cover - topic-only e-stop then
     SetBool = None
 
 
+_CHILD_STOP_S = 4.0   # total wait for the inference and control processes before terminating them
+
+
 class ActionNode(Node):
     def __init__(self, **kwargs):
         super().__init__('action', **kwargs)
@@ -284,12 +287,17 @@ class ActionNode(Node):
 
     def close(self) -> None:
         for starter in self._starters:
-            starter.join(timeout=30.0)
+            starter.join(timeout=5.0)
         if self.rt is not None:
             self.rt.close()
-        for proc in (self.ctrl, self.infer):   # both read the same stop slot
-            if proc is not None:
-                proc.close()
+        # Both children read the same stop slot: ask once, then share one time budget (a launcher
+        # kills a node that takes 15 s; an inference step on a saturated CPU can take seconds).
+        procs = [p for p in (self.ctrl, self.infer) if p is not None]
+        if procs:
+            procs[0].channels.stop.write(v=(1.0,))
+            end = time.monotonic() + _CHILD_STOP_S
+            for proc in procs:
+                proc.close(timeout=max(0.1, end - time.monotonic()))
 
 
 def main(args=None):
