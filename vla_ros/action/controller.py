@@ -240,6 +240,20 @@ class ControlLoop:
             self.on_chunk(result)
         return result
 
+    def commit_chunk(self, actions: np.ndarray, start_time: float, dt: float, active_from: float, chunk_id: int,
+                     plan_id: int = 0, frame_id: int = 0, inference_ms: float = 0.0,
+                     prefix_weights: Optional[np.ndarray] = None) -> Optional[ChunkResult]:
+        """Commit a chunk inferred elsewhere (the inference process); None if the loop is stopped/stale."""
+        if self.estop_active or not self.inputs_ready():
+            return None
+        with self._infer_lock:
+            chunk = self.buffer.add(actions, start_time, dt, active_from=active_from, chunk_id=chunk_id)
+            self.buffer.prune(min(start_time, self.clock()))
+            self.chunk_count += 1
+            self.last_inference_ms = float(inference_ms)
+        return ChunkResult(chunk.actions, start_time, dt, chunk.active_from, chunk.chunk_id, int(plan_id),
+                           int(frame_id), float(inference_ms), self.cfg.smoothing, prefix_weights)
+
     def start(self) -> None:
         """Start the background inference thread."""
         if self._thread is not None:

@@ -5,6 +5,8 @@ from typing import List
 from vla_ros.config.base import ConfigError, param
 
 SMOOTHING_MODES = ('none', 'ensemble', 'rtc')
+COMMAND_INTERFACES = ('forward', 'trajectory')
+INFERENCE_MODES = ('process', 'thread')
 
 
 @dataclass
@@ -27,6 +29,34 @@ class SafetyConfig:
 
 
 @dataclass
+class RealtimeConfig:
+    control_process: bool = param(True, 'Run the control tick in its own process (a single Python thread: no ROS '
+                                  'callback can hold the GIL when a tick is due); false = a thread of the action '
+                                  'node. Needs action.inference_mode = process')
+    command_qos: str = param('reliable', 'QoS of the per-tick joint command: reliable matches '
+                             "ros2_controllers' subscriptions; best_effort never waits for a reader's "
+                             'acknowledgement (both reach the sim arm)', choices=('reliable', 'best_effort'))
+    async_publish: bool = param(True, 'Control process on Fast DDS: publish through its asynchronous writer thread '
+                                '(RMW_FASTRTPS_PUBLICATION_MODE=ASYNCHRONOUS) so a reliable reader that acknowledges '
+                                'late cannot block a tick in the DDS write; an explicit environment setting wins')
+    fifo_priority: int = param(40, 'SCHED_FIFO priority of the control-loop thread (0 = normal scheduling). Used '
+                               'when permitted (CAP_SYS_NICE or an rtprio limit), else logged once. Below '
+                               "ros2_control's controller_manager (50) so the arm's own loop always wins",
+                               range=(0, 99))
+    control_cpus: List[int] = param([], 'CPUs the control-loop thread is pinned to (empty = any)')
+    inference_cpus: List[int] = param([], 'CPUs the inference process is pinned to (empty = any)')
+    late_tolerance_ms: float = param(2.0, 'A tick starting later than this after its release time counts as a '
+                                     'missed deadline', range=(0.0, 1000.0))
+    manage_gc: bool = param(True, 'Disable automatic garbage collection in the action node and collect only '
+                            'right after a tick with time to spare (gc.freeze after start-up)')
+    gc_young_period_s: float = param(1.0, 'Collect the young generations (0, 1) this often, after a tick',
+                                     range=(0.01, 3600.0))
+    gc_full_period_s: float = param(60.0, 'Full collection this often, after a tick', range=(1.0, 86400.0))
+    gc_min_slack_ms: float = param(4.0, 'Collect only if at least this much time (at most half a period) is left to the next tick',
+                                   range=(0.0, 1000.0))
+
+
+@dataclass
 class ActionConfig:
     checkpoint_path: str = param('package://vla_ros/checkpoints/action_head.pt',
                                  'Action-head checkpoint (.pt): a path or a package://<pkg>/<path> URI (default: the '
@@ -44,7 +74,22 @@ class ActionConfig:
     ensemble_decay: float = param(0.5, 'Exponential weight decay for temporal ensembling', range=(0.0, 100.0))
     max_token_abs: float = param(1e4, 'Plan/perception tokens with any |value| above this are dropped',
                                  range=(0.0, 1e30))
-    publish_trajectory: bool = param(True, 'Also publish trajectory_msgs/JointTrajectory')
+    command_interface: str = param('forward', 'How commands reach the arm: forward = std_msgs/Float64MultiArray '
+                                   'positions every control tick (forward_command_controller ~/commands); '
+                                   'trajectory = every chunk as trajectory_msgs/JointTrajectory with velocities '
+                                   '(joint_trajectory_controller ~/joint_trajectory)', choices=COMMAND_INTERFACES)
+    inference_mode: str = param('process', 'Where the action head runs: process = a separate OS process (chunks '
+                                'through shared memory, the control tick never shares a GIL with torch); '
+                                'thread = a background thread of the node', choices=INFERENCE_MODES)
+    max_tokens: int = param(1024, 'Most tokens per plan/perception message the inference process accepts '
+                            '(sizes its shared memory)', range=(1, 1 << 20))
+    trajectory_point_dt: float = param(0.05, 'Seconds between waypoints of a chunk trajectory',
+                                       range=(0.001, 10.0))
+    trajectory_lead_s: float = param(0.03, 'A chunk trajectory starts this long after it is sent (header.stamp '
+                                     'in the future: covers transport and one controller cycle)',
+                                     range=(0.0, 10.0))
+    trajectory_stop_s: float = param(0.1, 'Hold/e-stop trajectory: time to reach the hold point',
+                                     range=(0.001, 10.0))
     inference_priority: str = param('normal', 'CPU priority of the inference thread: idle (Linux SCHED_IDLE) '
                                     'keeps the 100 Hz tick regular (p99 jitter < 1 ms) but starves '
                                     'inference when other work saturates the CPU; low = nice 10',
@@ -52,6 +97,7 @@ class ActionConfig:
     torch_threads: int = param(1, 'torch intra-op threads for the head (0 = torch default); few threads '
                                'keep the control tick regular on small CPUs', range=(0, 256))
     safety: SafetyConfig = field(default_factory=SafetyConfig)
+    realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
 
     def validate(self):
         n = len(self.joint_names)

@@ -1,9 +1,15 @@
 """Print a ROS 2 parameter file holding every node's defaults, with descriptions as comments.
 
     python -m vla_ros.config.dump > config/vla.yaml
+    python -m vla_ros.config.dump --arm fr3 > config/arms/fr3.yaml     # a real-arm preset on top
 """
+import argparse
 import dataclasses
 import sys
+from typing import Dict, Optional
+
+from vla_ros.config.arms import ARM_PRESETS
+from vla_ros.config.base import config_from_dict
 
 from vla_ros.config.layout import NODE_SECTIONS, SHARED_SECTIONS
 
@@ -27,7 +33,7 @@ def _yaml_scalar(v):
     return str(v)
 
 
-def _section(prefix, cls, indent):
+def _section(prefix, cls, indent, overrides=None):
     lines = []
     pad = ' ' * indent
 
@@ -40,23 +46,28 @@ def _section(prefix, cls, indent):
                 continue
             desc = f.metadata.get('description', '')
             lines.append(f'{pad}{"  " * (depth + 1)}{f.name}: {_yaml_scalar(val)}  # {desc}')
-    emit(cls(), prefix, 0)
+    mine = {k[len(prefix) + 1:]: v for k, v in (overrides or {}).items() if k.startswith(prefix + '.')}
+    emit(config_from_dict(cls, mine, prefix=prefix + '.'), prefix, 0)
     return lines
 
 
-def render() -> str:
-    out = [HEADER, '/**:', '  ros__parameters:']
+def render(arm: Optional[str] = None) -> str:
+    overrides: Dict[str, object] = dict(ARM_PRESETS[arm]) if arm else {}
+    header = HEADER + (f'# Preset for the {arm} arm (vla_ros/config/arms.py) on top of the defaults.\n' if arm else '')
+    out = [header, '/**:', '  ros__parameters:']
     for prefix, cls in SHARED_SECTIONS:
-        out += _section(prefix, cls, 4)
+        out += _section(prefix, cls, 4, overrides)
     for node, sections in NODE_SECTIONS.items():
         out += ['', f'/**/{node}:', '  ros__parameters:']
         for prefix, cls in sections:
-            out += _section(prefix, cls, 4)
+            out += _section(prefix, cls, 4, overrides)
     return '\n'.join(out) + '\n'
 
 
-def main():
-    sys.stdout.write(render())
+def main(argv=None):
+    parser = argparse.ArgumentParser(description='Print the vla_ros params file')
+    parser.add_argument('--arm', choices=sorted(ARM_PRESETS), default=None)
+    sys.stdout.write(render(parser.parse_args(argv).arm))
 
 
 if __name__ == '__main__':

@@ -17,5 +17,7 @@ class TopicsConfig:
                                'Joint position command for a forward position controller '
                                '(std_msgs/Float64MultiArray)')
     joint_trajectory: str = param('arm/joint_trajectory', 'Joint command as trajectory_msgs/JointTrajectory')
+    command_stamped: str = param('action/command', 'Every control tick\'s safe command with its tick time in '
+                                 'header.stamp (sensor_msgs/JointState; for recording and timing analysis)')
     estop: str = param('estop', 'Emergency stop latch (std_msgs/Bool, true = stop)')
     task_status: str = param('task/status', 'Episode status (vla_ros_msgs/TaskStatus)')

@@ -1,8 +1,12 @@
 """Action node: the fast system. Latest plan + perception tokens + joint state in, safe joint
-commands out at control rate (std_msgs/Float64MultiArray for a forward position controller,
-optionally trajectory_msgs/JointTrajectory), ActionChunk for every committed chunk.
+commands out: std_msgs/Float64MultiArray every control tick for a forward_command_controller, or
+every chunk as trajectory_msgs/JointTrajectory for a joint_trajectory_controller
+(action.command_interface); the tick's command stamped as sensor_msgs/JointState, ActionChunk for
+every committed chunk.
 
-All logic lives in vla_ros.action.controller.ControlLoop; this node only converts messages.
+All logic lives in vla_ros.action (ControlLoop; RealtimeController: the tick on absolute deadlines;
+the head in an inference process) and the control process (vla_ros.nodes.action_control) that
+publishes the commands; this node converts input messages and reports diagnostics.
 """
 from __future__ import annotations
 
@@ -12,29 +16,33 @@ from typing import Optional
 
 import numpy as np
 import torch
-from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool, Float64MultiArray, MultiArrayDimension
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from std_msgs.msg import Bool
 
-from vla_ros.action.controller import ChunkResult, ControlLoop, RateMonitor, build_head
+from vla_ros.action.controller import ChunkResult, ControlLoop, build_head
+from vla_ros.action.inference_proc import InferenceProcess
+from vla_ros.action.realtime_loop import RealtimeController
 from vla_ros.config.action import ActionConfig
 from vla_ros.config.timing import TimingConfig
 from vla_ros.config.topics import TopicsConfig
-from vla_ros.nodes.common import (MS_PER_S, SENSOR_QOS, Diagnostics, DropCounter, TokenDecodeError, msg_to_tokens,
-                                  ns_to_stamp, reliable_qos)
+from vla_ros.nodes.action_control import ControlProcess
+from vla_ros.nodes.command_publisher import CommandPublisher, resolved_output_topics
+from vla_ros.nodes.common import SENSOR_QOS, Diagnostics, DropCounter, TokenDecodeError, msg_to_tokens, reliable_qos
 from vla_ros.nodes.params import declare_config
-from vla_ros.timing import JointStateTracker, StampGate, local_time_of_stamp, stamp_to_ns
 from vla_ros.resources import resolve_path
-from vla_ros_msgs.msg import ActionChunk, LatentTokens, Plan
+from vla_ros.timing import JointStateTracker, StampGate, local_time_of_stamp, stamp_to_ns
+from vla_ros_msgs.msg import LatentTokens, Plan
 
 try:  # std_srvs ships with every ROS 2 install; the PyPI wheel is in requirements.txt
     from std_srvs.srv import SetBool
 except ImportError:  # pragma: no cover - topic-only e-stop then
     SetBool = None
+
+
+_CHILD_STOP_S = 4.0   # total wait for the inference and control processes before terminating them
 
 
 class ActionNode(Node):
@@ -56,23 +64,20 @@ class ActionNode(Node):
         self._joint_index: Optional[np.ndarray] = None
         self._lock = threading.Lock()
         self.loop: Optional[ControlLoop] = None
+        self.rt: Optional[RealtimeController] = None     # control tick in a thread of this node
+        self._ctrl_stats: dict = {}
+        self._starters: list = []
+        self.infer: Optional[InferenceProcess] = None    # the head in its own process
+        self.ctrl: Optional[ControlProcess] = None       # the control tick in its own process
         self._head_loaded = False
-        self._published = 0
-        self._rate = RateMonitor(self.cfg.control_rate_hz)
-        self._last_mode = 'waiting'
         self._pending_estop = False
         self._plan_cache: Optional[tuple] = None    # (tokens, plan_id, stamp as monotonic time)
         self._vis_cache: Optional[tuple] = None     # (tokens, perception sequence, stamp as monotonic time)
         self._latest_q: Optional[np.ndarray] = None
         self._latest_q_time = 0.0
 
-        self._chunk_pub = self.create_publisher(ActionChunk, self.topics.action_chunk, reliable_qos())
-        self._cmd_pub = self.create_publisher(Float64MultiArray, self.topics.joint_command, reliable_qos())
-        self._traj_pub = (self.create_publisher(JointTrajectory, self.topics.joint_trajectory, reliable_qos())
-                          if self.cfg.publish_trajectory else None)
-        # The single trajectory point is due one control period ahead (sec/nanosec split: valid at 1 Hz too).
-        period_ns = int(round(1e9 / self.cfg.control_rate_hz))
-        self._point_time = Duration(sec=period_ns // 1_000_000_000, nanosec=period_ns % 1_000_000_000)
+        self._topic_names = resolved_output_topics(self, self.topics)
+        self._sink: Optional[CommandPublisher] = None
 
         inputs = MutuallyExclusiveCallbackGroup()
         self.create_subscription(Plan, self.topics.plan, self._on_plan, reliable_qos(), callback_group=inputs)
@@ -88,8 +93,6 @@ class ActionNode(Node):
                                  callback_group=estop_group)
         if SetBool is not None:
             self.create_service(SetBool, self.topics.estop, self._on_estop_srv, callback_group=estop_group)
-        self._control_timer = self.create_timer(1.0 / self.cfg.control_rate_hz, self._on_control_tick,
-                                                callback_group=MutuallyExclusiveCallbackGroup())
         self._diagnostics = Diagnostics(self, self._status, level_fn=self._level)
         if self.cfg.checkpoint_path:
             self._ensure_loop(None, None)  # dims come from the checkpoint; fail over loudly now
@@ -113,11 +116,46 @@ class ActionNode(Node):
                 self.get_logger().warning('action.checkpoint_path is empty: using a RANDOMLY INITIALISED action '
                                           'head. Commands are safe (clamped) but meaningless; train one with '
                                           'vla_train.')
-            loop = ControlLoop(head, self.cfg, clock=time.monotonic, on_chunk=self._publish_chunk)
-            loop.set_estop(self._pending_estop)
-            loop.start()
-            self.loop = loop
+            self.loop = self._start_control(head)
+            return self.loop
+
+    def _start_control(self, head) -> ControlLoop:
+        """inference_mode=process: head in an inference process; realtime.control_process: tick in a
+        control process too, else in a thread here. inference_mode=thread: both in this node."""
+        cfg = self.cfg
+        if cfg.inference_mode == 'process':
+            state = {k: v.detach().cpu().numpy() for k, v in head.state_dict().items()}
+            self.infer = InferenceProcess(cfg, head.config, state, cfg.max_tokens)
+            self.infer.set_estop(self._pending_estop)
+            if self._latest_q is not None:
+                self.infer.update_proprio(self._latest_q, time.monotonic())
+        loop = ControlLoop(head, cfg, clock=time.monotonic,
+                           on_chunk=self._publish_chunk_now if self.infer is None else None)
+        loop.set_estop(self._pending_estop)
+        if self.infer is not None and cfg.realtime.control_process:
+            self.ctrl = ControlProcess(cfg, head.config, self.infer.channels, self._topic_names, self.get_name(),
+                                       self.get_namespace())
+            self._start_in_background(self.infer, self.ctrl)
+            self.get_logger().info('control tick in its own process; its node logs the real-time settings')
             return loop
+        self._sink = CommandPublisher(self, cfg, self._topic_names)
+        self.rt = RealtimeController(loop, cfg, sink=self._sink,
+                                     backend=None if self.infer is None else self.infer.inbox,
+                                     log=self.get_logger().info)
+        if self._latest_q is not None:
+            self.rt.update_proprio(self._latest_q)
+        if self.infer is not None:
+            self._start_in_background(self.infer)
+        self.rt.start()
+        return loop
+
+    def _start_in_background(self, *procs) -> None:
+        """Spawning blocks until the child has imported torch (seconds on a busy CPU): do it off the
+        executor so the node keeps spinning (and stops promptly on Ctrl-C meanwhile)."""
+        for proc in procs:
+            starter = threading.Thread(target=proc.start, name='spawn', daemon=True)
+            starter.start()
+            self._starters.append(starter)
 
     # ------------------------------------------------------------------ inputs
     def _stamp_time(self, stamp, gate: StampGate, what: str) -> Optional[float]:
@@ -164,18 +202,27 @@ class ActionNode(Node):
             if loop is None:
                 return
         hc = loop.head.config
-        if plan is not None:
-            if plan[0].shape[1] != hc.plan_dim:
-                self.drops.drop('plan_dim', f'plan token dim {plan[0].shape[1]} != head plan_dim {hc.plan_dim}')
-            else:
-                loop.update_plan(*plan)
-            self._plan_cache = None
-        if vis is not None:
-            if vis[0].shape[1] != hc.vis_dim:
-                self.drops.drop('perception_dim', f'token dim {vis[0].shape[1]} != head vis_dim {hc.vis_dim}')
-            else:
-                loop.update_perception(*vis)
-            self._vis_cache = None
+        try:
+            if plan is not None:
+                self._plan_cache = None
+                tokens, plan_id, stamp_time = plan     # stamp_time: the plan's stamp on the monotonic clock
+                if tokens.shape[1] != hc.plan_dim:
+                    self.drops.drop('plan_dim', f'plan token dim {tokens.shape[1]} != head plan_dim {hc.plan_dim}')
+                else:
+                    if self.infer is not None:
+                        self.infer.update_plan(tokens, plan_id, stamp_time)
+                    loop.update_plan(tokens, plan_id, now=stamp_time)
+            if vis is not None:
+                self._vis_cache = None
+                tokens, sequence, stamp_time = vis
+                if tokens.shape[1] != hc.vis_dim:
+                    self.drops.drop('perception_dim', f'token dim {tokens.shape[1]} != head vis_dim {hc.vis_dim}')
+                else:
+                    if self.infer is not None:
+                        self.infer.update_perception(tokens, sequence, stamp_time)
+                    loop.update_perception(tokens, sequence, now=stamp_time)
+        except ValueError as exc:  # more tokens than action.max_tokens
+            self.drops.drop('too_many_tokens', str(exc))
 
     def _on_joint_state(self, msg: JointState) -> None:
         """Joints are taken BY NAME from any publisher; their age is that of the oldest arm joint's stamp."""
@@ -192,11 +239,15 @@ class ActionNode(Node):
             return  # other arm joints not seen yet
         self._latest_q = q
         self._latest_q_time = local_time_of_stamp(self._joints.oldest_stamp_ns(), now_ns, time.monotonic())
+        if self.infer is not None:
+            self.infer.update_proprio(q, self._latest_q_time)
         if self.loop is not None:
             self.loop.update_proprio(q, now=self._latest_q_time)
 
     def _set_estop(self, active: bool) -> None:
         self._pending_estop = bool(active)
+        if self.infer is not None:
+            self.infer.set_estop(active)   # the inference and the control process both read it
         if self.loop is not None:
             self.loop.set_estop(active)
         if active:
@@ -214,62 +265,35 @@ class ActionNode(Node):
         return response
 
     # ------------------------------------------------------------------ outputs
-    def _on_control_tick(self) -> None:
-        now = time.monotonic()
-        self._rate.record(now)
-        loop = self.loop
-        if loop is None:
-            self._last_mode = 'waiting'
-            return  # no head yet: nothing has been commanded, so the arm keeps its own hold
-        try:
-            if loop.measured is None and self._latest_q is not None:
-                loop.update_proprio(self._latest_q, now=self._latest_q_time)
-            command, status = loop.tick(now)
-        except Exception as exc:  # never let the control timer die; publish nothing this tick
-            self.drops.drop('tick_error', f'{type(exc).__name__}: {exc}')
-            return
-        self._last_mode = status.mode
-        if command is None:
-            return
-        # Stamp = the instant the safety filter limited this command for (its `now`), so stamp
-        # differences are exactly the elapsed times the velocity limit was applied over.
-        stamp = ns_to_stamp(self.get_clock().now().nanoseconds - int((time.monotonic() - now) * 1e9))
-        cmd = Float64MultiArray()
-        cmd.layout.dim = [MultiArrayDimension(label='joints', size=len(command), stride=len(command))]
-        cmd.data = [float(v) for v in command]
-        self._cmd_pub.publish(cmd)
-        if self._traj_pub is not None:
-            traj = JointTrajectory()
-            traj.header.stamp = stamp
-            traj.joint_names = list(self.cfg.joint_names)
-            traj.points = [JointTrajectoryPoint(positions=cmd.data, time_from_start=self._point_time)]
-            self._traj_pub.publish(traj)
-        self._published += 1
-
-    def _publish_chunk(self, chunk: ChunkResult) -> None:
-        msg = ActionChunk()
-        # Chunk step 0 applies at chunk.start_time (monotonic); express it on the ROS clock.
+    def _publish_chunk_now(self, chunk: ChunkResult) -> None:
+        """Inference-thread mode: chunk step 0 applies at chunk.start_time (monotonic) -> ROS clock."""
         offset_ns = int((chunk.start_time - time.monotonic()) * 1e9)
-        msg.header.stamp = ns_to_stamp(max(0, self.get_clock().now().nanoseconds + offset_ns))
-        msg.chunk_id = int(chunk.chunk_id)
-        msg.horizon, msg.action_dim = int(chunk.actions.shape[0]), int(chunk.actions.shape[1])
-        msg.dt = float(chunk.dt)
-        msg.actions = chunk.actions.astype(np.float32).ravel()
-        msg.joint_names = list(self.cfg.joint_names)
-        msg.plan_id, msg.perception_sequence = int(chunk.plan_id), int(chunk.frame_id)
-        msg.inference_time = float(chunk.inference_ms) / MS_PER_S
-        msg.smoothing = chunk.smoothing
-        self._chunk_pub.publish(msg)
+        if self._sink is not None:
+            self._sink.chunk(chunk, self.get_clock().now().nanoseconds + offset_ns)
 
     # ------------------------------------------------------------------ diagnostics
+    @property
+    def _last_mode(self) -> str:
+        if self.rt is not None:
+            return self.rt.mode
+        if self.ctrl is not None:
+            return str(self._ctrl_stats.get('mode', 'waiting'))
+        return 'waiting'
+
     def _status(self):
-        out = dict(self._rate.stats())
-        out.update(mode=self._last_mode, commands_published=self._published, dropped=self.drops.total,
-                   head_from_checkpoint=self._head_loaded, estop=self._pending_estop)
+        out = {'mode': self._last_mode, 'commands_published': 0, 'dropped': self.drops.total,
+               'head_from_checkpoint': self._head_loaded, 'estop': self._pending_estop}
         loop = self.loop
+        if self.rt is not None:
+            out.update(self.rt.stats())
+        if self.ctrl is not None:
+            self._ctrl_stats = self.ctrl.stats()
+            out.update(self._ctrl_stats)
+        if self.infer is not None:
+            out.update(self.infer.status())
         if loop is not None:
             out.update(chunks=loop.chunk_count, inference_ms=loop.last_inference_ms,
-                       inference_errors=loop.inference_errors, inference_priority=loop.inference_priority,
+                       inference_errors=loop.inference_errors + int(out.get('inference_errors', 0)),
                        smoothing=self.cfg.smoothing)
             if loop.last_error:
                 out['last_inference_error'] = loop.last_error
@@ -290,9 +314,18 @@ class ActionNode(Node):
         return DiagnosticStatus.OK, self._last_mode
 
     def close(self) -> None:
-        if self.loop is not None:
-            self.loop.close()
-        self._control_timer.cancel()
+        for starter in self._starters:
+            starter.join(timeout=5.0)
+        if self.rt is not None:
+            self.rt.close()
+        # Both children read the same stop slot: ask once, then share one time budget (a launcher
+        # kills a node that takes 15 s; an inference step on a saturated CPU can take seconds).
+        procs = [p for p in (self.ctrl, self.infer) if p is not None]
+        if procs:
+            procs[0].channels.stop.write(v=(1.0,))
+            end = time.monotonic() + _CHILD_STOP_S
+            for proc in procs:
+                proc.close(timeout=max(0.1, end - time.monotonic()))
 
 
 def main(args=None):

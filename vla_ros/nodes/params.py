@@ -5,6 +5,7 @@ import typing
 
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 ParameterType)
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
@@ -61,7 +62,10 @@ def declare_config(node: Node, cls, prefix: str):
         if is_list and not default:
             (item_t,) = typing.get_args(typ)
             node.declare_parameter(full, _ARRAY_TYPES[item_t][0], desc)
-            value = node.get_parameter(full).value
+            try:
+                value = node.get_parameter(full).value
+            except ParameterUninitializedException:  # declared by type, no override given: empty
+                value = None
             value = list(value) if value is not None else []
         else:
             value = node.declare_parameter(full, default, desc).value

@@ -85,6 +85,7 @@ def recorded_topics(topics: TopicsConfig, record_images: bool) -> List[Tuple[str
         (topics.action_chunk, ActionChunk),
         (topics.joint_command, Float64MultiArray),
         (topics.joint_trajectory, JointTrajectory),
+        (topics.command_stamped, JointState),
         (topics.estop, Bool),
         (topics.task_status, TaskStatus),
         (DIAGNOSTICS_TOPIC, DiagnosticArray),

@@ -1,8 +1,10 @@
 """Simulated arm node: MuJoCo Panda tabletop in real time behind the interfaces of a real arm.
 
 Publishes camera images (sensor_msgs/Image rgb8), joint states, the episode instruction
-(latched) and TaskStatus; executes joint position commands (Float64MultiArray or the first
-point of a JointTrajectory). Physics, rendering and publishing share one thread because the
+(latched) and TaskStatus; executes joint position commands (Float64MultiArray, like a
+forward_command_controller) and JointTrajectory messages the way a joint_trajectory_controller
+does (spline through the waypoints, replaced at the new trajectory's start time; see
+vla_ros.action.trajectory.TrajectoryFollower), sampled at every physics step. Physics, rendering and publishing share one thread because the
 offscreen GL context belongs to the thread that created it.
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
+from vla_ros.action.trajectory import TrajectoryFollower
 from vla_ros.config.sim import SimConfig
 from vla_ros.config.topics import TopicsConfig
 from vla_ros.nodes.common import LATCHED_QOS, SENSOR_QOS, Diagnostics, DropCounter, reliable_qos, spin_node
@@ -42,6 +45,9 @@ class SimArmNode(Node):
         self._n_joints = len(self.cfg.joint_names)
         self._lock = threading.Lock()
         self._pending_target: Optional[np.ndarray] = None
+        self._follower = TrajectoryFollower(self._n_joints)   # guarded by self._lock
+        self._trajectory_started = False
+        self._last_q: Optional[np.ndarray] = None
         self._last_command_sim_t = 0.0
         self.counters = {'images': 0, 'joint_states': 0, 'commands': 0, 'episodes_done': 0, 'successes': 0,
                          'physics_steps': 0}
@@ -53,7 +59,8 @@ class SimArmNode(Node):
         self._joint_pub = self.create_publisher(JointState, self.topics.joint_states, reliable_qos())
         self._instruction_pub = self.create_publisher(String, self.topics.instruction, LATCHED_QOS)
         self._status_pub = self.create_publisher(TaskStatus, self.topics.task_status, reliable_qos())
-        self.create_subscription(Float64MultiArray, self.topics.joint_command, self._on_command, reliable_qos())
+        # Best effort: accepts reliable and best-effort command publishers alike.
+        self.create_subscription(Float64MultiArray, self.topics.joint_command, self._on_command, SENSOR_QOS)
         self.create_subscription(JointTrajectory, self.topics.joint_trajectory, self._on_trajectory,
                                  reliable_qos())
         self._diagnostics = Diagnostics(self, self._status, level_fn=self._level)
@@ -76,6 +83,7 @@ class SimArmNode(Node):
             return
         with self._lock:
             self._pending_target = q
+            self._follower.cancel()   # a forward command takes over from any trajectory
             self.counters['commands'] += 1
 
     def _on_command(self, msg: Float64MultiArray) -> None:
@@ -89,18 +97,36 @@ class SimArmNode(Node):
             if not msg.points:
                 self.drops.drop('empty_trajectory', 'no points')
                 return
-            positions = np.asarray(msg.points[0].positions, dtype=np.float64)
-            if msg.joint_names:
-                index = {n: i for i, n in enumerate(msg.joint_names)}
-                missing = [n for n in self.cfg.joint_names if n not in index]
-                if missing or len(positions) != len(msg.joint_names):
-                    self.drops.drop('trajectory_joint_mismatch', f'missing {missing}, '
-                                    f'{len(positions)} positions for {len(msg.joint_names)} names')
-                    return
-                positions = positions[[index[n] for n in self.cfg.joint_names]]
-            self._accept_target(positions, 'joint_trajectory')
+            names = list(msg.joint_names) or list(self.cfg.joint_names)
+            index = {n: i for i, n in enumerate(names)}
+            missing = [n for n in self.cfg.joint_names if n not in index]
+            if missing:
+                self.drops.drop('trajectory_joint_mismatch', f'missing {missing}')
+                return
+            order = [index[n] for n in self.cfg.joint_names]
+            positions = np.asarray([p.positions for p in msg.points], dtype=np.float64)
+            if positions.ndim != 2 or positions.shape[1] != len(names):
+                self.drops.drop('trajectory_joint_mismatch', f'points need {len(names)} positions each')
+                return
+            with_vel = all(len(p.velocities) == len(names) for p in msg.points)
+            velocities = np.asarray([p.velocities for p in msg.points], dtype=np.float64)[:, order] if with_vel else None
+            times = np.asarray([p.time_from_start.sec + 1e-9 * p.time_from_start.nanosec for p in msg.points])
+            start = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+            now = self._now_s()
+            with self._lock:
+                if not self._follower.active and self._last_q is not None:
+                    self._follower.hold(self._last_q, now)   # a JTC starts from the arm's current state
+                accepted = self._follower.set_trajectory(now, start, times, positions[:, order], velocities)
+                if accepted:
+                    self._trajectory_started = True
+                    self.counters['commands'] += 1
+            if not accepted:
+                self.drops.drop('rejected_trajectory', 'no waypoint in the future, non-increasing times or NaN')
         except (TypeError, ValueError, IndexError) as exc:
             self.drops.drop('bad_trajectory', str(exc))
+
+    def _now_s(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
 
     # ------------------------------------------------------------------ simulation thread
     def _run(self) -> None:
@@ -125,17 +151,21 @@ class SimArmNode(Node):
         while not self._stop.is_set():
             with self._lock:
                 target, self._pending_target = self._pending_target, None
+                following = self._follower.active
+                new_trajectory, self._trajectory_started = self._trajectory_started, False
             if target is not None and cfg.max_command_jump > 0 and \
                     float(np.max(np.abs(target - env.joint_positions()))) > cfg.max_command_jump:
                 self.drops.drop('command_jump', f'target {float(np.max(np.abs(target - env.joint_positions()))):.3f} '
                                                 f'rad from the arm > {cfg.max_command_jump}')
                 target = None           # a discontinuity: keep the current target
-            if target is not None:
-                env.set_target(target)  # clipped to joint limits inside the env
+            if target is not None or new_trajectory:
+                if target is not None:
+                    env.set_target(target)  # clipped to joint limits inside the env
                 self._last_command_sim_t = float(env.data.time)
                 if not self._policy_live:
                     self._policy_live = True
                     env.restart_clock()
+                    next_camera = next_joint = next_status = 0.0   # publish deadlines are on the episode clock
                     self.get_logger().info(f'first command received: episode {env.episode} clock started')
             elif (cfg.command_timeout_s > 0.0
                   and float(env.data.time) - self._last_command_sim_t > cfg.command_timeout_s):
@@ -143,9 +173,12 @@ class SimArmNode(Node):
                 self._last_command_sim_t = float(env.data.time)
 
             n_steps = pacer.steps_due(time.monotonic(), batch)
-            if n_steps > 0:
+            if n_steps > 0 and following:
+                self._follow_trajectory(n_steps, dt / cfg.realtime_factor)
+                self._last_command_sim_t = float(env.data.time)
+            elif n_steps > 0:
                 env.step_physics(n_steps)
-                self.counters['physics_steps'] += n_steps
+            self.counters['physics_steps'] += n_steps
             t = env.elapsed_s
             if t >= next_joint:
                 self._publish_joint_state()
@@ -164,6 +197,17 @@ class SimArmNode(Node):
             if n_steps == 0:
                 time.sleep(min(dt, 0.002) / cfg.realtime_factor)
 
+    def _follow_trajectory(self, n_steps: int, wall_dt: float) -> None:
+        """Like a JTC in the arm's control loop: a fresh spline sample before every physics step.
+        The steps due now stand for the last n_steps * wall_dt seconds of wall time."""
+        now = self._now_s()
+        for i in range(n_steps):
+            with self._lock:
+                state = self._follower.sample(now - (n_steps - 1 - i) * wall_dt)
+            if state is not None:
+                self.env.set_target(state[0])
+            self.env.step_physics(1)
+
     def _end_episode(self) -> None:
         env = self.env
         self.counters['episodes_done'] += 1
@@ -177,6 +221,8 @@ class SimArmNode(Node):
             env.set_target(env.joint_positions())
             return
         env.reset()
+        with self._lock:
+            self._follower.cancel()   # the old episode's trajectory must not drag the new arm pose back
         self._publish_instruction()
 
     # ------------------------------------------------------------------ publishing
@@ -201,7 +247,9 @@ class SimArmNode(Node):
         msg.header.stamp = self._stamp()
         msg.header.frame_id = 'base'
         msg.name = list(self.cfg.joint_names)
-        msg.position = self.env.joint_positions().tolist()
+        q = self.env.joint_positions()
+        self._last_q = q.copy()
+        msg.position = q.tolist()
         msg.velocity = self.env.joint_velocities().tolist()
         self._joint_pub.publish(msg)
         self.counters['joint_states'] += 1
