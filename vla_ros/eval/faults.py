@@ -275,6 +275,7 @@ def run(args) -> int:
                 f'violations {r["violations"]}, drops {r["drops"]}')
     finally:
         t_stop = time.monotonic()
+        final_diagnostics = probe.diagnostics_copy()
         procs.stop_all(SIGINT_GRACE_S)
         stop.set()
         spinner.join(timeout=5.0)
@@ -295,7 +296,7 @@ def run(args) -> int:
                 or r['violations']['acceleration'] or r['bag_missing'] or r['time_to_recover_s'] is None
                 or (r['expect_hold'] and r['time_to_hold_s'] is None)]
     result = {'faults': rows, 'bag': bag_total, 'failures': failures, 'hosts': hosts.describe(),
-              'link': hosts.link_stats,
+              'link': hosts.link_stats, 'diagnostics_at_end': final_diagnostics,
               'short': args.short, 'limits': {'max_velocity': limits.max_velocity,
                                               'max_acceleration': limits.max_acceleration,
                                               'velocity_tol': limits.velocity_tol,
