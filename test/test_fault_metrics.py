@@ -14,12 +14,16 @@ LIM = fm.Limits(np.array([-3.0, -3.0]), np.array([3.0, 3.0]), max_velocity=1.5, 
 def _js(q_of_t, seconds=2.0, rate=100.0):
     t = np.arange(0, seconds, 1 / rate)
     q = np.array([q_of_t(x) for x in t])
-    return fm.Series(t, (t * 1e9).astype(np.int64), q, np.zeros_like(q))
+    return fm.Series(t, (t * 1e9).astype(np.int64), q, np.gradient(q, t, axis=0))   # sim qvel = true speed
 
 
 def test_measured_speed_in_real_time_and_teleports_left_out():
     ok = fm.measured_violations(_js(lambda t: [1.0 * t, 0.0]), LIM)
     assert ok['velocity'] == ok['acceleration'] == ok['position'] == 0 and ok['peak_speed'] == pytest.approx(1.0)
+    # a slowed-down sim (qvel 3x) or a catch-up burst (wall speed 3x) alone is not a violation
+    slow_sim = _js(lambda t: [1.0 * t, 0.0])
+    slow_sim.extra = slow_sim.extra * 3
+    assert fm.measured_violations(slow_sim, LIM)['velocity'] == 0
     fast = fm.measured_violations(_js(lambda t: [3.0 * (t - 1) if t > 1 else 0.0, 0.0]), LIM)
     assert fast['velocity'] > 0 and fast['peak_speed'] == pytest.approx(3.0, rel=0.05)
     reset = fm.measured_violations(_js(lambda t: [0.5 * t if t < 1 else -1.0, 0.0]), LIM)   # teleported home

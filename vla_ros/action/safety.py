@@ -25,9 +25,9 @@ import numpy as np
 
 from vla_ros.config.action import SafetyConfig
 
-# A late tick may catch up at most this many control periods of motion (its step is still
-# max_velocity * elapsed, so the real-time speed limit holds either way).
-_MAX_TICK_GAP = 2.0
+# A late tick moves at most this many control periods' worth: no catch-up after a stall, so no
+# command step ever exceeds max_velocity * control_dt (and early ticks move proportionally less).
+_MAX_TICK_GAP = 1.0
 
 
 @dataclass

@@ -7,7 +7,7 @@
 Starts sim arm, perception, planner, action and recorder as processes (one per node, as
 `ros2 launch` does), plus the impairment relay (vla_ros/nodes/fault_relay_node.py) between the
 producers and consumers of images, joint states, tokens and plans. After a fault-free baseline
-it injects each fault (vla_ros/eval/fault_inject.py) and judges it (vla_ros/eval/fault_metrics.py):
+it injects each fault (vla_ros/eval/fault_inject.py) and judges it (vla_ros/eval/fault_judge.py, fault_metrics.py):
 limit violations on the measured arm state (must be 0), time to hold, time to recover, messages
 the probe received that the bag lacks (must be 0), the episode's outcome and every drop counter
 that moved. Prints a table and writes faults.json (+ node logs and the bag) into --out.
@@ -32,6 +32,7 @@ from vla_ros.bringup import merge_params
 from vla_ros.config.action import ActionConfig
 from vla_ros.eval import fault_metrics as fm
 from vla_ros.eval.fault_inject import CONSUMERS, Fault, RelayFault, select
+from vla_ros.eval.fault_judge import bag_check, episode_outcomes, judge
 from vla_ros.eval.multi_host import HostLayout
 
 STARTUP_TIMEOUT_S = 240.0
@@ -41,9 +42,6 @@ DEFAULT_RECOVER_TIMEOUT_S = 20.0
 SETTLE_S = 1.0
 BASELINE_S = float(os.environ.get('VLA_FAULTS_BASELINE_S', 4.0))
 SIGINT_GRACE_S = 1.0
-SIGINT_CHECK_S = 3.0    # the recorder's SIGINT: the bag must hold everything of the 3 s before it
-PUBLISHED_BY = {'action': ('arm/joint_trajectory', 'action/chunk'), 'sim_arm': ('joint_states', 'task/status'),
-                'planner': ('planner/plan',)}
 SUITE_OVERRIDES = {'sim.command_timeout_s': 0.5}   # the arm holds itself when the action node is gone
 
 
@@ -158,61 +156,6 @@ def inject(fault: Fault, probe, procs: Processes) -> float:
     return time.monotonic()
 
 
-def judge(fault_name: str, probe, limits: fm.Limits, t0: float, t1: float, t_end: float,
-          diag_before, expect_hold: bool) -> dict:
-    js_rows, cmd_rows, _, _, diag_after = probe.snapshot()
-    joints = len(probe.joint_names)
-    js = fm.Series.from_rows(js_rows, joints).window(t0, t_end)
-    cmd = fm.Series.from_rows(cmd_rows, joints)
-    hold = fm.time_to_hold(cmd, t0, t1 + 0.5) if expect_hold else None
-    return {'fault': fault_name, 't0': t0, 't1': t1, 't_end': t_end, 'expect_hold': expect_hold,
-            'violations': fm.measured_violations(js, limits),
-            'commanded_peak_speed': fm.commanded_peak_speed(cmd.window(t0, t_end)),
-            'time_to_hold_s': hold, 'time_to_recover_s': fm.time_to_recover(cmd, t1, t_end),
-            'drops': fm.drop_deltas(diag_before, diag_after)}
-
-
-def bag_check(rows: List[dict], probe, bag_dir: str, namespace: str, t_stop: float) -> dict:
-    """Fill each row's bag_checked/bag_missing; return the whole-run numbers per topic."""
-    from vla_ros.eval.bag_io import read_bag
-    from vla_ros.eval.fault_probe import CHECKED_TOPICS, message_key
-    in_bag: Dict[str, set] = {t: set() for t in CHECKED_TOPICS}
-    names = {f'/{namespace}/{t}': t for t in CHECKED_TOPICS}
-    for topic, _, _, msg in read_bag(bag_dir, topics=list(names)):
-        in_bag[names[topic]].add(message_key(topic, msg))
-    keys = probe.snapshot()[3]
-    first = {t: min((tt for tt, k in keys[t] if k in in_bag[t]), default=None) for t in CHECKED_TOPICS}
-    total = {}
-    for t in CHECKED_TOPICS:
-        if first[t] is not None:
-            total[t] = dict(zip(('received', 'missing'), fm.missing_from_bag(keys[t], in_bag[t], first[t], t_stop)))
-    for row in rows:
-        checked = missing = 0
-        row['bag_missing_by_topic'], row['bag_lost_with_killed_publisher'] = {}, 0
-        killed = PUBLISHED_BY.get(row['fault'][len('kill_'):], ()) if row['fault'].startswith('kill_') else ()
-        for t in CHECKED_TOPICS:
-            if first[t] is None:
-                continue
-            start = row['t0'] - SIGINT_CHECK_S if row['fault'] == 'sigint_recording' else row['t0']
-            c, m = fm.missing_from_bag(keys[t], in_bag[t], max(first[t], start), min(row['t_end'], t_stop))
-            if m:
-                row['bag_missing_by_topic'][t] = m
-            if t in killed:     # reliable samples in flight die with a kill -9'd publisher: reported apart
-                row['bag_lost_with_killed_publisher'] += m
-                m = 0
-            checked, missing = checked + c, missing + m
-        row['bag_checked'], row['bag_missing'] = checked, missing
-    return total
-
-
-def episode_outcomes(rows: List[dict], probe) -> None:
-    status = probe.snapshot()[2]
-    for row in rows:
-        done = [s for s in status if s[2] and s[0] >= row['t0']]
-        row['episode'] = done[0][1] if done else None
-        row['episode_success'] = done[0][3] if done else None
-
-
 def run(args) -> int:
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -275,6 +218,7 @@ def run(args) -> int:
                 f'violations {r["violations"]}, drops {r["drops"]}')
     finally:
         t_stop = time.monotonic()
+        final_diagnostics = probe.diagnostics_copy()
         procs.stop_all(SIGINT_GRACE_S)
         stop.set()
         spinner.join(timeout=5.0)
@@ -295,7 +239,7 @@ def run(args) -> int:
                 or r['violations']['acceleration'] or r['bag_missing'] or r['time_to_recover_s'] is None
                 or (r['expect_hold'] and r['time_to_hold_s'] is None)]
     result = {'faults': rows, 'bag': bag_total, 'failures': failures, 'hosts': hosts.describe(),
-              'link': hosts.link_stats,
+              'link': hosts.link_stats, 'diagnostics_at_end': final_diagnostics,
               'short': args.short, 'limits': {'max_velocity': limits.max_velocity,
                                               'max_acceleration': limits.max_acceleration,
                                               'velocity_tol': limits.velocity_tol,

@@ -177,6 +177,9 @@ def spin_node(node_factory: Callable[..., Node], args=None, num_threads: int = 4
         raise SystemExit(STARTUP_CONFIG_ERROR) from None
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        if node is not None:
+            for timer in list(node.timers):   # no new timer tasks may race the node's destruction
+                timer.cancel()
         if executor is not None:
             executor.shutdown(timeout_sec=2.0)
         if node is not None:

@@ -12,7 +12,7 @@ import heapq
 import itertools
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 from rclpy.node import Node

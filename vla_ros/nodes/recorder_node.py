@@ -286,11 +286,10 @@ class RecorderNode(Node):
         drained = self.drain()
         with self._intake_lock:
             self._accepting = False
-        for entity, destroy in ((self._discovery_timer, self.destroy_timer),):
-            try:
-                destroy(entity)
-            except Exception:  # context may already be shut down by Ctrl-C
-                pass
+        try:  # cancel, not destroy: a destroy request racing a dispatched timer task raises in that task
+            self._discovery_timer.cancel()
+        except Exception:  # context may already be shut down by Ctrl-C
+            pass
         self._queue.put(_STOP)
         self._writer_thread.join()
         self._bag.set_custom_data('vla_ros.recorder.received', str(sum(self.received.values())))
