@@ -14,6 +14,7 @@ DOMAIN = '218'
 os.environ['ROS_DOMAIN_ID'] = DOMAIN
 rclpy = pytest.importorskip('rclpy')
 from rclpy.node import Node  # noqa: E402
+from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
 from vla_ros.config import ActionConfig  # noqa: E402
@@ -56,12 +57,14 @@ def supervised_run(tmp_path_factory):
     log = open(log_path, 'w')
     proc = subprocess.Popen(cmd, cwd=str(out), env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    commands = []
+    commands, measured = [], []
     events = {}
     rclpy.init()
     node = Node('supervision_listener')
     node.create_subscription(Float64MultiArray, '/vla/arm/joint_command',
                              lambda m: commands.append((time.monotonic(), np.asarray(m.data))), 200)
+    node.create_subscription(JointState, '/vla/joint_states',
+                             lambda m: measured.append((time.monotonic(), dict(zip(m.name, m.position)))), 200)
 
     def spin_until(predicate, timeout):
         deadline = time.monotonic() + timeout
@@ -94,7 +97,8 @@ def supervised_run(tmp_path_factory):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
-    return {'returncode': proc.returncode, 'log': log_path.read_text(), 'commands': commands, 'events': events}
+    return {'returncode': proc.returncode, 'log': log_path.read_text(), 'commands': commands, 'events': events,
+            'measured': measured}
 
 
 def test_killed_perception_is_respawned_and_the_arm_resumes(supervised_run):
@@ -120,10 +124,18 @@ def test_no_command_beyond_the_limits(supervised_run):
     assert np.all(np.isfinite(values))
     lower, upper = np.asarray(cfg.safety.joint_lower), np.asarray(cfg.safety.joint_upper)
     assert np.all(values >= lower - 1e-9) and np.all(values <= upper + 1e-9)
-    # per message: no faster than the velocity limit over the time since the previous one (+ one tick)
-    steps = np.abs(np.diff(values, axis=0)).max(axis=1)
+    # per message: no faster than the velocity limit over the time since the previous one (+ one tick),
+    # unless the command restarts at the arm's measured position (after an episode reset moved the arm)
+    steps = np.abs(np.diff(values, axis=0))
     allowed = cfg.safety.max_velocity * (np.diff(stamps) + 1.0 / cfg.control_rate_hz) + 1e-9
-    assert np.all(steps <= allowed), f'max step {steps.max():.4f} rad'
+    times = np.array([t for t, _ in supervised_run['measured']])
+    for i in np.flatnonzero((steps > allowed[:, None]).any(axis=1)):
+        fast = steps[i] > allowed[i]
+        k = np.searchsorted(times, stamps[i + 1]) - 1
+        assert k >= 0, f'step {steps[i].max():.3f} rad before any joint state'
+        q = np.array([supervised_run['measured'][k][1][n] for n in cfg.joint_names])
+        gap = np.abs(values[i + 1] - q)[fast].max()      # the fast joints restarted at the measured position
+        assert gap <= 0.1, f'step {steps[i].max():.3f} rad to a command {gap:.3f} rad from the measured arm'
 
 
 def test_required_node_exit_shuts_the_stack_down(supervised_run):

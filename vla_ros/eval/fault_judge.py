@@ -6,7 +6,7 @@ from typing import Dict, List
 from vla_ros.eval import fault_metrics as fm
 
 # Topics each node publishes: reliable samples in flight die with a kill -9'd publisher (reported apart).
-PUBLISHED_BY = {'action': ('arm/joint_trajectory', 'action/chunk'), 'sim_arm': ('joint_states', 'task/status'),
+PUBLISHED_BY = {'action': ('action/chunk',), 'sim_arm': ('joint_states', 'task/status'),
                 'planner': ('planner/plan',)}
 SIGINT_CHECK_S = 3.0    # the recorder's SIGINT: the bag must hold everything of the 3 s before it
 

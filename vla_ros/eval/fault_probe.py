@@ -15,15 +15,16 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
-from trajectory_msgs.msg import JointTrajectory
 
 from vla_ros.eval.fault_inject import CONTROL_TOPIC, RelayFault
-from vla_ros.nodes.common import LATCHED_QOS, reliable_qos
+from vla_ros.nodes.common import LATCHED_QOS, SENSOR_QOS, reliable_qos
 from vla_ros.timing import stamp_to_ns
 from vla_ros_msgs.msg import ActionChunk, Plan, TaskStatus
 
 # Reliable topics whose every message must reach the bag, and how one message is identified.
-CHECKED_TOPICS = ('joint_states', 'arm/joint_trajectory', 'action/chunk', 'planner/plan', 'task/status')
+CHECKED_TOPICS = ('joint_states', 'action/chunk', 'planner/plan', 'task/status')
+# Every tick's safe command with its tick time (best effort, so not among the checked topics).
+COMMAND_TOPIC = 'action/command'
 
 
 def message_key(topic: str, msg) -> tuple:
@@ -49,7 +50,7 @@ class FaultProbe(Node):
         self.diagnostics: Dict[str, Dict[str, str]] = {}
         depth = reliable_qos(1000)
         self.create_subscription(JointState, 'joint_states', self._on_js, depth)
-        self.create_subscription(JointTrajectory, 'arm/joint_trajectory', self._on_traj, depth)
+        self.create_subscription(JointState, COMMAND_TOPIC, self._on_command, SENSOR_QOS)
         self.create_subscription(ActionChunk, 'action/chunk', lambda m: self._key('action/chunk', m), depth)
         self.create_subscription(Plan, 'planner/plan', lambda m: self._key('planner/plan', m), depth)
         self.create_subscription(TaskStatus, 'task/status', self._on_status, depth)
@@ -73,12 +74,13 @@ class FaultProbe(Node):
         with self._lock:
             self.joint_states.append((t, stamp_to_ns(msg.header.stamp), pos, vel))
 
-    def _on_traj(self, msg: JointTrajectory) -> None:
+    def _on_command(self, msg: JointState) -> None:
         t = time.monotonic()
-        self._key('arm/joint_trajectory', msg)
-        if msg.points:
-            with self._lock:
-                self.commands.append((t, stamp_to_ns(msg.header.stamp), list(msg.points[0].positions)))
+        index = {n: i for i, n in enumerate(msg.name)}
+        if not all(n in index for n in self.joint_names):
+            return
+        with self._lock:
+            self.commands.append((t, stamp_to_ns(msg.header.stamp), [msg.position[index[n]] for n in self.joint_names]))
 
     def _on_status(self, msg: TaskStatus) -> None:
         self._key('task/status', msg)
