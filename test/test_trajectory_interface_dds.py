@@ -101,7 +101,9 @@ def test_chunks_as_trajectories_drive_the_sim_arm_like_a_jtc(stack):
     # (A stop trajectory is one waypoint reached in >= trajectory_stop_s = 0.1 s; chunk waypoints are 0.05 s
     # apart. On a loaded machine a late perception message can trigger one earlier, too.)
     stops = [m for r, m in trajs if len(m.points) == 1 and _sec(m.points[0].time_from_start) >= 0.1 - 1e-6]
-    assert stops and trajs[-1][1] is stops[-1] and trajs[-1][0] > last_pub + 0.9
+    # The arm ends at rest on a stop trajectory. (When a hold already sent one after the last input,
+    # e.g. a late message on a busy CI box, the watchdog has nothing new to send: no time check here.)
+    assert stops and trajs[-1][1] is stops[-1], [(round(r - last_pub, 2), len(m.points)) for r, m in trajs[-4:]]
     assert np.all(np.asarray(stops[-1].points[0].velocities) == 0.0)
     assert sum(len(m.points) >= 2 for _, m in trajs) >= 5
     for received, msg in trajs:
