@@ -213,6 +213,10 @@ def test_hostile_instruction_tokens_and_stamps_are_counted_drops(harness):
     h.tok_pub.publish(huge)
 
     def counted():
+        # tokens are taken newest-only (sensor QoS): while a busy VLM planner lags, one message can be
+        # replaced before it is read, so keep offering the hostile ones until they are counted
+        h.tok_pub.publish(future)
+        h.tok_pub.publish(huge)
         d = h.diags[-1] if h.diags else {}
         return all(int(d.get(k, 0)) > before[k] for k in before)
     assert h.run(counted, seconds=30), h.diags[-1:]
