@@ -132,13 +132,7 @@ class InferenceProcess:
         return dict(self.inbox.status(), inference_alive=self.process.is_alive())
 
     def close(self, timeout: float = 5.0) -> None:
-        self.channels.stop.write(v=(1.0,))
-        if self.process.pid is None:
-            return
-        self.process.join(timeout)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(1.0)
+        stop_child(self.channels, self.process, timeout)
 
 
 def _apply_process_priority(level: str, cpus) -> str:
@@ -236,3 +230,14 @@ def child_main(cfg_dict, head_cfg_dict, state_dict, ch: InferenceChannels, paren
         if delay < 0:
             next_t, delay = time.monotonic(), 0.0
         time.sleep(delay)
+
+
+def stop_child(channels, process, timeout: float) -> None:
+    """Ask a child process to stop through its shared-memory stop slot; terminate it if it does not."""
+    channels.stop.write(v=(1.0,))
+    if process.pid is None:
+        return
+    process.join(timeout)
+    if process.is_alive():
+        process.terminate()
+        process.join(1.0)

@@ -13,7 +13,7 @@ import os
 import signal
 from typing import Dict
 
-from vla_ros.action.inference_proc import InferenceChannels
+from vla_ros.action.inference_proc import InferenceChannels, stop_child
 from vla_ros.action.realtime_loop import STAT_KEYS, stats_from_slot
 from vla_ros.action.shm import SeqSlot
 from vla_ros.config.action import ActionConfig
@@ -42,13 +42,7 @@ class ControlProcess:
         return out
 
     def close(self, timeout: float = 5.0) -> None:
-        self.channels.stop.write(v=(1.0,))
-        if self.process.pid is None:
-            return
-        self.process.join(timeout)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(1.0)
+        stop_child(self.channels, self.process, timeout)
 
 
 def control_main(cfg_dict, head_cfg_dict, channels: InferenceChannels, stats_slot: SeqSlot,
