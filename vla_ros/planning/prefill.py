@@ -52,6 +52,17 @@ def drop_final_layers(lm, drop: int) -> int:
     return keep
 
 
+def make_projector(hidden: int, vis_dim: int, seed: int = 0) -> torch.nn.Linear:
+    """Seeded linear map from the vision width into the LM's embedding space (the stand-in for a
+    trained projector; both prefill paths build the same one from the same seed)."""
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(hidden, vis_dim, generator=gen) / vis_dim ** 0.5
+    projector = torch.nn.Linear(vis_dim, hidden, bias=False)
+    with torch.no_grad():
+        projector.weight.copy_(weight)
+    return projector
+
+
 class PlannerPrefill:
     def __init__(self, lm, instruction_ids: torch.Tensor, vis_dim: int, max_visual_tokens: int,
                  decode_tokens: int = 8, cuda_graphs: bool = True, seed: int = 0, projector=None):
@@ -62,11 +73,7 @@ class PlannerPrefill:
         self.device, self.dtype = param.device, param.dtype
         hidden = lm.config.hidden_size
         if projector is None:
-            gen = torch.Generator().manual_seed(seed)
-            weight = torch.randn(hidden, vis_dim, generator=gen) / vis_dim ** 0.5
-            projector = torch.nn.Linear(vis_dim, hidden, bias=False)
-            with torch.no_grad():
-                projector.weight.copy_(weight)
+            projector = make_projector(hidden, vis_dim, seed)
         self.projector = projector.to(self.device, self.dtype).eval()
         ids = torch.as_tensor(instruction_ids, dtype=torch.long, device=self.device).view(-1)
         with torch.inference_mode():

@@ -1,0 +1,125 @@
+"""SlotKVPrefill (own decoder forward over a transformers LM's weights, keys/values kept per slot
+across frames) against plain transformers forwards on the same tokens and positions."""
+import copy
+import os
+import sys
+
+import pytest
+import torch
+
+from vla_ros.planning.kv_prefill import SlotKVPrefill
+from vla_ros.planning.prefill import PlannerPrefill
+
+torch.set_num_threads(1)
+SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+             num_key_value_heads=2, vocab_size=97, tie_word_embeddings=False)
+N = 30      # grid positions
+VIS = 24    # vision width
+
+
+@pytest.fixture(scope='module')
+def lm(tmp_path_factory):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from bench.gpu_models import load_lm, make_random_lm
+    path = make_random_lm(str(tmp_path_factory.mktemp('lm') / 'lm'), SHAPE, 'cpu', torch.float32, seed=5)
+    return load_lm(path, 'cpu', torch.float32)
+
+
+def _reference(lm, planner, kept, vis, steps=0):
+    """transformers forward, no cache: [projected visual, instruction] at positions [kept, N..N+T-1].
+    (An explicit attention mask: without one, transformers reads position-id jumps as packed sequences.)"""
+    with torch.no_grad():
+        embeds = torch.cat([planner.projector(vis), planner.instruction_embeds])[None]
+        pos = torch.cat([kept, torch.arange(N, N + planner.num_text)])
+        ones = lambda e: torch.ones(e.shape[:2], dtype=torch.long)  # noqa: E731
+        logits = lm(inputs_embeds=embeds, attention_mask=ones(embeds), position_ids=pos[None],
+                    use_cache=False).logits[0, -1]
+        tokens = [int(logits.argmax())]
+        for i in range(steps):
+            nxt = lm.get_input_embeddings()(torch.tensor([[tokens[-1]]]))
+            embeds = torch.cat([embeds, nxt], dim=1)
+            pos = torch.cat([pos, torch.tensor([N + planner.num_text + i])])
+            tokens.append(int(lm(inputs_embeds=embeds, attention_mask=ones(embeds), position_ids=pos[None],
+                                 use_cache=False).logits[0, -1].argmax()))
+    return logits, tokens
+
+
+def _ids():
+    return torch.randint(5, 97, (6,), generator=torch.Generator().manual_seed(0))
+
+
+def _kept(k, seed):
+    return torch.sort(torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:k]).values
+
+
+def test_full_recompute_matches_transformers_and_leaves_the_model_intact(lm):
+    x = torch.randint(0, 97, (1, 9))
+    with torch.no_grad():
+        before = lm(x, use_cache=False).logits
+    planner = SlotKVPrefill(lm, _ids(), VIS, N, decode_tokens=4, cuda_graphs=False, reuse=False)
+    with torch.no_grad():
+        torch.testing.assert_close(lm(x, use_cache=False).logits, before)   # fused weights are views
+    for k, seed in ((N, 0), (12, 1), (20, 2)):                                # fewer after more: stale slots masked
+        kept = _kept(k, seed)
+        vis = torch.randn(k, VIS, generator=torch.Generator().manual_seed(seed))
+        first = planner.prefill(vis, kept)
+        want_logits, want_tokens = _reference(lm, planner, kept, vis, steps=4)
+        torch.testing.assert_close(first['logits'], want_logits, atol=1e-4, rtol=1e-4)
+        assert planner.decode(first).tolist() == want_tokens
+        assert planner.last_recomputed == k
+
+
+def test_contiguous_positions_equal_the_static_cache_prefill(lm):
+    """kept = 0..K-1: the same prompt as PlannerPrefill (transformers StaticCache) builds."""
+    ids = _ids()
+    ref = PlannerPrefill(copy.deepcopy(lm), ids, VIS, N, cuda_graphs=False)
+    planner = SlotKVPrefill(lm, ids, VIS, N, cuda_graphs=False)
+    vis = torch.randn(N, VIS, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(planner.prefill(vis)['logits'], ref.prefill(vis)['logits'], atol=1e-4, rtol=1e-4)
+
+
+def test_reuse_recomputes_only_changed_tokens(lm):
+    planner = SlotKVPrefill(lm, _ids(), VIS, N, cuda_graphs=False, reuse=True, recompute_buckets=(0.25, 0.5, 1.0))
+    kept = _kept(20, 3)
+    vis = torch.randn(20, VIS, generator=torch.Generator().manual_seed(3))
+    first = planner.prefill(vis, kept)
+    assert planner.last_recomputed == 20
+    # Nothing changed: only the instruction is recomputed, and the cached keys/values ARE the full prefill's.
+    again = planner.prefill(vis.clone(), kept)
+    assert planner.last_recomputed == 0
+    torch.testing.assert_close(again['logits'], first['logits'], atol=1e-5, rtol=1e-5)
+    # A few tokens changed: exactly those are recomputed (padded to a bucket); the tokens after them
+    # in slot order keep last frame's keys/values, so the result is close to, not equal to, a full prefill.
+    vis2 = vis.clone()
+    vis2[[2, 7, 15]] += 0.5 * torch.randn(3, VIS, generator=torch.Generator().manual_seed(4))
+    out = planner.prefill(vis2, kept)
+    assert planner.last_recomputed == 3
+    want, _ = _reference(lm, planner, kept, vis2)
+    cos = torch.nn.functional.cosine_similarity(out['logits'], want, dim=0)
+    assert cos > 0.95
+    # Changing only the LAST kept token is exact: causally, every slot before it is unaffected by it,
+    # so after one full pass the reused keys/values equal a full prefill's.
+    vis3 = vis2.clone()
+    vis3[-1] += 1.0
+    fresh = SlotKVPrefill(lm, _ids(), VIS, N, cuda_graphs=False, reuse=True)
+    fresh.prefill(vis2, kept)
+    got = fresh.prefill(vis3, kept)
+    assert fresh.last_recomputed == 1
+    want3, _ = _reference(lm, fresh, kept, vis3)
+    torch.testing.assert_close(got['logits'], want3, atol=1e-4, rtol=1e-4)
+
+
+def test_kept_set_change_recomputes_new_slots_and_masks_pruned_ones(lm):
+    planner = SlotKVPrefill(lm, _ids(), VIS, N, cuda_graphs=False, reuse=True)
+    feats = torch.randn(N, VIS, generator=torch.Generator().manual_seed(6))   # one feature per grid slot
+    a = _kept(16, 7)
+    planner.prefill(feats[a], a)
+    b = torch.sort(torch.cat([a[:8], torch.tensor(sorted(set(range(N)) - set(a.tolist()))[:8])])).values
+    out = planner.prefill(feats[b], b)
+    assert planner.last_recomputed == len(set(b.tolist()) - set(a.tolist()))
+    # Slots dropped from the kept set take no part: same as a fresh full prefill of b when the reused
+    # slots' keys/values do not depend on anything that changed (they come before every new slot).
+    fresh = SlotKVPrefill(lm, _ids(), VIS, N, cuda_graphs=False, reuse=False)
+    want = fresh.prefill(feats[b], b)
+    cos = torch.nn.functional.cosine_similarity(out['logits'], want['logits'], dim=0)
+    assert cos > 0.95

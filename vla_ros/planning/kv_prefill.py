@@ -1,0 +1,264 @@
+"""Planner prefill that keeps the LM's keys/values across frames (VLA-Cache-style KV reuse).
+
+Each visual token lives in a FIXED cache slot: its patch index p (position id p), the instruction
+in slots N..N+T-1 (positions N+t), plan decode in the slots after it; pruned patches' slots are
+masked out. On a new frame only the visual tokens whose features changed (perception recomputed
+them, or the slot holds nothing yet) and the instruction tokens are run through the LM, written
+into their slots; every other kept slot keeps last frame's keys/values. With nothing reused
+(`reuse=False`, or every token changed) this is exactly a causal prefill of [kept visual tokens in
+grid order, instruction] at those positions (tested against the transformers model).
+
+The decoder forward is our own over the transformers module's weights (Qwen2 / Llama layouts:
+`input_layernorm`, `self_attn.{q,k,v,o}_proj`, `post_attention_layernorm`, `mlp.{gate,up,down}_proj`),
+with q/k/v and gate/up each one matmul (the module's weights become views into the fused tensors, so
+the transformers model still works and no memory is duplicated), residuals fused into the output
+matmuls, and one additive mask per frame shared by every layer: at batch 1 the cost is kernel
+count, not arithmetic. Fixed shapes per (kept, recompute-bucket) key, so each runs as a CUDA graph;
+the host reads one int per frame (the changed-token count, to pick the bucket).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from vla_ros.models.graphs import GraphCache
+from vla_ros.planning.prefill import find_text_decoder, make_projector
+
+
+def _bucket(count: int, total: int, fractions: Sequence[float]) -> int:
+    if count <= 0:
+        return 0
+    sizes = sorted({min(total, max(1, int(math.ceil(f * total)))) for f in fractions} | {total})
+    return next((s for s in sizes if s >= count), total)
+
+
+@dataclass
+class _LayerWeights:
+    ln1: torch.Tensor
+    ln2: torch.Tensor
+    qkv: torch.Tensor
+    qkv_bias: Optional[torch.Tensor]
+    o: torch.Tensor
+    o_bias: Optional[torch.Tensor]
+    gate_up: torch.Tensor
+    down: torch.Tensor
+
+
+def _fuse_rows(linears) -> tuple:
+    """Concatenate nn.Linear weights (and biases) along the output dim; each module's parameters
+    become views into the fused tensors (same values, no second copy)."""
+    weight = torch.cat([m.weight.detach() for m in linears], 0)
+    biases = [m.bias for m in linears]
+    bias = torch.cat([b.detach() for b in biases], 0) if all(b is not None for b in biases) else None
+    if any(b is not None for b in biases) and bias is None:
+        raise ValueError('mixed biases in fused linears')
+    row = 0
+    for m in linears:
+        rows = m.weight.shape[0]
+        m.weight.data = weight[row:row + rows]
+        if bias is not None:
+            m.bias.data = bias[row:row + rows]
+        row += rows
+    return weight, bias
+
+
+class SlotKVPrefill:
+    def __init__(self, lm, instruction_ids: torch.Tensor, vis_dim: int, num_patches: int,
+                 decode_tokens: int = 8, cuda_graphs: bool = True, reuse: bool = True,
+                 recompute_buckets: Sequence[float] = (0.0625, 0.125, 0.25, 0.5, 1.0),
+                 seed: int = 0, projector=None):
+        self.lm = lm.eval()
+        param = next(lm.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        cfg = lm.config
+        base = find_text_decoder(lm)
+        self.hidden = int(cfg.hidden_size)
+        self.heads = int(cfg.num_attention_heads)
+        self.kv_heads = int(getattr(cfg, 'num_key_value_heads', None) or self.heads)
+        self.head_dim = int(getattr(cfg, 'head_dim', None) or self.hidden // self.heads)
+        self.eps = float(getattr(cfg, 'rms_norm_eps', 1e-6))
+        self.layers: List[_LayerWeights] = []
+        with torch.no_grad():
+            for layer in base.layers:
+                at, mlp = layer.self_attn, layer.mlp
+                qkv, qkv_b = _fuse_rows([at.q_proj, at.k_proj, at.v_proj])
+                gate_up, _ = _fuse_rows([mlp.gate_proj, mlp.up_proj])
+                self.layers.append(_LayerWeights(
+                    ln1=layer.input_layernorm.weight, ln2=layer.post_attention_layernorm.weight, qkv=qkv,
+                    qkv_bias=qkv_b, o=at.o_proj.weight, o_bias=at.o_proj.bias, gate_up=gate_up,
+                    down=mlp.down_proj.weight))
+        self.final_norm = base.norm.weight
+        self.lm_head = lm.get_output_embeddings().weight
+        self.embed_tokens = lm.get_input_embeddings()
+        self.projector = (projector or make_projector(self.hidden, vis_dim, seed)).to(self.device, self.dtype).eval()
+        ids = torch.as_tensor(instruction_ids, dtype=torch.long, device=self.device).view(-1)
+        with torch.inference_mode():
+            self.instruction_embeds = self.embed_tokens(ids).detach()
+        self.n = int(num_patches)
+        self.num_text = int(ids.shape[0])
+        self.decode_tokens = int(decode_tokens)
+        used = self.n + self.num_text + self.decode_tokens + 1            # + one trash slot
+        self.slots = int(math.ceil(used / 16) * 16)                       # mask rows aligned for SDPA kernels
+        self.trash = self.slots - 1
+        self.reuse = bool(reuse)
+        self.recompute_buckets = tuple(recompute_buckets)
+        # RoPE table over slot positions (the module's own inv_freq, so scaled variants match).
+        rotary = base.rotary_emb
+        inv_freq = rotary.inv_freq.to(self.device, torch.float32)
+        pos = torch.arange(self.slots, device=self.device, dtype=torch.float32)
+        freqs = torch.outer(pos, inv_freq)
+        emb = torch.cat([freqs, freqs], dim=-1)
+        scaling = float(getattr(rotary, 'attention_scaling', 1.0))
+        self.cos = (emb.cos() * scaling).to(self.dtype)
+        self.sin = (emb.sin() * scaling).to(self.dtype)
+        group = self.heads // self.kv_heads
+        shape = (len(self.layers), self.kv_heads, group, self.slots, self.head_dim)
+        # Keys/values stored per query head (written expanded), so one masked SDPA kernel serves GQA.
+        self.k_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        self.v_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        self.slot_features = torch.zeros(self.n + 1, vis_dim, device=self.device, dtype=self.dtype)
+        self.slot_valid = torch.zeros(self.n + 1, dtype=torch.bool, device=self.device)
+        self.key_valid = torch.zeros(self.slots, dtype=torch.bool, device=self.device)
+        self.text_slots = torch.arange(self.n, self.n + self.num_text, device=self.device)
+        self.slot_index = torch.arange(self.slots, device=self.device)
+        self.graphs = GraphCache('kv_prefill', enabled=cuda_graphs and self.device.type == 'cuda')
+        self.last_recomputed = 0
+
+    def reset(self) -> None:
+        with torch.inference_mode():
+            self.slot_valid.zero_()
+
+    # ------------------------------------------------------------------ the decoder over given rows
+    def _rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        cos = self.cos[positions][:, None]
+        sin = self.sin[positions][:, None]
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+    def _decoder(self, h: torch.Tensor, slots: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Rows `h` [S, H] at cache `slots` [S] (= position ids): every layer writes its keys/values
+        into the slots and attends over the whole cache under `bias` [1, 1, S, slots]. Returns [S, H]."""
+        s = h.shape[0]
+        nq, nk, hd = self.heads * self.head_dim, self.kv_heads * self.head_dim, self.head_dim
+        group = self.heads // self.kv_heads
+        for li, w in enumerate(self.layers):
+            x = F.rms_norm(h, (self.hidden,), w.ln1, self.eps)
+            qkv = F.linear(x, w.qkv, w.qkv_bias)
+            qk = self._rope(qkv[:, :nq + nk].view(s, self.heads + self.kv_heads, hd), slots)
+            k = qk[:, self.heads:].transpose(0, 1).unsqueeze(1).expand(self.kv_heads, group, s, hd)
+            v = qkv[:, nq + nk:].view(s, self.kv_heads, hd).transpose(0, 1).unsqueeze(1).expand(
+                self.kv_heads, group, s, hd)
+            self.k_cache[li].index_copy_(2, slots, k)
+            self.v_cache[li].index_copy_(2, slots, v)
+            q = qk[:, :self.heads].transpose(0, 1)[None]
+            out = F.scaled_dot_product_attention(q, self.k_cache[li].view(1, self.heads, self.slots, hd),
+                                                 self.v_cache[li].view(1, self.heads, self.slots, hd),
+                                                 attn_mask=bias)
+            out = out[0].transpose(0, 1).reshape(s, nq)
+            if w.o_bias is None:
+                h = torch.addmm(h, out, w.o.t())
+            else:
+                h = h + F.linear(out, w.o, w.o_bias)
+            x = F.rms_norm(h, (self.hidden,), w.ln2, self.eps)
+            gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)
+            h = torch.addmm(h, F.silu(gate) * up, w.down.t())
+        return h
+
+    def _logits(self, h_last: torch.Tensor) -> Dict[str, torch.Tensor]:
+        x = F.rms_norm(h_last, (self.hidden,), self.final_norm, self.eps)
+        logits = F.linear(x, self.lm_head)[0].float()
+        return dict(logits=logits, token=logits.argmax().view(1, 1))
+
+    def _bias(self, query_slots: torch.Tensor) -> torch.Tensor:
+        """Additive mask [1,1,S,slots]: a row sees valid slots at or before its own, and itself."""
+        idx = self.slot_index[None]
+        q = query_slots[:, None]
+        allowed = (self.key_valid[None] & (idx <= q)) | (idx == q)
+        zero = torch.zeros((), dtype=self.dtype, device=self.device)
+        return torch.where(allowed, zero, torch.full_like(zero, -math.inf))[None, None]
+
+    # ------------------------------------------------------------------ graph bodies
+    def _changes(self, kept: torch.Tensor, tokens: torch.Tensor) -> Dict[str, torch.Tensor]:
+        tokens = tokens.to(self.dtype)
+        if self.reuse:
+            changed = ~self.slot_valid[kept] | (self.slot_features[kept] != tokens).any(dim=-1)
+        else:
+            changed = torch.ones(kept.shape[0], dtype=torch.bool, device=self.device)
+        k = kept.shape[0]
+        order = torch.sort((~changed).to(torch.long) * k + torch.arange(k, device=self.device)).indices
+        return dict(order=order, count=changed.sum())
+
+    def _prefill(self, kept, tokens, order, count, r_bucket: int) -> Dict[str, torch.Tensor]:
+        tokens = tokens.to(self.dtype)
+        self.key_valid.zero_()
+        self.key_valid.index_fill_(0, kept, True)
+        self.key_valid[self.n:self.n + self.num_text] = True
+        rows = order[:r_bucket]
+        real = torch.arange(r_bucket, device=self.device) < count
+        vis_slots = torch.where(real, kept[rows], torch.full_like(rows, self.trash))
+        vis_in = tokens[rows]
+        slots = torch.cat([vis_slots, self.text_slots])
+        h = torch.cat([self.projector(vis_in), self.instruction_embeds], dim=0)
+        h = self._decoder(h, slots, self._bias(slots))
+        feat_rows = torch.where(real, vis_slots, torch.full_like(vis_slots, self.n))
+        self.slot_features.index_copy_(0, feat_rows, vis_in)
+        self.slot_valid.index_fill_(0, feat_rows, True)
+        self.slot_valid[self.n] = False
+        return self._logits(h[-1:])
+
+    def _step(self, token: torch.Tensor, position: torch.Tensor) -> Dict[str, torch.Tensor]:
+        self.key_valid.index_fill_(0, position, True)
+        h = self._decoder(self.embed_tokens(token.view(1)), position, self._bias(position))
+        return self._logits(h)
+
+    # ------------------------------------------------------------------ public
+    @torch.inference_mode()
+    def prefill(self, tokens: torch.Tensor, kept: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """Visual tokens [K, D_vis] at grid indices `kept` [K] (ascending; default 0..K-1) ->
+        {'logits': [V] next-token logits after the instruction, 'token': [1,1] argmax}."""
+        k = int(tokens.shape[0])
+        if kept is None:
+            kept = torch.arange(k, device=self.device)
+        kept = kept.to(self.device, torch.long)
+        ch = self.graphs.run(('changes', k), self._changes, dict(kept=kept, tokens=tokens))
+        count = int(ch['count'])                       # the one host read: picks the bucket
+        r_bucket = _bucket(count, k, self.recompute_buckets)
+        self.last_recomputed = count
+        return self.graphs.run(('prefill', k, r_bucket),
+                               lambda **kw: self._prefill(**kw, r_bucket=r_bucket),
+                               dict(kept=kept, tokens=tokens, order=ch['order'], count=ch['count']))
+
+    @torch.inference_mode()
+    def decode(self, first: Dict[str, torch.Tensor], vis_count: int = 0, steps: Optional[int] = None) -> torch.Tensor:
+        """Greedy plan after prefill(): [steps + 1] token ids (the prefill's token first), on device."""
+        steps = self.decode_tokens if steps is None else min(int(steps), self.decode_tokens)
+        tokens = [first['token'].view(1).clone()]
+        token = first['token'].clone()
+        for i in range(steps):
+            position = torch.full((1,), self.n + self.num_text + i, dtype=torch.long, device=self.device)
+            out = self.graphs.run(('step',), self._step, dict(token=token, position=position))
+            token = out['token'].clone()
+            tokens.append(token.view(1))
+        return torch.cat(tokens)
+
+    @torch.inference_mode()
+    def precapture(self, kept_counts, vis_dim: int) -> None:
+        """Capture the change test, every recompute bucket's prefill and the decode step, then reset."""
+        for k in sorted(set(int(c) for c in kept_counts)):
+            kept = torch.arange(k, device=self.device) * max(1, self.n // max(k, 1))
+            kept = kept.clamp(max=self.n - 1).unique()
+            k = int(kept.shape[0])
+            sizes = sorted({_bucket(max(1, int(math.ceil(f * k))), k, self.recompute_buckets)
+                            for f in self.recompute_buckets} | {0}) if self.reuse else [k]
+            tokens = torch.randn(k, vis_dim, device=self.device, dtype=self.dtype)
+            ch = self.graphs.run(('changes', k), self._changes, dict(kept=kept, tokens=tokens))
+            for r in sizes:
+                first = self.graphs.run(('prefill', k, r), lambda r=r, **kw: self._prefill(**kw, r_bucket=r),
+                                        dict(kept=kept, tokens=tokens, order=ch['order'], count=ch['count']))
+            self.decode(first, k, steps=1)
+        self.reset()
