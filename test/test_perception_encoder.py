@@ -55,6 +55,32 @@ def test_subset_forward_equals_hf_layers_on_the_kept_tokens(encoder_dir):
     torch.testing.assert_close(part.features, ref[:2], rtol=1e-5, atol=1e-5)
 
 
+def test_fused_qkv_and_masked_forward_compute_the_same(encoder_dir):
+    """fuse_qkv (one stacked q/k/v matmul, module weights become views) and forward_masked (padding
+    rows + masked context) give the subset forward's numbers; the HF tower is unchanged."""
+    enc = VisionEncoder.from_pretrained(encoder_dir)
+    emb = enc.embed(enc.preprocess(np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)))
+    kept = torch.tensor([1, 2, 4, 7, 8, 11, 13])
+    pixels = enc.preprocess(np.full((64, 64, 3), 40, np.uint8))
+    with torch.no_grad():
+        tower_before = enc.tower(pixel_values=pixels).last_hidden_state
+    full = enc.forward_subset(emb[kept])
+    part = enc.forward_subset(emb[kept[:3]], full.keys[:, 3:], full.values[:, 3:])
+    enc.fuse_qkv()
+    with torch.no_grad():
+        torch.testing.assert_close(enc.tower(pixel_values=pixels).last_hidden_state, tower_before)
+    fused = enc.forward_subset(emb[kept])
+    torch.testing.assert_close(fused.features, full.features, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused.keys, full.keys, rtol=1e-5, atol=1e-5)
+    # Fixed shapes: 3 real rows + 2 padding rows, context = all 7 (the 3 recomputed ones masked) + 1 pad.
+    hidden = torch.cat([emb[kept[:3]], emb[:2]])
+    mask = torch.tensor([True] * 3 + [False] * 2 + [False] * 3 + [True] * 4 + [False])
+    ctx_k = torch.cat([full.keys, torch.zeros(2, 1, 32)], 1)
+    ctx_v = torch.cat([full.values, torch.zeros(2, 1, 32)], 1)
+    masked = enc.forward_masked(hidden, ctx_k, ctx_v, mask)
+    torch.testing.assert_close(masked.features[:3], part.features, rtol=1e-5, atol=1e-5)
+
+
 def test_attention_scores_are_a_distribution_over_positions(encoder_dir):
     enc = VisionEncoder.from_pretrained(encoder_dir)
     emb = enc.embed(enc.preprocess(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)))

@@ -85,6 +85,27 @@ def test_keyframe_refresh_every_n_frames(encoder):
     assert pipe.process(tabletop_frame()).is_keyframe
 
 
+def test_staggered_refresh_has_no_keyframe_and_refreshes_every_position_within_n_frames(encoder):
+    n = 3
+    pipe = _pipe(encoder, keyframe_interval=n, refresh='staggered')
+    frames = list(moving_object_sequence(8, step_px=0))          # a static scene: only the refresh recomputes
+    first = pipe.process(frames[0])
+    assert first.is_keyframe
+    last_refresh = {}
+    for i, frame in enumerate(frames[1:], start=1):
+        r = pipe.process(frame)
+        assert not r.is_keyframe
+        recomputed = set(int(p) for p in pipe.last_reuse_plan.recompute)
+        phase = pipe.reuse.refresh_phase()
+        assert recomputed == {p for p in range(64) if p % n == phase}   # one slice per frame, flat cost
+        for p in recomputed:
+            last_refresh[p] = i
+    assert set(last_refresh) == set(range(64))
+    # Reused-or-refreshed features track a full recompute (static scene, +-1 LSB noise).
+    full = _pipe(encoder, reuse_enabled=False).process(frames[-1]).tokens
+    assert _rel_err(r.tokens, full) < 0.02
+
+
 def test_task_relevant_tokens_always_recomputed(encoder):
     pipe = _pipe(encoder, task_relevant_ratio=0.1)
     pipe.set_instruction('touch the red cube')

@@ -101,6 +101,9 @@ CASES = {
     'adaptive+reuse': dict(pruning='spatial_coverage', keep_ratio=0.6, adaptive_budget=True, adaptive_mass=0.5,
                            reuse_enabled=True),
     'full+reuse': dict(pruning='none', keep_ratio=1.0, reuse_enabled=True),
+    'coverage+staggered': dict(pruning='spatial_coverage', keep_ratio=0.5, reuse_enabled=True, refresh='staggered'),
+    'staggered+buckets': dict(pruning='spatial_coverage', keep_ratio=0.5, reuse_enabled=True, refresh='staggered',
+                              static_shapes=True),
 }
 
 

@@ -6,6 +6,7 @@ from vla_ros.config.base import ConfigError, param
 
 PRUNING_STRATEGIES = ('none', 'attention_topk', 'query', 'spatial_coverage')
 OPS_CHOICES = ('auto', 'numpy', 'torch')
+REFRESH_MODES = ('keyframe', 'staggered')
 
 
 @dataclass
@@ -29,6 +30,10 @@ class PerceptionConfig:
     reuse_similarity: float = param(0.98, 'Similarity of raw patches (a.b / max(|a|^2,|b|^2)) above which a '
                                           'patch counts static', range=(0.0, 1.0))
     keyframe_interval: int = param(10, 'Recompute every patch every N frames (0 = never)', range=(0, 100000))
+    refresh: str = param('keyframe', "How cached patches get refreshed every keyframe_interval frames: 'keyframe' "
+                                     "= all at once on one frame; 'staggered' = positions p with p % interval == "
+                                     "frame % interval on each frame (same refresh period, flat per-frame cost)",
+                         choices=REFRESH_MODES)
     task_relevant_ratio: float = param(0.1, 'Fraction of tokens (most instruction-relevant) always recomputed',
                                        range=(0.0, 1.0))
     ops: str = param('auto', 'Where the per-frame pruning/reuse decisions run: numpy on the host, torch on the '
@@ -63,6 +68,8 @@ class PerceptionConfig:
     def validate(self):
         if self.pruning not in PRUNING_STRATEGIES:
             raise ConfigError(f'perception.pruning must be one of {PRUNING_STRATEGIES}')
+        if self.refresh not in REFRESH_MODES:
+            raise ConfigError(f'perception.refresh must be one of {REFRESH_MODES}')
         for name in ('keep_buckets', 'recompute_buckets'):
             if any(not 0.0 < float(f) <= 1.0 for f in getattr(self, name)):
                 raise ConfigError(f'perception.{name}: every bucket must be a fraction in (0, 1]')

@@ -47,16 +47,17 @@ def bucket_up(count: int, total: int, fractions: Sequence[float]) -> int:
 
 
 class DeviceFeatureCache:
-    """Per-position pixels / features / per-layer keys+values on the device; row N is a trash row
-    that padded recompute slots scatter into."""
+    """Per-position pixels / features / per-layer keys|values (one [L, N+1, 2D] tensor, so the context
+    gather and the cache scatter are one kernel each) on the device; row N is a trash row that padded
+    recompute slots scatter into."""
 
     def __init__(self, n: int, num_layers: int, hidden: int, patch_dim: int, device, dtype):
         self.n = n
         self.pixels = torch.zeros(n + 1, patch_dim, device=device, dtype=torch.float32)
         self.valid = torch.zeros(n + 1, device=device, dtype=torch.bool)
         self.features = torch.zeros(n + 1, hidden, device=device, dtype=dtype)
-        self.keys = torch.zeros(num_layers, n + 1, hidden, device=device, dtype=dtype)
-        self.values = torch.zeros_like(self.keys)
+        self.kv = torch.zeros(num_layers, n + 1, 2 * hidden, device=device, dtype=dtype)
+        self.keys, self.values = self.kv[..., :hidden], self.kv[..., hidden:]
         self.any_valid = False            # host-side mirror of valid.any(): no sync to read it
 
     def invalidate(self) -> None:
@@ -71,6 +72,10 @@ class DevicePerceptionPipeline(PerceptionPipeline):
         cfg = self.cfg
         self.device = encoder.device
         self.graphs = GraphCache('perception', enabled=cfg.cuda_graphs and self.device.type == 'cuda')
+        if self.device.type == 'cuda':
+            encoder.fuse_qkv()            # one q/k/v matmul per layer (same weights, views)
+        self.staggered = cfg.reuse_enabled and cfg.refresh == 'staggered' and cfg.keyframe_interval > 0
+        self._phase = torch.zeros(1, dtype=torch.long, device=self.device)
         self.cache: Optional[DeviceFeatureCache] = None
         self.frames_since_keyframe = 0
         s = encoder.image_size
@@ -108,7 +113,7 @@ class DevicePerceptionPipeline(PerceptionPipeline):
             attention = enc.attention_scores_t(embeddings, query)
         return embeddings, attention
 
-    def _select(self, image, relevance, budget: int, flags: tuple):
+    def _select(self, image, relevance, phase, budget: int, flags: tuple):
         has_rel, use_attention, use_text, reuse, keyframe = flags
         cfg, enc = self.cfg, self.encoder
         rel = relevance if has_rel else None
@@ -129,6 +134,8 @@ class DevicePerceptionPipeline(PerceptionPipeline):
                 static = torch_ops.reuse_static_mask(kept, pixels, c.pixels, c.valid, cfg.reuse_similarity,
                                                      rel if rel is not None else attention,
                                                      cfg.task_relevant_ratio)
+                if self.staggered:       # this frame's slice of positions is refreshed
+                    static = static & (torch.remainder(kept, cfg.keyframe_interval) != phase)
             out['static'] = static
             out['count'] = (~static).sum()
             # Positions to recompute first (ascending grid order within each group).
@@ -136,7 +143,9 @@ class DevicePerceptionPipeline(PerceptionPipeline):
         return out
 
     def _encode_subset(self, embeddings, kept, pixels, static, order, count, r_bucket: int, with_context: bool):
-        """Recompute `r_bucket` slots (the first `count` real), scatter into the cache, gather kept tokens."""
+        """Recompute `r_bucket` slots (the first `count` real), scatter into the cache, gather kept tokens.
+        Keys = [own rows, kept context rows, padding to a multiple of 16 (aligned mask rows for the
+        fused attention kernels)]; padding, recomputed-context and padded own rows are masked out."""
         enc, c = self.encoder, self.cache
         slots = order[:r_bucket]
         real = torch.arange(r_bucket, device=self.device) < count
@@ -144,19 +153,22 @@ class DevicePerceptionPipeline(PerceptionPipeline):
         rows = torch.where(real, positions, torch.full_like(positions, c.n))
         hidden = embeddings[positions]
         if with_context:
-            key_mask = torch.cat([real, static])
-            out = enc.forward_masked(hidden, c.keys[:, kept], c.values[:, kept], key_mask)
+            k = kept.shape[0]
+            pad = (-(r_bucket + k)) % 16
+            context = torch.cat([kept, torch.full((pad,), c.n, dtype=kept.dtype, device=self.device)])
+            key_ok = torch.cat([real, static, torch.zeros(pad, dtype=torch.bool, device=self.device)])
+            bias = torch.zeros(key_ok.shape, dtype=enc.dtype, device=self.device).masked_fill(~key_ok, -math.inf)
+            feats, kv = enc.forward_kv(hidden, c.kv[:, context], bias)
         else:
-            out = enc.forward_subset(hidden)
-        c.features.index_copy_(0, rows, out.features)
-        c.keys.index_copy_(1, rows, out.keys)
-        c.values.index_copy_(1, rows, out.values)
+            feats, kv = enc.forward_kv(hidden)
+        c.features.index_copy_(0, rows, feats)
+        c.kv.index_copy_(1, rows, kv)
         c.pixels.index_copy_(0, rows, pixels[positions])
         c.valid.index_fill_(0, rows, True)
         return c.features[kept]
 
     def _encode_plain(self, embeddings, kept):
-        return self.encoder.forward_subset(embeddings[kept]).features
+        return self.encoder.forward_kv(embeddings[kept])[0]
 
     # ------------------------------------------------------------------ per frame
     def process(self, rgb: np.ndarray) -> PerceptionResult:
@@ -203,17 +215,19 @@ class DevicePerceptionPipeline(PerceptionPipeline):
                 if self.cache is None:
                     self.cache = DeviceFeatureCache(n, enc.num_layers, enc.hidden_size,
                                                     enc.patch_size * enc.patch_size * 3, self.device, enc.dtype)
-                keyframe = (not self.cache.any_valid or (cfg.keyframe_interval > 0 and
+                keyframe = (not self.cache.any_valid or (cfg.keyframe_interval > 0 and not self.staggered and
                                                          self.frames_since_keyframe >= cfg.keyframe_interval))
                 if keyframe:
                     self.cache.invalidate()
                     self.frames_since_keyframe = 1
                 else:
                     self.frames_since_keyframe += 1
+                    if self.staggered:   # same phase rule as TemporalReuse.refresh_phase
+                        self._phase.fill_((self.frames_since_keyframe - 1) % cfg.keyframe_interval)
             flags = (has_rel, use_attention, use_text, reuse, keyframe)
             sel = self.graphs.run(('select', budget) + flags,
-                                  lambda image, relevance: self._select(image, relevance, budget, flags),
-                                  dict(image=image, relevance=relevance))
+                                  lambda image, relevance, phase: self._select(image, relevance, phase, budget, flags),
+                                  dict(image=image, relevance=relevance, phase=self._phase))
             k = int(sel['kept'].shape[0])
             self._mark('select')
             if not reuse:

@@ -20,6 +20,7 @@ SigLIP vision models and the vision towers of Idefics3 / SmolVLM / PaliGemma-sty
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
@@ -66,6 +67,7 @@ class VisionEncoder:
         self._mean = np.asarray(image_mean, np.float32).reshape(1, 1, 3)
         self._std = np.asarray(image_std, np.float32).reshape(1, 1, 3)
         self._post_ln = getattr(tower, 'post_layernorm', None)
+        self._fused = None                 # per-layer (qkv weight, bias) after fuse_qkv()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -162,26 +164,50 @@ class VisionEncoder:
                        context_values: Optional[torch.Tensor] = None) -> SubsetOutput:
         """Run every layer on `hidden` [R, D]; tokens also attend to context keys/values [L, C, D]
         (cached from earlier frames) without those context tokens being recomputed."""
-        keys: List[torch.Tensor] = []
-        values: List[torch.Tensor] = []
+        context = None
+        if context_keys is not None and context_keys.shape[1] > 0:
+            context = torch.cat([context_keys, context_values], dim=-1)
+        feats, kv = self.forward_kv(hidden, context)
+        d = self._hidden
+        return SubsetOutput(feats, kv[..., :d], kv[..., d:])
+
+    def fuse_qkv(self) -> None:
+        """One q/k/v matmul per layer from now on (the modules' weights become views into the stacked
+        tensors: same values, no copy). For the GPU path, where each launch counts."""
+        from vla_ros.models.fused import fuse_linears
+        self._fused = [fuse_linears([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj])
+                       for l in self.layers]
+
+    @torch.inference_mode()
+    def forward_kv(self, hidden: torch.Tensor, context_kv: Optional[torch.Tensor] = None,
+                   attn_bias: Optional[torch.Tensor] = None):
+        """The layer loop every subset forward shares. `hidden` [R, D]; `context_kv` [L, C, 2D]
+        (per-layer keys | values of tokens that are attended to but not recomputed); `attn_bias`
+        [R + C] additive (0 or -inf) over the keys [own rows, context rows], or None.
+        Returns (final features [R, D], own keys | values [L, R, 2D])."""
+        kv_rows: List[torch.Tensor] = []
+        d = self._hidden
+        bias = None if attn_bias is None else attn_bias.to(hidden.dtype).view(1, 1, 1, -1)
+        fused = self._fused
         h = hidden
         for li, layer in enumerate(self.layers):
             attn = layer.self_attn
             x = layer.layer_norm1(h)
-            k = attn.k_proj(x)
-            v = attn.v_proj(x)
-            keys.append(k)
-            values.append(v)
-            if context_keys is not None and context_keys.shape[1] > 0:
-                k = torch.cat([k, context_keys[li]], dim=0)
-                v = torch.cat([v, context_values[li]], dim=0)
-            q = self._heads(attn.q_proj(x)).unsqueeze(0)
-            out = F.scaled_dot_product_attention(q, self._heads(k).unsqueeze(0), self._heads(v).unsqueeze(0))
+            if fused is not None:
+                qkv = F.linear(x, *fused[li])
+                q, kv = qkv[:, :d], qkv[:, d:]
+            else:
+                q, kv = attn.q_proj(x), torch.cat([attn.k_proj(x), attn.v_proj(x)], dim=-1)
+            kv_rows.append(kv)
+            if context_kv is not None:
+                kv = torch.cat([kv, context_kv[li]], dim=0)
+            out = F.scaled_dot_product_attention(self._heads(q).unsqueeze(0), self._heads(kv[:, :d]).unsqueeze(0),
+                                                 self._heads(kv[:, d:]).unsqueeze(0), attn_mask=bias)
             out = out[0].transpose(0, 1).reshape(h.shape[0], -1)
             h = h + attn.out_proj(out)
             h = h + layer.mlp(layer.layer_norm2(h))
         feats = self._post_ln(h) if self._post_ln is not None else h
-        return SubsetOutput(feats, torch.stack(keys), torch.stack(values))
+        return feats, torch.stack(kv_rows)
 
     @torch.inference_mode()
     def attention_scores_t(self, embeddings: torch.Tensor, query: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -203,27 +229,10 @@ class VisionEncoder:
         context [L, C, D] (C a bucket), `key_mask` [R + C] bool, True = this key takes part (padding
         rows and context rows being recomputed are False). Masked keys get exactly zero weight, so on
         the real rows this equals forward_subset(real hidden, real context)."""
-        keys: List[torch.Tensor] = []
-        values: List[torch.Tensor] = []
-        mask = key_mask.view(1, 1, 1, -1)
-        h = hidden
-        for li, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            x = layer.layer_norm1(h)
-            k = attn.k_proj(x)
-            v = attn.v_proj(x)
-            keys.append(k)
-            values.append(v)
-            k = torch.cat([k, context_keys[li]], dim=0)
-            v = torch.cat([v, context_values[li]], dim=0)
-            q = self._heads(attn.q_proj(x)).unsqueeze(0)
-            out = F.scaled_dot_product_attention(q, self._heads(k).unsqueeze(0), self._heads(v).unsqueeze(0),
-                                                 attn_mask=mask)
-            out = out[0].transpose(0, 1).reshape(h.shape[0], -1)
-            h = h + attn.out_proj(out)
-            h = h + layer.mlp(layer.layer_norm2(h))
-        feats = self._post_ln(h) if self._post_ln is not None else h
-        return SubsetOutput(feats, torch.stack(keys), torch.stack(values))
+        bias = torch.zeros(key_mask.shape, dtype=hidden.dtype, device=hidden.device).masked_fill(~key_mask, -math.inf)
+        feats, kv = self.forward_kv(hidden, torch.cat([context_keys, context_values], dim=-1), bias)
+        d = self._hidden
+        return SubsetOutput(feats, kv[..., :d], kv[..., d:])
 
     @torch.inference_mode()
     def encode(self, rgb: np.ndarray) -> torch.Tensor:

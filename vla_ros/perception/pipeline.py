@@ -38,7 +38,7 @@ class PerceptionPipeline:
         self.encoder = encoder
         self.cfg = cfg or PerceptionConfig()
         self.reuse = TemporalReuse(self.cfg.reuse_similarity, self.cfg.keyframe_interval,
-                                   self.cfg.task_relevant_ratio)
+                                   self.cfg.task_relevant_ratio, staggered=self.cfg.refresh == 'staggered')
         self.instruction = ''
         self._colours = []
         self._text_query: Optional[torch.Tensor] = None

@@ -5,7 +5,10 @@ features and its per-layer keys/values. On a new frame a kept position is REUSED
 are still similar to the cached pixels (compared with the pixels the cache was built from, so
 slow drift cannot accumulate) and it is not among the task-relevant tokens; everything else is
 RECOMPUTED through all layers while attending to the reused positions' cached keys/values.
-Every `keyframe_interval` frames the cache is dropped and all kept tokens are recomputed.
+Every `keyframe_interval` frames the cache is dropped and all kept tokens are recomputed; with
+`staggered=True` there is no such keyframe after the first: on each frame the positions p with
+p % interval == frame % interval are recomputed instead (each refreshed within `interval` frames,
+per-frame cost flat).
 """
 from __future__ import annotations
 
@@ -63,8 +66,10 @@ class FeatureCache:
 class TemporalReuse:
     """Decides per frame which kept positions to recompute; owns the cache."""
 
-    def __init__(self, similarity_threshold: float, keyframe_interval: int, task_relevant_ratio: float):
+    def __init__(self, similarity_threshold: float, keyframe_interval: int, task_relevant_ratio: float,
+                 staggered: bool = False):
         self.threshold = similarity_threshold
+        self.staggered = bool(staggered)
         self.keyframe_interval = keyframe_interval
         self.task_relevant_ratio = task_relevant_ratio
         self.cache: Optional[FeatureCache] = None
@@ -79,11 +84,16 @@ class TemporalReuse:
             self.cache = FeatureCache(*args, **kwargs)
         return self.cache
 
+    def refresh_phase(self) -> int:
+        """Staggered refresh: the residue class (mod keyframe_interval) of positions recomputed this frame."""
+        return (self.frames_since_keyframe - 1) % max(self.keyframe_interval, 1)
+
     def plan(self, kept: np.ndarray, pixels: np.ndarray, relevance: Optional[np.ndarray]) -> ReusePlan:
         """`pixels`: [N, P] current raw patches; `relevance`: [N] task relevance (higher = keep fresh)."""
         cache = self.cache
         keyframe = (cache is None or not cache.valid.any()
-                    or (self.keyframe_interval > 0 and self.frames_since_keyframe >= self.keyframe_interval))
+                    or (not self.staggered and self.keyframe_interval > 0
+                        and self.frames_since_keyframe >= self.keyframe_interval))
         if keyframe:
             self.frames_since_keyframe = 1
             if cache is not None:
@@ -91,6 +101,8 @@ class TemporalReuse:
             return ReusePlan(np.sort(kept), np.zeros(0, np.int64), True)
         self.frames_since_keyframe += 1
         static = cache.valid[kept] & (patch_similarity(pixels[kept], cache.pixels[kept]) >= self.threshold)
+        if self.staggered and self.keyframe_interval > 0:
+            static &= (kept % self.keyframe_interval) != self.refresh_phase()
         if relevance is not None and self.task_relevant_ratio > 0 and len(kept):
             n_rel = int(np.ceil(self.task_relevant_ratio * len(kept)))
             order = np.argsort(-np.asarray(relevance, np.float64)[kept], kind='stable')[:n_rel]

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from vla_ros.models.fused import fuse_linears
 from vla_ros.models.graphs import GraphCache
 from vla_ros.planning.prefill import find_text_decoder, make_projector
 
@@ -48,24 +49,6 @@ class _LayerWeights:
     down: torch.Tensor
 
 
-def _fuse_rows(linears) -> tuple:
-    """Concatenate nn.Linear weights (and biases) along the output dim; each module's parameters
-    become views into the fused tensors (same values, no second copy)."""
-    weight = torch.cat([m.weight.detach() for m in linears], 0)
-    biases = [m.bias for m in linears]
-    bias = torch.cat([b.detach() for b in biases], 0) if all(b is not None for b in biases) else None
-    if any(b is not None for b in biases) and bias is None:
-        raise ValueError('mixed biases in fused linears')
-    row = 0
-    for m in linears:
-        rows = m.weight.shape[0]
-        m.weight.data = weight[row:row + rows]
-        if bias is not None:
-            m.bias.data = bias[row:row + rows]
-        row += rows
-    return weight, bias
-
-
 class SlotKVPrefill:
     def __init__(self, lm, instruction_ids: torch.Tensor, vis_dim: int, num_patches: int,
                  decode_tokens: int = 8, cuda_graphs: bool = True, reuse: bool = True,
@@ -82,15 +65,14 @@ class SlotKVPrefill:
         self.head_dim = int(getattr(cfg, 'head_dim', None) or self.hidden // self.heads)
         self.eps = float(getattr(cfg, 'rms_norm_eps', 1e-6))
         self.layers: List[_LayerWeights] = []
-        with torch.no_grad():
-            for layer in base.layers:
-                at, mlp = layer.self_attn, layer.mlp
-                qkv, qkv_b = _fuse_rows([at.q_proj, at.k_proj, at.v_proj])
-                gate_up, _ = _fuse_rows([mlp.gate_proj, mlp.up_proj])
-                self.layers.append(_LayerWeights(
-                    ln1=layer.input_layernorm.weight, ln2=layer.post_attention_layernorm.weight, qkv=qkv,
-                    qkv_bias=qkv_b, o=at.o_proj.weight, o_bias=at.o_proj.bias, gate_up=gate_up,
-                    down=mlp.down_proj.weight))
+        for layer in base.layers:
+            at, mlp = layer.self_attn, layer.mlp
+            qkv, qkv_b = fuse_linears([at.q_proj, at.k_proj, at.v_proj])
+            gate_up, _ = fuse_linears([mlp.gate_proj, mlp.up_proj])
+            self.layers.append(_LayerWeights(
+                ln1=layer.input_layernorm.weight, ln2=layer.post_attention_layernorm.weight, qkv=qkv,
+                qkv_bias=qkv_b, o=at.o_proj.weight, o_bias=at.o_proj.bias, gate_up=gate_up,
+                down=mlp.down_proj.weight))
         self.final_norm = base.norm.weight
         self.lm_head = lm.get_output_embeddings().weight
         self.embed_tokens = lm.get_input_embeddings()
