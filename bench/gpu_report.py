@@ -50,6 +50,24 @@ def _accuracy(acc, outs):
                 acc['plan_pruned'].append(bool(np.array_equal(plan, f_plan)))
 
 
+def _accuracy_fast(acc, outs):
+    """The fused-decoder settings against their own full baseline (same kernels, all tokens)."""
+    ff = outs.get('opt_full_fast')
+    if ff is None or ff[1] is None:
+        return
+    cos = lambda a, b: float(torch.nn.functional.cosine_similarity(a, b, dim=0))  # noqa: E731
+    for name, tok_key, cos_key in (('opt_pruned_kv', 'next_token_pruned_kv_vs_full_fast', 'logit_cos_pruned_kv_vs_full_fast'),
+                                   ('opt_pruned_fast', 'next_token_pruned_fast_vs_full_fast', None)):
+        if name in outs and outs[name][1] is not None:
+            acc[tok_key].append(bool(int(outs[name][1].argmax()) == int(ff[1].argmax())))
+            if cos_key:
+                acc[cos_key].append(cos(outs[name][1], ff[1]))
+    full = outs.get('opt_full')
+    if full is not None and full[1] is not None:
+        acc['next_token_full_fast_vs_full'].append(bool(int(full[1].argmax()) == int(ff[1].argmax())))
+        acc['logit_cos_full_fast_vs_full'].append(cos(full[1], ff[1]))
+
+
 def _report(args, stats, action, acc, names, n, pipes, planners, captured, build_s, encoder, lm):
     settings = {}
     for name in names:
@@ -62,16 +80,20 @@ def _report(args, stats, action, acc, names, n, pipes, planners, captured, build
             plan_cache_hit_rate=float(np.mean(s['hit'])) if s['hit'] else 0.0,
             kept_tokens=float(np.mean(s['kept'])), recomputed_tokens=float(np.mean(s['recomputed'])),
             host_syncs_per_frame=float(np.mean(s['syncs'])),
+            p99_over_p50=pct(per_frame, 99) / pct(per_frame, 50) if per_frame else float('nan'),
+            lm_rows_per_prefill=float(np.mean(s['lm_rows'])) if s['lm_rows'] else float('nan'),
             perception_gflops=float(np.mean(s['perception_flops']) / 1e9),
             prefill_gflops=float(np.mean(s['prefill_flops']) / 1e9) if s['prefill_flops'] else 0.0,
             graphs=dict(perception=getattr(pipes[name], 'graphs', None) and pipes[name].graphs.stats(),
                         planner=planners[name].graphs.stats()))
-    headline = 'opt_plancache' if 'opt_plancache' in names else 'opt_pruned'
+    headline = next((h for h in ('opt_pruned_kv', 'opt_plancache', 'opt_pruned') if h in names), names[-1])
     speed = {}
     for name in names:
         if name in ('opt_full', 'eager_full'):
             continue
-        for base in ('opt_full', 'eager_full'):
+        for base in ('opt_full', 'eager_full', 'opt_full_fast'):
+            if base == name:
+                continue
             if base in settings:
                 # Per-frame perception + prefill (prefill counted only where it ran: plan-cache misses).
                 b = settings[base]['perception_plus_prefill_ms']
@@ -87,6 +109,10 @@ def _report(args, stats, action, acc, names, n, pipes, planners, captured, build
         every_frame_prefill=dict(setting='opt_pruned',
                                  speedup_vs_optimised_full=speed.get('opt_pruned', {}).get('vs_opt_full', {}).get('p50'),
                                  speedup_vs_eager_full=speed.get('opt_pruned', {}).get('vs_eager_full', {}).get('p50')),
+        speedup_vs_optimised_full_fast=speed.get(headline, {}).get('vs_opt_full_fast', {}).get('p50'),
+        plan_cache_amortised=dict(setting='opt_plancache',
+                                  speedup_vs_optimised_full=speed.get('opt_plancache', {}).get('vs_opt_full', {}).get('p50'),
+                                  speedup_vs_eager_full=speed.get('opt_plancache', {}).get('vs_eager_full', {}).get('p50')),
         speedups=speed, settings=settings,
         action_head_chunk_ms=dict(eager=summary(action['eager']), graph=summary(action['graph']),
                                   steps=captured.steps, graphs=captured.graphs.stats()),
@@ -103,7 +129,7 @@ def _profile_stages(pipes, encoder, args, frames=40):
     """Separate pass (a sync after every stage, so not part of the timed run): where perception's
     time goes, median ms per stage, for the optimised settings."""
     out = {}
-    for name in ('opt_full', 'opt_pruned'):
+    for name in ('opt_full', 'opt_pruned', 'opt_pruned_kv'):
         pipe = pipes.get(name)
         if pipe is None or not hasattr(pipe, 'profile'):
             continue
@@ -148,11 +174,13 @@ def _fill(s):
 
 def _print(r):
     print(f"\n{r['scale']} on {r['device']} ({r['dtype']}), {r['frames']} frames; ms per frame")
-    head = f"{'setting':<15}{'tokens':>7}{'recomp':>7}{'hit':>6}{'perc p50':>10}{'prefill p50':>12}{'p+p p50':>9}{'p+p p99':>9}{'decode':>8}"
+    head = (f"{'setting':<16}{'tokens':>7}{'recomp':>7}{'lm rows':>8}{'hit':>6}{'perc p50':>10}{'prefill p50':>12}"
+            f"{'p+p p50':>9}{'p+p p99':>9}{'decode':>8}")
     print(head)
     print('-' * len(head))
     for name, s in r['settings'].items():
-        print(f"{name:<15}{s['kept_tokens']:>7.0f}{s['recomputed_tokens']:>7.0f}{s['plan_cache_hit_rate']:>6.2f}"
+        print(f"{name:<16}{s['kept_tokens']:>7.0f}{s['recomputed_tokens']:>7.0f}{s['lm_rows_per_prefill']:>8.0f}"
+              f"{s['plan_cache_hit_rate']:>6.2f}"
               f"{s['perception_ms']['p50']:>10.2f}{s['prefill_ms']['p50']:>12.2f}"
               f"{s['perception_plus_prefill_ms']['p50']:>9.2f}{s['perception_plus_prefill_ms']['p99']:>9.2f}"
               f"{s['decode_ms']['p50']:>8.2f}")

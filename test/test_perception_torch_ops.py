@@ -186,7 +186,7 @@ def test_triton_fill_matches_torch_loop_in_interpreter(monkeypatch):
         dist = dists[first].min(dim=0).values
         want = torch_ops.spatial_coverage(sal / sal.abs().max(), 24, (8, 8), 0.5, use_triton=False)[None]
         try:
-            picks = interpreted.farthest_point_fill(dists, dist, taken, 1e-3 * sal / sal.abs().max(), 12)
+            picks = interpreted.farthest_point_fill(dist, taken, 1e-3 * sal / sal.abs().max(), 12, 8)
         except Exception as exc:  # noqa: BLE001 - an interpreter that cannot run this kernel
             pytest.skip(f'Triton interpreter unavailable: {exc}')
         got = torch.sort(torch.cat([first, picks])).values[None]

@@ -87,6 +87,7 @@ class DevicePerceptionPipeline(PerceptionPipeline):
         self._std = torch.tensor(encoder._std.reshape(3), device=self.device, dtype=torch.float32)
         self.last_plan_counts = (0, 0)    # (recomputed, reused) of the latest frame
         self.last_device_tokens: Optional[torch.Tensor] = None
+        self.last_device_kept: Optional[torch.Tensor] = None
         self.syncs_last_frame = 0
         self._force_recompute: Optional[int] = None
         self.profile: Optional[Dict[str, list]] = None   # set to {} to time each stage (adds syncs)
@@ -253,22 +254,26 @@ class DevicePerceptionPipeline(PerceptionPipeline):
                              count=count))
                     self.cache.any_valid = True
             self.last_device_tokens = tokens
+            self.last_device_kept = sel['kept']
             self._mark('encode')
             self.last_plan_counts = (recomputed, k - recomputed)
             # The one copy to publish: tokens and kept indices into pinned buffers, one sync.
             host_tokens = self._host_buffer(('t',) + tuple(tokens.shape), torch.float32)
             host_kept = self._host_buffer(('k', k), torch.int64)
-            host_tokens.copy_(tokens.float(), non_blocking=True)
+            host_scene = self._host_buffer(('s', tokens.shape[1]), torch.float32)
+            tokens_f = tokens.float()
+            mean = tokens_f.mean(dim=0)         # scene embedding on the device: no host pass over the tokens
+            host_tokens.copy_(tokens_f, non_blocking=True)
             host_kept.copy_(sel['kept'], non_blocking=True)
+            host_scene.copy_(mean / (torch.linalg.vector_norm(mean) + 1e-12), non_blocking=True)
             if self.device.type == 'cuda':
                 torch.cuda.current_stream(self.device).synchronize()
             syncs += 1
             self._mark('copy_out')
         tokens_np = host_tokens.numpy().copy()
         kept_np = host_kept.numpy().astype(np.int32)
+        scene = host_scene.numpy().copy()
         self.syncs_last_frame = syncs
-        mean = tokens_np.mean(axis=0)
-        scene = (mean / (np.linalg.norm(mean) + 1e-12)).astype(np.float32)
         self.frames += 1
         self._mark('host_post')
         return PerceptionResult(tokens=tokens_np, kept_indices=kept_np, grid_hw=grid, keep_ratio=k / n,

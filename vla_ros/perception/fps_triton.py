@@ -3,7 +3,7 @@
 The fill is sequential (each pick depends on the last), so as torch ops it is ~4 launches per pick:
 ~180 picks for a 729-patch grid at keep 0.5 would be ~700 launches, several ms even inside a CUDA
 graph. One program holding the whole grid in registers does it in one launch. Same float64 rule
-as the numpy path: pick = first argmax of (taken ? -inf : dist + tie), dist = min(dist, D[pick]).
+as the numpy path: pick = first argmax of (taken ? -inf : dist + tie), dist = min(dist, |grid(pick) - grid|).
 Optional: without Triton (CPU-only installs) torch_ops falls back to the torch loop.
 """
 from __future__ import annotations
@@ -39,9 +39,11 @@ def disable_triton(reason) -> None:
 
 if _HAVE_TRITON:
     # One program loops over the picks; fewer warps = cheaper per-pick argmax. Timed once per grid size.
+    # The distance row of a pick is computed from grid coordinates in registers (sqrt rounded to
+    # nearest, as numpy's norm of integer offsets is), not loaded: no dependent memory load per pick.
     @triton.autotune(configs=[triton.Config({}, num_warps=w) for w in (1, 2, 4, 8)], key=['n'])
     @triton.jit
-    def _fps_fill_kernel(dist_mat_ptr, dist_ptr, taken_ptr, tie_ptr, out_ptr, n, n_pick,
+    def _fps_fill_kernel(dist_ptr, taken_ptr, tie_ptr, out_ptr, n, grid_w, n_pick,
                          BLOCK: tl.constexpr):
         offs = tl.arange(0, BLOCK)
         inside = offs < n
@@ -49,23 +51,27 @@ if _HAVE_TRITON:
         taken = tl.load(taken_ptr + offs, mask=inside, other=1) != 0
         taken = taken | (offs >= n)
         tie = tl.load(tie_ptr + offs, mask=inside, other=0.0)
+        row_i = (offs // grid_w).to(tl.float64)
+        col_i = (offs % grid_w).to(tl.float64)
         for i in range(n_pick):
             score = tl.where(taken, float('-inf'), dist + tie)
             pick = tl.argmax(score, axis=0, tie_break_left=True)
             tl.store(out_ptr + i, pick.to(tl.int64))
             taken = taken | (offs == pick)
-            row = tl.load(dist_mat_ptr + pick.to(tl.int64) * n + offs, mask=inside, other=0.0)
-            dist = tl.minimum(dist, row)
+            dr = row_i - (pick // grid_w).to(tl.float64)
+            dc = col_i - (pick % grid_w).to(tl.float64)
+            dist = tl.minimum(dist, tl.sqrt_rn(dr * dr + dc * dc))
 
 
-def farthest_point_fill(dist_mat: torch.Tensor, dist: torch.Tensor, taken: torch.Tensor, tie: torch.Tensor,
-                        n_pick: int) -> torch.Tensor:
-    """[n_pick] int64 picks, in order. dist_mat [N,N] f64, dist [N] f64, taken [N] bool, tie [N] f64."""
+def farthest_point_fill(dist: torch.Tensor, taken: torch.Tensor, tie: torch.Tensor, n_pick: int,
+                        grid_w: int) -> torch.Tensor:
+    """[n_pick] int64 picks, in order. dist [N] f64 (distance to the chosen set), taken [N] bool,
+    tie [N] f64; positions are row-major over a grid `grid_w` wide (Euclidean grid distances)."""
     if not _HAVE_TRITON:
         raise RuntimeError('Triton is not installed')
     n = dist.shape[0]
     out = torch.empty(n_pick, dtype=torch.int64, device=dist.device)
     block = max(triton.next_power_of_2(n), 16)
-    _fps_fill_kernel[(1,)](dist_mat.contiguous(), dist.contiguous(), taken.to(torch.int8).contiguous(),
-                           tie.contiguous(), out, n, n_pick, BLOCK=block)
+    _fps_fill_kernel[(1,)](dist.contiguous(), taken.to(torch.int8).contiguous(), tie.contiguous(), out, n,
+                           int(grid_w), n_pick, BLOCK=block)
     return out

@@ -116,7 +116,7 @@ def spatial_coverage(saliency: torch.Tensor, budget: int, grid_hw: Tuple[int, in
             use_triton = device.type == 'cuda' and triton_fps_available()
         if use_triton:
             try:
-                chosen[n_salient:] = farthest_point_fill(dists, dist, taken, tie, n_fill)
+                chosen[n_salient:] = farthest_point_fill(dist, taken, tie, n_fill, gw)
             except Exception as exc:  # noqa: BLE001 - a Triton that cannot build the kernel: the torch loop
                 disable_triton(exc)
                 use_triton = False
