@@ -60,7 +60,7 @@ if _HAVE_TRITON:
             taken = taken | (offs == pick)
             dr = row_i - (pick // grid_w).to(tl.float64)
             dc = col_i - (pick % grid_w).to(tl.float64)
-            dist = tl.minimum(dist, tl.sqrt_rn(dr * dr + dc * dc))
+            dist = tl.minimum(dist, tl.sqrt(dr * dr + dc * dc))   # f64 sqrt is round-to-nearest in PTX
 
 
 def farthest_point_fill(dist: torch.Tensor, taken: torch.Tensor, tie: torch.Tensor, n_pick: int,
