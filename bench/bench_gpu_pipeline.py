@@ -18,6 +18,8 @@ Settings (each its own pipeline state, same frames, order rotated every frame):
   opt_pruned_kv   pruned + reuse with STAGGERED refresh (no keyframes) + the planner keeping its
                   keys/values per patch slot across frames: only changed visual tokens + the
                   instruction are prefilled (VLA-Cache-style)
+  *_int8          opt_full_fast / opt_pruned_kv with int8 weight-only decoder matmuls (planning/int8.py);
+                  their ratio is reported against each other (like with like) and beside the bf16 rows
 Headline (top-level speedup_vs_*): opt_pruned_kv, p50 of perception + prefill on EVERY frame, vs
 opt_full (h11's optimised full: transformers StaticCache prefill as a graph) and eager_full;
 `speedup_vs_optimised_full_fast` compares with opt_full_fast (same fused kernels, all tokens);
@@ -79,6 +81,11 @@ SETTINGS = {
                             kv_reuse=False),
     'opt_pruned_kv': dict(perception=dict(ops='torch', refresh='staggered', **PRUNED), graphs=True, decode=True,
                           planner='kv', kv_reuse=True),
+    # The same two with int8 weight-only decoder matmuls (compare these with each other: like with like).
+    'opt_full_fast_int8': dict(perception=dict(ops='torch', pruning='none', keep_ratio=1.0, reuse_enabled=False),
+                               graphs=True, decode=False, planner='kv', kv_reuse=False, quantize='int8'),
+    'opt_pruned_kv_int8': dict(perception=dict(ops='torch', refresh='staggered', **PRUNED), graphs=True,
+                               decode=False, planner='kv', kv_reuse=True, quantize='int8'),
 }
 
 
@@ -122,7 +129,8 @@ def main(argv=None):
         if spec.get('planner') == 'kv':
             planners[name] = SlotKVPrefill(lm, instruction_ids, encoder.hidden_size, n, args.decode_tokens,
                                            cuda_graphs=spec['graphs'], reuse=spec['kv_reuse'],
-                                           recompute_buckets=cfg.recompute_buckets)
+                                           recompute_buckets=cfg.recompute_buckets,
+                                           quantize=spec.get('quantize', 'none'))
         else:
             planners[name] = PlannerPrefill(lm, instruction_ids, encoder.hidden_size, n, args.decode_tokens,
                                             cuda_graphs=spec['graphs'])
@@ -165,7 +173,7 @@ def main(argv=None):
     acc = {'feature_cos_pruned_vs_full': [], 'feature_cos_opt_vs_eager': [], 'next_token_pruned': [],
            'next_token_adaptive': [], 'next_token_opt_vs_eager': [], 'plan_pruned': [], 'logit_cos_pruned': [],
            'device_vs_numpy_same_kept': [], 'device_vs_numpy_same_reuse': [], 'device_vs_numpy_token_cos': [],
-           'kv_reuse_next_token_vs_recompute': [], 'kv_reuse_logit_cos_vs_recompute': [],
+           'device_vs_numpy_kept_symmetric_diff': [], 'kv_reuse_next_token_vs_recompute': [], 'kv_reuse_logit_cos_vs_recompute': [],
            'next_token_pruned_kv_vs_full_fast': [], 'logit_cos_pruned_kv_vs_full_fast': [],
            'next_token_pruned_fast_vs_full_fast': [], 'next_token_full_fast_vs_full': [],
            'logit_cos_full_fast_vs_full': []}
@@ -265,6 +273,8 @@ def main(argv=None):
             got = outs['opt_pruned'][0]
             if timed:
                 acc['device_vs_numpy_same_kept'].append(bool(np.array_equal(ref.kept_indices, got.kept_indices)))
+                acc['device_vs_numpy_kept_symmetric_diff'].append(
+                    len(set(ref.kept_indices.tolist()) ^ set(got.kept_indices.tolist())))
                 acc['device_vs_numpy_same_reuse'].append(bool(ref.reuse_ratio == got.reuse_ratio
                                                               and ref.is_keyframe == got.is_keyframe))
                 if len(ref.kept_indices) == len(got.kept_indices):

@@ -62,6 +62,11 @@ def _accuracy_fast(acc, outs):
             acc[tok_key].append(bool(int(outs[name][1].argmax()) == int(ff[1].argmax())))
             if cos_key:
                 acc[cos_key].append(cos(outs[name][1], ff[1]))
+    for name, base in (('opt_pruned_kv_int8', 'opt_pruned_kv'), ('opt_full_fast_int8', 'opt_full_fast')):
+        if name in outs and base in outs and outs[name][1] is not None and outs[base][1] is not None:
+            acc.setdefault(f'int8_next_token_{name}_vs_bf16', []).append(
+                bool(int(outs[name][1].argmax()) == int(outs[base][1].argmax())))
+            acc.setdefault(f'int8_logit_cos_{name}_vs_bf16', []).append(cos(outs[name][1], outs[base][1]))
     full = outs.get('opt_full')
     if full is not None and full[1] is not None:
         acc['next_token_full_fast_vs_full'].append(bool(int(full[1].argmax()) == int(ff[1].argmax())))
@@ -91,7 +96,7 @@ def _report(args, stats, action, acc, names, n, pipes, planners, captured, build
     for name in names:
         if name in ('opt_full', 'eager_full'):
             continue
-        for base in ('opt_full', 'eager_full', 'opt_full_fast'):
+        for base in ('opt_full', 'eager_full', 'opt_full_fast', 'opt_full_fast_int8'):
             if base == name:
                 continue
             if base in settings:
@@ -110,6 +115,11 @@ def _report(args, stats, action, acc, names, n, pipes, planners, captured, build
                                  speedup_vs_optimised_full=speed.get('opt_pruned', {}).get('vs_opt_full', {}).get('p50'),
                                  speedup_vs_eager_full=speed.get('opt_pruned', {}).get('vs_eager_full', {}).get('p50')),
         speedup_vs_optimised_full_fast=speed.get(headline, {}).get('vs_opt_full_fast', {}).get('p50'),
+        int8=dict(setting='opt_pruned_kv_int8', note='int8 weight-only decoder matmuls; like with like = vs '
+                  'opt_full_fast_int8; vs opt_full / eager_full mixes precisions',
+                  speedup_vs_full_fast_int8=speed.get('opt_pruned_kv_int8', {}).get('vs_opt_full_fast_int8', {}).get('p50'),
+                  speedup_vs_optimised_full=speed.get('opt_pruned_kv_int8', {}).get('vs_opt_full', {}).get('p50'),
+                  speedup_vs_eager_full=speed.get('opt_pruned_kv_int8', {}).get('vs_eager_full', {}).get('p50')),
         plan_cache_amortised=dict(setting='opt_plancache',
                                   speedup_vs_optimised_full=speed.get('opt_plancache', {}).get('vs_opt_full', {}).get('p50'),
                                   speedup_vs_eager_full=speed.get('opt_plancache', {}).get('vs_eager_full', {}).get('p50')),
@@ -148,8 +158,15 @@ def _decision_selftest(grid, device, trials=20):
     from vla_ros.perception import pruning, torch_ops
     rng = np.random.default_rng(0)
     n = grid[0] * grid[1]
-    same = {'triton': [], 'torch_loop': []}
+    same = {'triton': [], 'torch_loop': [], 'triton_continuous': []}
     for t in range(trials):
+        # Continuous saliency (no ties), as the pipeline's minmax'd scores mostly are.
+        att = rng.random(n)
+        rel = np.where(rng.random(n) < 0.05, 1.0, 0.0)
+        want, _ = pruning.select_tokens(np.zeros((n, 1)), 'spatial_coverage', n // 2, grid, att, rel)
+        sal = torch_ops.combined_saliency(torch.from_numpy(att).to(device), torch.from_numpy(rel).to(device), n, device)
+        got = torch_ops.spatial_coverage(sal, n // 2, grid, 0.5, use_triton=None).cpu().numpy()
+        same['triton_continuous'].append(bool(np.array_equal(got, want)))
         att = torch.from_numpy(rng.random(n)).to(torch.bfloat16).double().numpy()
         rel = np.where(rng.random(n) < 0.05, 1.0, 0.0)
         for budget in (n // 2, n // 4):

@@ -123,3 +123,63 @@ def test_kept_set_change_recomputes_new_slots_and_masks_pruned_ones(lm):
     want = fresh.prefill(feats[b], b)
     cos = torch.nn.functional.cosine_similarity(out['logits'], want['logits'], dim=0)
     assert cos > 0.95
+
+
+def test_int8_weights_equal_the_dequantised_model_and_stay_close_to_bf16(lm):
+    from vla_ros.planning.int8 import Int8Weight, int8_linear
+    w = torch.randn(40, 24, generator=torch.Generator().manual_seed(1))
+    q = Int8Weight(w)
+    assert q.q.dtype == torch.int8 and float((q.dequantize() - w).abs().max()) <= float(q.scale.max()) / 2 + 1e-7
+    x, r, b = torch.randn(5, 24), torch.randn(5, 40), torch.randn(40)
+    torch.testing.assert_close(int8_linear(x, q, b, r), x @ q.dequantize().t() + b + r, atol=1e-5, rtol=1e-5)
+    kept = _kept(20, 8)
+    vis = torch.randn(20, VIS, generator=torch.Generator().manual_seed(8))
+    q8 = SlotKVPrefill(lm, _ids(), VIS, N, cuda_graphs=False, reuse=False, quantize='int8')
+    got = q8.prefill(vis, kept)['logits']
+    # The same forward on a copy of the model whose weights ARE the dequantised int8 ones.
+    deq = copy.deepcopy(lm)
+    for layer, w8 in zip(deq.model.layers, q8.int8):
+        at, mlp = layer.self_attn, layer.mlp
+        with torch.no_grad():
+            qkv, gu = w8['qkv'].dequantize(), w8['gate_up'].dequantize()
+            nq, nk = at.q_proj.weight.shape[0], at.k_proj.weight.shape[0]
+            at.q_proj.weight.copy_(qkv[:nq])
+            at.k_proj.weight.copy_(qkv[nq:nq + nk])
+            at.v_proj.weight.copy_(qkv[nq + nk:])
+            at.o_proj.weight.copy_(w8['o'].dequantize())
+            mlp.gate_proj.weight.copy_(gu[:mlp.gate_proj.weight.shape[0]])
+            mlp.up_proj.weight.copy_(gu[mlp.gate_proj.weight.shape[0]:])
+            mlp.down_proj.weight.copy_(w8['down'].dequantize())
+    ref = SlotKVPrefill(deq, _ids(), VIS, N, cuda_graphs=False, reuse=False)
+    ref.projector = q8.projector
+    torch.testing.assert_close(got, ref.prefill(vis, kept)['logits'], atol=1e-4, rtol=1e-4)
+    bf = SlotKVPrefill(lm, _ids(), VIS, N, cuda_graphs=False, reuse=False).prefill(vis, kept)['logits']
+    assert torch.nn.functional.cosine_similarity(got, bf, dim=0) > 0.99
+    with pytest.raises(ValueError):
+        SlotKVPrefill(lm, _ids(), VIS, N, cuda_graphs=False, quantize='int4')
+
+
+def test_int8_triton_kernel_in_interpreter(monkeypatch):
+    """The CUDA kernel's logic run by Triton's CPU interpreter (skipped where Triton is not installed)."""
+    pytest.importorskip('triton')
+    monkeypatch.setenv('TRITON_INTERPRET', '1')
+    import importlib
+
+    from vla_ros.planning import int8
+    mod = importlib.reload(int8)
+    try:
+        import triton
+        for m, n, k in ((5, 40, 48), (20, 70, 256)):
+            gen = torch.Generator().manual_seed(m)
+            x, w = torch.randn(m, k, generator=gen), mod.Int8Weight(torch.randn(n, k, generator=gen))
+            b, r, y = torch.randn(n, generator=gen), torch.randn(m, n, generator=gen), torch.full((m, n), float('nan'))
+            bm, bn, bk = mod._blocks(m, n)
+            try:
+                mod._w8_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
+                    x, w.q, w.scale, b, r, y, m, n, K=k, HAS_BIAS=True, HAS_RES=True, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+            except Exception as exc:  # noqa: BLE001 - an interpreter that cannot run this kernel
+                pytest.skip(f'Triton interpreter unavailable: {exc}')
+            torch.testing.assert_close(y, x @ w.dequantize().t() + b + r, atol=1e-4, rtol=1e-4)
+    finally:
+        monkeypatch.delenv('TRITON_INTERPRET')
+        importlib.reload(int8)

@@ -15,6 +15,7 @@ the transformers model still works and no memory is duplicated), residuals fused
 matmuls, and one additive mask per frame shared by every layer: at batch 1 the cost is kernel
 count, not arithmetic. Fixed shapes per (kept, recompute-bucket) key, so each runs as a CUDA graph;
 the host reads one int per frame (the changed-token count, to pick the bucket).
+`quantize='int8'`: the decoder matmuls read int8 weight-only copies (planning/int8.py).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 
 from vla_ros.models.fused import fuse_linears
 from vla_ros.models.graphs import GraphCache
+from vla_ros.planning.int8 import Int8Weight, int8_linear
 from vla_ros.planning.prefill import find_text_decoder, make_projector
 
 
@@ -49,11 +51,24 @@ class _LayerWeights:
     down: torch.Tensor
 
 
+_INT8 = {}
+
+
+def _int8(weight: torch.Tensor) -> Int8Weight:
+    """One int8 copy per weight tensor, shared by every SlotKVPrefill over the same model."""
+    key = (weight.data_ptr(), tuple(weight.shape), str(weight.device))
+    if key not in _INT8:
+        _INT8[key] = Int8Weight(weight)
+    return _INT8[key]
+
+
 class SlotKVPrefill:
     def __init__(self, lm, instruction_ids: torch.Tensor, vis_dim: int, num_patches: int,
                  decode_tokens: int = 8, cuda_graphs: bool = True, reuse: bool = True,
                  recompute_buckets: Sequence[float] = (0.0625, 0.125, 0.25, 0.5, 1.0),
-                 seed: int = 0, projector=None):
+                 seed: int = 0, projector=None, quantize: str = 'none'):
+        if quantize not in ('none', 'int8'):
+            raise ValueError(f"SlotKVPrefill: quantize must be 'none' or 'int8', not {quantize!r}")
         self.lm = lm.eval()
         param = next(lm.parameters())
         self.device, self.dtype = param.device, param.dtype
@@ -73,6 +88,11 @@ class SlotKVPrefill:
                 ln1=layer.input_layernorm.weight, ln2=layer.post_attention_layernorm.weight, qkv=qkv,
                 qkv_bias=qkv_b, o=at.o_proj.weight, o_bias=at.o_proj.bias, gate_up=gate_up,
                 down=mlp.down_proj.weight))
+        # int8 weight-only copies of the decoder matmuls (the LM head stays bf16: one row per frame).
+        self.int8 = None
+        if quantize == 'int8':
+            self.int8 = [dict(qkv=_int8(w.qkv), o=_int8(w.o), gate_up=_int8(w.gate_up), down=_int8(w.down))
+                         for w in self.layers]
         self.final_norm = base.norm.weight
         self.lm_head = lm.get_output_embeddings().weight
         self.embed_tokens = lm.get_input_embeddings()
@@ -129,8 +149,9 @@ class SlotKVPrefill:
         nq, nk, hd = self.heads * self.head_dim, self.kv_heads * self.head_dim, self.head_dim
         group = self.heads // self.kv_heads
         for li, w in enumerate(self.layers):
+            q8 = self.int8[li] if self.int8 is not None else None
             x = F.rms_norm(h, (self.hidden,), w.ln1, self.eps)
-            qkv = F.linear(x, w.qkv, w.qkv_bias)
+            qkv = F.linear(x, w.qkv, w.qkv_bias) if q8 is None else int8_linear(x, q8['qkv'], w.qkv_bias)
             qk = self._rope(qkv[:, :nq + nk].view(s, self.heads + self.kv_heads, hd), slots)
             k = qk[:, self.heads:].transpose(0, 1).unsqueeze(1).expand(self.kv_heads, group, s, hd)
             v = qkv[:, nq + nk:].view(s, self.kv_heads, hd).transpose(0, 1).unsqueeze(1).expand(
@@ -142,13 +163,19 @@ class SlotKVPrefill:
                                                  self.v_cache[li].view(1, self.heads, self.slots, hd),
                                                  attn_mask=bias)
             out = out[0].transpose(0, 1).reshape(s, nq)
-            if w.o_bias is None:
+            if q8 is not None:
+                h = int8_linear(out, q8['o'], w.o_bias, residual=h)
+            elif w.o_bias is None:
                 h = torch.addmm(h, out, w.o.t())
             else:
                 h = h + F.linear(out, w.o, w.o_bias)
             x = F.rms_norm(h, (self.hidden,), w.ln2, self.eps)
-            gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)
-            h = torch.addmm(h, F.silu(gate) * up, w.down.t())
+            if q8 is None:
+                gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)
+                h = torch.addmm(h, F.silu(gate) * up, w.down.t())
+            else:
+                gate, up = int8_linear(x, q8['gate_up']).chunk(2, dim=-1)
+                h = int8_linear(F.silu(gate) * up, q8['down'], residual=h)
         return h
 
     def _logits(self, h_last: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -179,7 +206,7 @@ class SlotKVPrefill:
         tokens = tokens.to(self.dtype)
         self.key_valid.zero_()
         self.key_valid.index_fill_(0, kept, True)
-        self.key_valid[self.n:self.n + self.num_text] = True
+        self.key_valid.narrow(0, self.n, self.num_text).fill_(True)   # (no host-scalar setitem: capturable)
         rows = order[:r_bucket]
         real = torch.arange(r_bucket, device=self.device) < count
         vis_slots = torch.where(real, kept[rows], torch.full_like(rows, self.trash))
@@ -190,7 +217,7 @@ class SlotKVPrefill:
         feat_rows = torch.where(real, vis_slots, torch.full_like(vis_slots, self.n))
         self.slot_features.index_copy_(0, feat_rows, vis_in)
         self.slot_valid.index_fill_(0, feat_rows, True)
-        self.slot_valid[self.n] = False
+        self.slot_valid.narrow(0, self.n, 1).fill_(False)
         return self._logits(h[-1:])
 
     def _step(self, token: torch.Tensor, position: torch.Tensor) -> Dict[str, torch.Tensor]:
