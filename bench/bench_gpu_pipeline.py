@@ -150,7 +150,10 @@ def main(argv=None):
                 if cfg.adaptive_budget and cfg.static_shapes:
                     counts = {bucket_up(c, n, cfg.keep_buckets) for c in
                               [cap] + [int(np.ceil(f * n)) for f in cfg.keep_buckets if np.ceil(f * n) <= cap]}
-            planners[name].precapture(counts, encoder.hidden_size)
+            if isinstance(planners[name], SlotKVPrefill):
+                planners[name].precapture(counts, encoder.hidden_size, decode=SETTINGS[name]['decode'])
+            else:
+                planners[name].precapture(counts, encoder.hidden_size)
 
     # Full recompute on opt_pruned_kv's own tokens (untimed): the drift KV reuse costs.
     kv_ref = None
@@ -288,6 +291,10 @@ def main(argv=None):
     report['decision_selftest'] = _decision_selftest(encoder.grid_hw, args.device)
     report['perception_stage_profile_ms'] = _profile_stages(pipes, encoder, args)
     report['graph_captures_during_timed_frames'] = _captures(pipes, planners) - (captures_at_start or 0)
+    from vla_ros.planning import int8 as int8_mod
+    report['int8_kernel'] = dict(triton=int8_mod.triton_int8_available(args.device), failed=list(int8_mod._FAILED)[:2],
+                                 best_configs={str(k): str(v) for k, v in
+                                               getattr(getattr(int8_mod, '_w8_kernel', None), 'cache', {}).items()})
     if args.knob_frames > 0 and 'opt_pruned' in names:
         report['knobs'] = run_knobs(lm, encoder, instruction_ids, args, dtype, sync)
     _print(report)

@@ -159,27 +159,30 @@ def test_int8_weights_equal_the_dequantised_model_and_stay_close_to_bf16(lm):
         SlotKVPrefill(lm, _ids(), VIS, N, cuda_graphs=False, quantize='int4')
 
 
-def test_int8_triton_kernel_in_interpreter(monkeypatch):
-    """The CUDA kernel's logic run by Triton's CPU interpreter (skipped where Triton is not installed)."""
-    pytest.importorskip('triton')
-    monkeypatch.setenv('TRITON_INTERPRET', '1')
-    import importlib
+_INTERPRETED_KERNEL_CHECK = r"""
+import torch, triton
+from vla_ros.planning import int8
+for m, n, k in ((5, 40, 48), (20, 70, 256), (70, 33, 128)):
+    gen = torch.Generator().manual_seed(m)
+    x, w = torch.randn(m, k, generator=gen), int8.Int8Weight(torch.randn(n, k, generator=gen))
+    b, r, y = torch.randn(n, generator=gen), torch.randn(m, n, generator=gen), torch.full((m, n), float('nan'))
+    bm, bn, bk = int8._block_m(m), 32, 64
+    int8._w8_tile[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
+        x, w.q, w.scale, b, r, y, m, n, K=k, HAS_BIAS=True, HAS_RES=True, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+    torch.testing.assert_close(y, x @ w.dequantize().t() + b + r, atol=1e-4, rtol=1e-4)
+print('kernel ok')
+"""
 
-    from vla_ros.planning import int8
-    mod = importlib.reload(int8)
-    try:
-        import triton
-        for m, n, k in ((5, 40, 48), (20, 70, 256)):
-            gen = torch.Generator().manual_seed(m)
-            x, w = torch.randn(m, k, generator=gen), mod.Int8Weight(torch.randn(n, k, generator=gen))
-            b, r, y = torch.randn(n, generator=gen), torch.randn(m, n, generator=gen), torch.full((m, n), float('nan'))
-            bm, bn, bk = mod._blocks(m, n)
-            try:
-                mod._w8_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
-                    x, w.q, w.scale, b, r, y, m, n, K=k, HAS_BIAS=True, HAS_RES=True, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
-            except Exception as exc:  # noqa: BLE001 - an interpreter that cannot run this kernel
-                pytest.skip(f'Triton interpreter unavailable: {exc}')
-            torch.testing.assert_close(y, x @ w.dequantize().t() + b + r, atol=1e-4, rtol=1e-4)
-    finally:
-        monkeypatch.delenv('TRITON_INTERPRET')
-        importlib.reload(int8)
+
+def test_int8_triton_kernel_in_interpreter():
+    """The CUDA kernel's tile logic run by Triton's CPU interpreter, in a fresh process (the interpreter
+    is chosen at import); skipped where Triton is not installed."""
+    pytest.importorskip('triton')
+    import subprocess
+    env = dict(os.environ, TRITON_INTERPRET='1')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, '-c', _INTERPRETED_KERNEL_CHECK], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    if 'active drivers' in proc.stderr or 'InterpreterError' in proc.stderr:
+        pytest.skip(f'Triton interpreter unavailable: {proc.stderr.strip().splitlines()[-1]}')
+    assert proc.returncode == 0 and 'kernel ok' in proc.stdout, proc.stderr[-2000:]

@@ -256,8 +256,9 @@ class SlotKVPrefill:
         return torch.cat(tokens)
 
     @torch.inference_mode()
-    def precapture(self, kept_counts, vis_dim: int) -> None:
-        """Capture the change test, every recompute bucket's prefill and the decode step, then reset."""
+    def precapture(self, kept_counts, vis_dim: int, decode: bool = True) -> None:
+        """Capture the change test, every recompute bucket's prefill and (decode=True) the decode step,
+        then reset."""
         for k in sorted(set(int(c) for c in kept_counts)):
             kept = torch.arange(k, device=self.device) * max(1, self.n // max(k, 1))
             kept = kept.clamp(max=self.n - 1).unique()
@@ -269,5 +270,6 @@ class SlotKVPrefill:
             for r in sizes:
                 first = self.graphs.run(('prefill', k, r), lambda r=r, **kw: self._prefill(**kw, r_bucket=r),
                                         dict(kept=kept, tokens=tokens, order=ch['order'], count=ch['count']))
-            self.decode(first, k, steps=1)
+            if decode:
+                self.decode(first, k, steps=1)
         self.reset()
