@@ -129,6 +129,10 @@ class ControlLoop:
                  on_chunk: Optional[Callable[[ChunkResult], None]] = None, seed: Optional[int] = None):
         self.head = head.eval()
         self.cfg = cfg
+        self._captured = None           # the denoising loop as one CUDA graph (cuda + cuda_graphs only)
+        if cfg.cuda_graphs and head.action_mean.device.type == 'cuda':
+            from vla_ros.action.flow_graph import CapturedSampler
+            self._captured = CapturedSampler(head, steps=cfg.denoising_steps)
         self.clock = clock
         self.on_chunk = on_chunk
         self.control_dt = 1.0 / cfg.control_rate_hz
@@ -218,10 +222,16 @@ class ControlLoop:
                 delay = (active_from - request) if active_from is not None else self._delay_estimate_s
                 prefix, weights = self.buffer.rtc_prefix(request, delay, cfg.horizon, cfg.action_dt)
             wall0 = time.perf_counter()
-            actions = self.head.predict_actions(
-                vis.value[None], None, plan.value[None], prop.value[None].astype(np.float32),
-                steps=cfg.denoising_steps, prefix=None if prefix is None else prefix[None],
-                prefix_weights=weights, generator=self._generator)[0].cpu().numpy().astype(np.float64)
+            if self._captured is not None:
+                actions = self._captured.predict_actions(
+                    vis.value[None], None, plan.value[None], prop.value[None].astype(np.float32),
+                    prefix=None if prefix is None else prefix[None], prefix_weights=weights)
+            else:
+                actions = self.head.predict_actions(
+                    vis.value[None], None, plan.value[None], prop.value[None].astype(np.float32),
+                    steps=cfg.denoising_steps, prefix=None if prefix is None else prefix[None],
+                    prefix_weights=weights, generator=self._generator)
+            actions = actions[0].cpu().numpy().astype(np.float64)
             inference_s = time.perf_counter() - wall0
             # Pessimistic running estimate: next inference may be as slow as the slowest recent one.
             self._delay_estimate_s = max(inference_s * 1.5, 0.8 * self._delay_estimate_s)

@@ -67,6 +67,9 @@ class ActionConfig:
     horizon: int = param(16, 'Steps per action chunk', range=(1, 1024))
     action_dim: int = param(7, 'Values per action step', range=(1, 64))
     denoising_steps: int = param(10, 'Flow-matching integration steps', range=(1, 1000))
+    cuda_graphs: bool = param(False, 'device cuda: run the whole denoising loop as one captured CUDA graph '
+                                     '(action/flow_graph.py; noise from the CUDA generator, not the seeded one; '
+                                     'eager fallback logged)')
     control_rate_hz: float = param(100.0, 'Command stream rate', range=(1.0, 2000.0))
     chunk_rate_hz: float = param(10.0, 'How often a new chunk is inferred', range=(0.1, 1000.0))
     action_dt: float = param(0.05, 'Seconds between chunk steps', range=(0.001, 10.0))
