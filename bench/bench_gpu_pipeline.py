@@ -172,7 +172,9 @@ def main(argv=None):
     captured = CapturedSampler(head, cuda_graphs=True)
     stats = {name: {k: [] for k in ('perception', 'prefill', 'decode', 'step', 'kept', 'recomputed', 'hit',
                                     'perception_flops', 'prefill_flops', 'syncs', 'lm_rows')} for name in names}
-    action = {'eager': [], 'graph': []}
+    action = {'eager': [], 'graph': [], 'graph_rtc': []}
+    rtc_prefix = torch.randn(1, head.config.horizon, head.config.action_dim, generator=gen).to(args.device)
+    rtc_weights = torch.linspace(1.0, 0.0, head.config.horizon).to(args.device)
     acc = {'feature_cos_pruned_vs_full': [], 'feature_cos_opt_vs_eager': [], 'next_token_pruned': [],
            'next_token_adaptive': [], 'next_token_opt_vs_eager': [], 'plan_pruned': [], 'logit_cos_pruned': [],
            'device_vs_numpy_same_kept': [], 'device_vs_numpy_same_reuse': [], 'device_vs_numpy_token_cos': [],
@@ -261,13 +263,15 @@ def main(argv=None):
         mask = torch.ones(vis_t.shape[:2], dtype=torch.bool, device=args.device)
         plan_t = torch.randn(1, 8, head.config.plan_dim, generator=gen).to(args.device)
         proprio = torch.randn(1, head.config.proprio_dim, generator=gen).to(args.device)
-        for kind in ('eager', 'graph'):
+        for kind in ('eager', 'graph', 'graph_rtc'):
             sync()
             ta = time.perf_counter()
             if kind == 'eager':
                 head.sample(vis_t, mask, plan_t, proprio)
-            else:
+            elif kind == 'graph':
                 captured(vis_t, mask, plan_t, proprio)
+            else:                # with the real-time-chunking prefix, as the control loop runs it
+                captured(vis_t, mask, plan_t, proprio, rtc_prefix, rtc_weights)
             sync()
             if timed:
                 action[kind].append((time.perf_counter() - ta) * 1e3)

@@ -125,6 +125,7 @@ def _report(args, stats, action, acc, names, n, pipes, planners, captured, build
                                   speedup_vs_eager_full=speed.get('opt_plancache', {}).get('vs_eager_full', {}).get('p50')),
         speedups=speed, settings=settings,
         action_head_chunk_ms=dict(eager=summary(action['eager']), graph=summary(action['graph']),
+                                  graph_rtc_prefix=summary(action.get('graph_rtc', [])),
                                   steps=captured.steps, graphs=captured.graphs.stats()),
         accuracy={k: mean_or_nan(v) for k, v in acc.items()},
         shapes=dict(vision=SCALES[args.scale]['vision'], lm=SCALES[args.scale]['lm'], patches=n,
