@@ -297,8 +297,7 @@ def main(argv=None):
     report['graph_captures_during_timed_frames'] = _captures(pipes, planners) - (captures_at_start or 0)
     from vla_ros.planning import int8 as int8_mod
     report['int8_kernel'] = dict(triton=int8_mod.triton_int8_available(args.device), failed=list(int8_mod._FAILED)[:2],
-                                 best_configs={str(k): str(v) for k, v in
-                                               getattr(getattr(int8_mod, '_w8_kernel', None), 'cache', {}).items()})
+                                 tiles='fixed per shape (int8._blocks)')
     if args.knob_frames > 0 and 'opt_pruned' in names:
         report['knobs'] = run_knobs(lm, encoder, instruction_ids, args, dtype, sync)
     _print(report)

@@ -166,8 +166,8 @@ for m, n, k in ((5, 40, 48), (20, 70, 256), (70, 33, 128)):
     gen = torch.Generator().manual_seed(m)
     x, w = torch.randn(m, k, generator=gen), int8.Int8Weight(torch.randn(n, k, generator=gen))
     b, r, y = torch.randn(n, generator=gen), torch.randn(m, n, generator=gen), torch.full((m, n), float('nan'))
-    bm, bn, bk = int8._block_m(m), 32, 64
-    int8._w8_tile[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
+    bm, bn, bk = int8._blocks(m, n)
+    int8._w8_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
         x, w.q, w.scale, b, r, y, m, n, K=k, HAS_BIAS=True, HAS_RES=True, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
     torch.testing.assert_close(y, x @ w.dequantize().t() + b + r, atol=1e-4, rtol=1e-4)
 print('kernel ok')

@@ -8,6 +8,10 @@ registers and runs the tensor-core dot (the scale, bias and residual applied in 
 the weights cross memory once as int8. Elsewhere it dequantises and calls F.linear (same numbers up
 to accumulation order; used by the CPU tests). Activations stay bf16: no per-token quantisation.
 The drift it costs is measured by bench/bench_gpu_pipeline.py (next-token agreement, logit cosine).
+
+Measured on an H100 (bench/RESULTS.md): this kernel does NOT beat cuBLAS bf16 at the 7B shapes (11.8
+vs 8.7 ms per 91-row prefill); a variant with untransposed weight tiles and autotuned N/K tiles was
+slower still (24 ms, bench/results/gpu_openvla_int8.json). Kept as an option with its drift measured.
 """
 from __future__ import annotations
 
@@ -42,15 +46,10 @@ class Int8Weight:
 
 
 if _HAVE_TRITON:
-    # Tile shapes are autotuned per (M tile, N, K) on first use (eagerly: graph capture replays the
-    # winner). Wide N tiles matter at small M: every N tile re-reads the activations from L2.
-    _CONFIGS = [triton.Config({'BLOCK_N': bn, 'BLOCK_K': bk}, num_warps=w, num_stages=st)
-                for bn, bk, w, st in ((64, 128, 4, 4), (128, 128, 8, 3), (256, 64, 8, 3), (32, 256, 4, 4))]
-
     @triton.jit
-    def _w8_tile(x_ptr, w_ptr, s_ptr, b_ptr, r_ptr, y_ptr, M, N, K: tl.constexpr,
-                 HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    def _w8_kernel(x_ptr, w_ptr, s_ptr, b_ptr, r_ptr, y_ptr, M, N, K: tl.constexpr,
+                   HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -62,9 +61,8 @@ if _HAVE_TRITON:
         for k0 in range(0, K, BLOCK_K):
             k_ok = (k0 + rk) < K
             a = tl.load(x_ptr + rm[:, None] * K + (k0 + rk)[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            # Weight tile [BLOCK_N, BLOCK_K] in its natural row-major layout (K contiguous), int8 -> bf16.
-            b = tl.load(w_ptr + rn[:, None] * K + (k0 + rk)[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
-            acc = tl.dot(a, tl.trans(b.to(a.dtype)), acc)
+            b = tl.load(w_ptr + rn[None, :] * K + (k0 + rk)[:, None], mask=n_ok[None, :] & k_ok[:, None], other=0)
+            acc += tl.dot(a, b.to(a.dtype))
         acc = acc * tl.load(s_ptr + rn, mask=n_ok, other=0.0)[None, :]
         if HAS_BIAS:
             acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -73,17 +71,13 @@ if _HAVE_TRITON:
             acc += tl.load(r_ptr + rm[:, None] * N + rn[None, :], mask=out_mask, other=0.0).to(tl.float32)
         tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc.to(y_ptr.dtype.element_ty), mask=out_mask)
 
-    @triton.autotune(configs=_CONFIGS, key=['M_TILE', 'N', 'K'], warmup=3, rep=10)
-    @triton.jit
-    def _w8_kernel(x_ptr, w_ptr, s_ptr, b_ptr, r_ptr, y_ptr, M, N, M_TILE, K: tl.constexpr,
-                   HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        _w8_tile(x_ptr, w_ptr, s_ptr, b_ptr, r_ptr, y_ptr, M, N, K, HAS_BIAS, HAS_RES, BLOCK_M, BLOCK_N, BLOCK_K)
 
-
-def _block_m(m: int) -> int:
-    """M tile >= 16 (the tensor-core minimum), up to 128."""
-    return 16 if m <= 16 else 32 if m <= 32 else 64 if m <= 64 else 128
+def _blocks(m: int, n: int):
+    """Tile sizes: M tile >= 16 (tensor-core minimum), N tile small enough that even the narrowest
+    projection spreads over the SMs (the kernel streams weights; every SM should pull its share)."""
+    block_m = 16 if m <= 16 else 32 if m <= 32 else 64 if m <= 64 else 128
+    block_n = 32 if n <= 8192 else 64
+    return block_m, block_n, 128
 
 
 def triton_int8_available(device) -> bool:
@@ -99,11 +93,12 @@ def int8_linear(x: torch.Tensor, w: Int8Weight, bias: Optional[torch.Tensor] = N
             n = w.shape[0]
             x = x.contiguous()
             y = torch.empty(m, n, device=x.device, dtype=x.dtype)
-            bm = _block_m(m)
+            bm, bn, bk = _blocks(m, n)
             res = residual.contiguous() if residual is not None else y
-            grid = lambda meta: (triton.cdiv(m, bm), triton.cdiv(n, meta['BLOCK_N']))  # noqa: E731
-            _w8_kernel[grid](x, w.q, w.scale, bias if bias is not None else w.scale, res, y, m, n, bm, K=k,
-                             HAS_BIAS=bias is not None, HAS_RES=residual is not None, BLOCK_M=bm)
+            grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
+            _w8_kernel[grid](x, w.q, w.scale, bias if bias is not None else w.scale, res, y, m, n, K=k,
+                             HAS_BIAS=bias is not None, HAS_RES=residual is not None,
+                             BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=4, num_stages=4)
             return y
         except Exception as exc:  # noqa: BLE001 - a Triton that cannot build it: the dequantising path, logged
             if not _FAILED:
