@@ -55,11 +55,12 @@ _INT8 = {}
 
 
 def _int8(weight: torch.Tensor) -> Int8Weight:
-    """One int8 copy per weight tensor, shared by every SlotKVPrefill over the same model."""
+    """One int8 copy per weight tensor, shared by every SlotKVPrefill over the same model (the entry
+    holds the weight too, so its storage, and with it the key, cannot be reused by another tensor)."""
     key = (weight.data_ptr(), tuple(weight.shape), str(weight.device))
     if key not in _INT8:
-        _INT8[key] = Int8Weight(weight)
-    return _INT8[key]
+        _INT8[key] = (weight, Int8Weight(weight))
+    return _INT8[key][1]
 
 
 class SlotKVPrefill:
