@@ -56,9 +56,7 @@ class InputMirror:
         self._token = np.zeros((1, 1), dtype=np.float32)   # placeholder: the tick never reads tokens
 
     def _fresh(self, name: str, slot: SeqSlot, out) -> bool:
-        if slot.version == self._seen[name]:
-            return False
-        got = slot.read_into(out)
+        got = slot.read_new(out, self._seen[name])
         if got is None:
             return False
         self._seen[name] = got

@@ -82,12 +82,17 @@ def apply_thread_realtime(fifo_priority: int, cpus: Sequence[int]) -> str:
     else:
         parts.append('normal priority (action.realtime.fifo_priority = 0)')
     if cpus:
-        try:
-            os.sched_setaffinity(0, [int(c) for c in cpus])
-            parts.append(f'pinned to CPUs {sorted(os.sched_getaffinity(0))}')
-        except (AttributeError, OSError, ValueError) as exc:
-            parts.append(f'CPU affinity {list(cpus)} NOT applied ({exc})')
+        parts.append(set_affinity(cpus))
     return ', '.join(parts)
+
+
+def set_affinity(cpus: Sequence[int]) -> str:
+    """Pin the calling thread (and threads it creates later) to `cpus`; returns what took effect."""
+    try:
+        os.sched_setaffinity(0, [int(c) for c in cpus])
+        return f'pinned to CPUs {sorted(os.sched_getaffinity(0))}'
+    except (AttributeError, OSError, ValueError) as exc:
+        return f'CPU affinity {list(cpus)} NOT applied ({exc})'
 
 
 @dataclass
