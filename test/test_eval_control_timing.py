@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from vla_ros.eval.bag_io import BagWriter
-from vla_ros.eval.control_timing import analyze_bag, format_table, motion_smoothness, period_stats
+from vla_ros.eval.control_timing import (analyze_bag, format_table, gap_intervals, gaps_vs_floor, motion_smoothness,
+                                         period_stats)
 
 
 def test_period_stats_counts_jitter_and_gaps():
@@ -15,6 +16,21 @@ def test_period_stats_counts_jitter_and_gaps():
     assert period_stats(t, 0.01, gap_ms=7.5)['gaps_over_7.5ms'] == 0
     assert s['jitter_max_ms'] == pytest.approx(7.0) and s['jitter_p50_ms'] == pytest.approx(0.0, abs=1e-9)
     assert s['rate_hz'] == pytest.approx(999 / (9.99 + 0.007))
+
+
+def test_gaps_are_matched_with_the_probe_threads_late_wakeups():
+    t = 100.0 + np.arange(1000) * 0.01
+    t[300:] += 0.009            # gap 1: 19 ms period ending at t[300]
+    t[700:] += 0.012            # gap 2: 22 ms period ending at t[700]
+    gaps = gap_intervals(t, 0.01)
+    assert gaps.shape == (2, 2) and np.allclose((gaps[:, 1] - gaps[:, 0]) * 1e3, [19.0, 22.0])
+    # The probe woke 8 ms late inside gap 1 only; a 3 ms late wake-up inside gap 2 is below the 5 ms mark.
+    events = [{'wall_s': gaps[0, 0] + 0.012, 'late_ms': 8.0}, {'wall_s': gaps[1, 0] + 0.01, 'late_ms': 3.0},
+              {'wall_s': 50.0, 'late_ms': 30.0}]
+    floor = gaps_vs_floor(gaps, events)
+    assert floor['gaps'] == 2 and floor['gaps_with_probe_late_too'] == 1 and floor['probe_late_wakeups'] == 2
+    assert floor['gap_list'][1][1] == pytest.approx(22.0)
+    assert gaps_vs_floor(gaps, [])['gaps_with_probe_late_too'] == 0
 
 
 def test_seam_jerk_is_found_where_the_seam_is():

@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import gc
 import os
+import resource
 import threading
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ _CLOCK_MONOTONIC = 1
 _TIMER_ABSTIME = 1
 _EINTR = 4
 _PR_SET_TIMERSLACK = 29
+_RUSAGE_THREAD = getattr(resource, 'RUSAGE_THREAD', resource.RUSAGE_SELF)   # Linux: this thread only
 
 
 class _Timespec(ctypes.Structure):
@@ -37,12 +39,17 @@ def _load_libc():
         libc.clock_nanosleep.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Timespec),
                                          ctypes.POINTER(_Timespec)]
         libc.clock_nanosleep.restype = ctypes.c_int
+        libc.mlockall.argtypes, libc.mlockall.restype = [ctypes.c_int], ctypes.c_int
         return libc
     except (OSError, AttributeError):  # not Linux/glibc: fall back to time.sleep
         return None
 
 
 _LIBC = _load_libc()
+
+
+def _thread_rusage():
+    return resource.getrusage(_RUSAGE_THREAD)
 
 
 class AbsoluteSleeper:
@@ -95,6 +102,54 @@ def set_affinity(cpus: Sequence[int]) -> str:
         return f'CPU affinity {list(cpus)} NOT applied ({exc})'
 
 
+_MCL_CURRENT, _MCL_FUTURE, _MCL_ONFAULT = 1, 2, 4
+
+
+def lock_memory() -> str:
+    """mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT): no page this process has touched (code,
+    heap, shared memory) is ever paged out again, so the tick cannot take a major fault after start-up.
+    ONFAULT locks pages as they are first touched instead of faulting in every mapped library up front
+    (torch's alone are ~1 GB). Never raises; returns one line saying what took effect."""
+    if _LIBC is None:
+        return 'memory NOT locked (no libc)'
+    if _LIBC.mlockall(_MCL_CURRENT | _MCL_FUTURE | _MCL_ONFAULT) == 0:
+        return 'memory locked (mlockall)'
+    err = ctypes.get_errno()
+    return f'memory NOT locked (mlockall: {os.strerror(err)}; needs CAP_IPC_LOCK or a memlock limit)'
+
+
+def realtime_native_threads(fifo_priority: int, skip_python_threads: bool = True) -> str:
+    """Give this process's middleware threads (native, not started by Python, named other than the
+    process: DDS receive/event/async writer threads made by rclpy.init / create_node) SCHED_FIFO
+    `fifo_priority`. For processes whose
+    priority is decided after their middleware threads exist (the recorder reads it from a parameter)."""
+    python = {t.native_id for t in threading.enumerate()} if skip_python_threads else set()
+    done, failed = 0, ''
+    try:
+        tids = [int(t) for t in os.listdir('/proc/self/task')]
+        main_name = _thread_name(os.getpid())
+        # Interpreter-side helper threads keep the process's name; middleware threads name themselves
+        # (Fast DDS: dds.udp.*, dds.shm.*, dds.ev.*, dds.asyn.*).
+        tids = [t for t in tids if t not in python and _thread_name(t) != main_name]
+    except OSError as exc:
+        return f'native threads NOT changed ({exc})'
+    for tid in tids:
+        try:
+            os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(int(fifo_priority)))
+            done += 1
+        except (AttributeError, OSError) as exc:
+            failed = f', {exc.__class__.__name__}: {getattr(exc, "strerror", exc)}'
+    return f'{done} of {len(tids)} middleware threads at SCHED_FIFO {fifo_priority}{failed}'
+
+
+def _thread_name(tid: int) -> str:
+    try:
+        with open(f'/proc/self/task/{tid}/comm') as fh:
+            return fh.read().strip()
+    except OSError:
+        return ''
+
+
 @dataclass
 class GcPolicy:
     """Automatic collection off; collect generation <= 1 every `young_period_s` and a full pass every
@@ -135,6 +190,12 @@ class DeadlineLoop:
         self.gc_max_ms = 0.0
         self.run_gap_max_ms = 0.0      # longest period between tick starts, whole run
         self.run_gaps_over_5ms = 0     # periods more than 5 ms longer than nominal, whole run
+        self.run_late_max_ms = 0.0     # longest wake-up after a release, whole run
+        self.run_cost_max_ms = 0.0     # longest tick, whole run
+        # What the thread went through in the tick (from the release before it) that ended the longest
+        # period: context switches it asked for (blocked: a lock, I/O) and was forced into (preempted),
+        # minor/major page faults. Tells a scheduler gap from a blocking call from paging.
+        self.worst_period_rusage = (0, 0, 0, 0)
         self._prev_wake = 0
         self.rt_status = 'not started'
         self._stop = threading.Event()
@@ -171,9 +232,11 @@ class DeadlineLoop:
         period, tol, size = self.period_ns, self.late_tolerance_ns, self._wake.size
         last_young = last_full = time.monotonic_ns()
         release = time.monotonic_ns() + period
+        ru_prev = _thread_rusage()
         while not self._stop.is_set():
             self._sleeper.sleep_until(release)
             woke = time.monotonic_ns()
+            ru = _thread_rusage()    # at each wake: the window between two wakes is exactly one period
             late = woke - release
             if late > tol:
                 self.missed_deadlines += 1
@@ -191,6 +254,13 @@ class DeadlineLoop:
                     self.run_gaps_over_5ms += 1
                 if gap * 1e-6 > self.run_gap_max_ms:
                     self.run_gap_max_ms = gap * 1e-6
+                    self.worst_period_rusage = (ru.ru_nvcsw - ru_prev.ru_nvcsw, ru.ru_nivcsw - ru_prev.ru_nivcsw,
+                                                ru.ru_minflt - ru_prev.ru_minflt, ru.ru_majflt - ru_prev.ru_majflt)
+            ru_prev = ru
+            if late * 1e-6 > self.run_late_max_ms:
+                self.run_late_max_ms = late * 1e-6
+            if (done - woke) * 1e-6 > self.run_cost_max_ms:
+                self.run_cost_max_ms = (done - woke) * 1e-6
             self._prev_wake = woke
             i = self._n % size
             self._wake[i], self._late[i], self._cost[i] = woke, late, done - woke
@@ -229,7 +299,10 @@ class DeadlineLoop:
         out = {'ticks': self.ticks, 'missed_deadlines': self.missed_deadlines,
                'skipped_periods': self.skipped_periods, 'tick_errors': self.tick_errors,
                'gc_runs': self.gc_runs, 'gc_max_ms': self.gc_max_ms, 'run_gap_max_ms': self.run_gap_max_ms,
-               'run_gaps_over_5ms': self.run_gaps_over_5ms}
+               'run_gaps_over_5ms': self.run_gaps_over_5ms, 'run_late_max_ms': self.run_late_max_ms,
+               'run_cost_max_ms': self.run_cost_max_ms}
+        out.update(zip(('worst_voluntary_csw', 'worst_involuntary_csw', 'worst_minor_faults', 'worst_major_faults'),
+                       self.worst_period_rusage))
         if n < 3:
             return out
         start = self._n - n

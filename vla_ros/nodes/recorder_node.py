@@ -31,6 +31,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Empty, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
+from vla_ros.action.rt import realtime_native_threads
 from vla_ros.config.recording import RecorderConfig
 from vla_ros.config.topics import TopicsConfig
 from vla_ros.eval.bag_io import BagWriter, msgtype_of
@@ -136,6 +137,11 @@ class RecorderNode(Node):
         self._writer_thread.start()
         self._discovery_timer = self.create_timer(self.cfg.discovery_period_s, self._discover)
         self._diagnostics = Diagnostics(self, self._status, period_s=self.cfg.diagnostics_period_s)
+        sim_time = bool(self.get_parameter('use_sim_time').value)
+        self._dds_receive_time = self.cfg.receive_time == 'dds' and not sim_time
+        if self.cfg.dds_fifo_priority > 0:   # the middleware threads exist now (rclpy.init, node creation)
+            self.get_logger().info('recorder middleware threads: '
+                                   + realtime_native_threads(self.cfg.dds_fifo_priority))
         self._discover()
         self.get_logger().info(f'recording {len(self._pending)} topics into {self.output_dir} ({self.cfg.storage})')
 
@@ -189,7 +195,7 @@ class RecorderNode(Node):
         """Rate-limit camera frames; compress them when asked (a bad frame is a counted drop)."""
         with self._intake_lock:  # DDS losses are judged on every frame, before the rate limit skips some
             self._count_gap(self._image_bag_topic, info)
-        received_ns = self.get_clock().now().nanoseconds   # the bag's log time: arrival, not after compression
+        received_ns = self._log_time_ns(info)   # the bag's log time: arrival, not after compression
         if not self._image_limiter.allow(received_ns):
             self.images_skipped += 1
             return
@@ -207,9 +213,18 @@ class RecorderNode(Node):
         msg.data = payload
         self._on_message(self._image_bag_topic, msg, log_time_ns=received_ns)  # the writer serialises it
 
+    def _log_time_ns(self, info: Optional[dict]) -> int:
+        """The bag's log time: the DDS reception timestamp (system clock, taken by the receive thread)
+        when configured and reported, else the node clock now."""
+        if self._dds_receive_time and info:
+            received = info.get('received_timestamp')
+            if received:
+                return int(received)
+        return self.get_clock().now().nanoseconds
+
     def _on_message(self, topic: str, data, info: Optional[dict] = None, log_time_ns: Optional[int] = None) -> None:
         if log_time_ns is None:
-            log_time_ns = self.get_clock().now().nanoseconds
+            log_time_ns = self._log_time_ns(info)
         self._last_message = time.monotonic()
         with self._intake_lock:
             self._count_gap(topic, info)
