@@ -51,6 +51,10 @@ SETTINGS = {
 RATES = {'forward_250hz': 250.0}
 LOAD_SAMPLE_S = 10.0
 PROBE_RATE_HZ = 1000.0
+# Recording subscriptions' history: a recorder whose Python side is starved for seconds on a loaded
+# machine must not lose the command stream (every lost message reads as a gap in the bag).
+# Fast DDS allocates history entries as they fill, so a deep history costs memory only while it is used.
+RECORDER_DEPTH = 5000
 
 
 def run_setting(label: str, seconds: float, warmup: float, out_dir: str, extra, recorder_fifo: int,
@@ -59,7 +63,8 @@ def run_setting(label: str, seconds: float, warmup: float, out_dir: str, extra, 
     bag = os.path.join(out_dir, label, 'bag')
     os.makedirs(os.path.dirname(bag), exist_ok=True)
     cmd = [sys.executable, '-m', 'vla_ros.bringup', '--processes', '--duration', str(seconds + warmup),
-           '--record', bag, '--set', f'recorder.dds_fifo_priority={recorder_fifo}']
+           '--record', bag, '--set', f'recorder.dds_fifo_priority={recorder_fifo}',
+           '--set', f'recorder.subscription_depth={RECORDER_DEPTH}']
     for item in SETTINGS[label] + list(extra):
         cmd += ['--set', item]
     print(f'\n[bench] {label}: {" ".join(cmd[1:])}\n[bench] load average before: {os.getloadavg()[0]:.2f}',
