@@ -9,8 +9,7 @@ import torch
 
 from vla_ros.action.flow_head import FlowHeadConfig, FlowMatchingActionHead
 from vla_ros.action.inference_proc import InferenceProcess
-from vla_ros.action.rt import (AbsoluteSleeper, DeadlineLoop, GcPolicy, apply_thread_realtime, lock_memory,
-                               realtime_native_threads)
+from vla_ros.action.rt import AbsoluteSleeper, DeadlineLoop, GcPolicy, apply_thread_realtime
 from vla_ros.action.shm import SeqSlot
 from vla_ros.config.action import ActionConfig, SafetyConfig
 
@@ -46,8 +45,10 @@ def test_deadline_loop_skips_overrun_periods_and_survives_errors():
     # No burst after the overrun: the tick after it starts on a later release, not immediately again.
     gap = (calls[5] - calls[4]) * 1e-6
     assert gap >= 35.0
-    following = np.diff(calls[5:10]) * 1e-6
-    assert np.all(following > 0.5 * period_ms)
+    # (A late wake-up on a loaded machine is followed by a short period back on the grid: judge pairs.
+    # Catching up would run the skipped ticks back to back: pairs of periods near zero.)
+    following = np.diff(calls[5:11]) * 1e-6
+    assert np.all(following[1:] + following[:-1] > 1.5 * period_ms), following
     # Releases stay on the absolute grid: wake times modulo the period do not drift.
     s = loop.stats()
     assert s['ticks'] == len(calls) and 20 <= len(calls) <= 42
@@ -57,68 +58,6 @@ def test_deadline_loop_skips_overrun_periods_and_survives_errors():
     assert 0.0 <= s['run_late_max_ms'] < s['run_cost_max_ms']
     assert s['worst_voluntary_csw'] >= 2      # the release sleep + the sleep inside the tick
     assert s['worst_major_faults'] == 0
-
-
-def _memory_child(q) -> None:
-    line = lock_memory()
-    with open('/proc/self/status') as fh:
-        locked_kb = next(int(row.split()[1]) for row in fh if row.startswith('VmLck:'))
-    block = np.ones(4 << 20, dtype=np.uint8)   # touched after mlockall(MCL_FUTURE|MCL_ONFAULT): locked too
-    with open('/proc/self/status') as fh:
-        locked_after_kb = next(int(row.split()[1]) for row in fh if row.startswith('VmLck:'))
-    q.put((line, locked_kb, locked_after_kb, int(block.sum())))
-
-
-def test_lock_memory_locks_touched_pages_or_says_why():
-    import multiprocessing
-    ctx = multiprocessing.get_context('spawn')   # never lock the test runner itself
-    q = ctx.Queue()
-    p = ctx.Process(target=_memory_child, args=(q,))
-    p.start()
-    line, locked_kb, after_kb, total = q.get(timeout=60)
-    p.join(10)
-    assert total == 4 << 20
-    if line.startswith('memory locked'):
-        assert locked_kb > 0 and after_kb >= locked_kb + 4096 - 64   # the new 4 MiB block is locked
-    else:
-        assert 'NOT locked' in line and 'CAP_IPC_LOCK' in line
-
-
-def _native_thread_child(q) -> None:
-    import ctypes
-    import ctypes.util
-    import os
-    # A thread Python did not start, named like a middleware thread: SQLite/BLAS cannot be relied on,
-    # so start one through libc's pthread_create on sleep().
-    libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
-    tid = ctypes.c_ulong()
-    sleep = ctypes.cast(libc.sleep, ctypes.c_void_p)
-    assert libc.pthread_create(ctypes.byref(tid), None, sleep, ctypes.c_void_p(30)) == 0
-    libc.pthread_setname_np(tid, b'dds.test.0')
-    time.sleep(0.2)
-    line = realtime_native_threads(7)
-    policies = {}
-    for t in os.listdir('/proc/self/task'):
-        with open(f'/proc/self/task/{t}/comm') as fh:
-            policies[fh.read().strip()] = os.sched_getscheduler(int(t))
-    q.put((line, policies, os.sched_getscheduler(0)))
-
-
-def test_middleware_threads_get_fifo_python_threads_do_not():
-    import multiprocessing
-    import os
-    ctx = multiprocessing.get_context('spawn')
-    q = ctx.Queue()
-    p = ctx.Process(target=_native_thread_child, args=(q,))
-    p.start()
-    line, policies, main_policy = q.get(timeout=60)
-    p.terminate()
-    p.join(10)
-    assert main_policy == os.SCHED_OTHER                     # the Python thread is left alone
-    if 'SCHED_FIFO 7' in line and not line.startswith('0 of'):
-        assert policies['dds.test.0'] == os.SCHED_FIFO
-    else:
-        assert 'Error' in line
 
 
 def test_realtime_request_reports_what_took_effect():
