@@ -1,8 +1,10 @@
 """Control timing and smoothness metrics on synthetic series and a synthetic bag."""
+import json
+
 import numpy as np
 import pytest
 
-from vla_ros.eval.bag_io import BagWriter
+from vla_ros.eval.bag_io import RECORDER_LOSSES_KEY, BagWriter
 from vla_ros.eval.control_timing import (analyze_bag, format_table, gap_intervals, gaps_vs_floor, motion_smoothness,
                                          period_stats)
 
@@ -64,12 +66,23 @@ def test_analyze_bag_reads_stamps_receive_times_and_joint_states(tmp_path):
         w.add_topic('/vla/joint_states', 'sensor_msgs/msg/JointState')
         for k in range(1500):
             stamp = base + k * 10_000_000 + (3_000_000 if k == 1000 else 0)   # one tick 3 ms late
-            w.write('/vla/action/command', js(stamp, 0.0), stamp + 400_000 + (6_000_000 if k == 700 else 0))
+            recv = stamp + 400_000 + (6_000_000 if k == 700 else 0)
             w.write('/vla/joint_states', js(base + k * 10_000_000, 0.001 * k), base + k * 10_000_000 + 1)
+            if k in (1200, 1201, 1202):   # published, lost by the recorder: it notes the gap at 1203
+                continue
+            if k == 1350:                 # never published: a silent stream, no note
+                continue
+            if k == 1203:
+                w.set_custom_data(RECORDER_LOSSES_KEY + '/vla/action/command', json.dumps([[recv, 3]]))
+            w.write('/vla/action/command', js(stamp, 0.0), recv)
     out = analyze_bag(str(bag), skip_s=1.0)
     st, rc = out['by_header_stamp'], out['by_receive_time']
-    assert st['samples'] == 1400 and st['jitter_max_ms'] == pytest.approx(3.0, abs=1e-3)
-    assert st['gaps_over_5ms'] == 0 and st['max_gap_ms'] == pytest.approx(13.0, abs=1e-3)
-    assert rc['gaps_over_5ms'] == 1 and rc['max_gap_ms'] == pytest.approx(16.0, abs=1e-3)
+    assert st['samples'] == 1396 and st['jitter_max_ms'] == pytest.approx(30.0, abs=1e-3)
+    assert st['gaps_over_5ms'] == 2 and st['max_gap_ms'] == pytest.approx(40.0, abs=1e-3)
+    assert st['gaps_lost_in_recording'] == 1 and st['messages_lost_in_recording'] == 3
+    assert st['gaps_stream'] == 1 and st['max_gap_stream_ms'] == pytest.approx(20.0, abs=1e-3)
+    assert rc['gaps_over_5ms'] == 3 and rc['max_gap_ms'] == pytest.approx(40.0, abs=1e-3)
+    assert rc['gaps_lost_in_recording'] == 1 and rc['gaps_stream'] == 2
+    assert rc['max_gap_stream_ms'] == pytest.approx(20.0, abs=1e-3)
     assert out['arm_motion']['max_jerk'] < 1e-3          # constant velocity
     assert 'by_header_stamp.rate_hz' in format_table({'run': out})

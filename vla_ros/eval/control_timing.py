@@ -12,7 +12,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from vla_ros.eval.bag_io import read_bag
+from vla_ros.eval.bag_io import RECORDER_LOSSES_KEY, read_bag
 
 GAP_MS = 5.0
 # Keys of the action node's diagnostics copied into the results (the loop's own view, whole run).
@@ -60,6 +60,35 @@ def gaps_vs_floor(gaps: np.ndarray, floor_events: Sequence[dict], late_ms: float
             both += 1
     return {'gaps': int(len(gaps)), 'gaps_with_probe_late_too': both, 'probe_late_wakeups': len(late),
             'gap_list': [[float(a), float((b - a) * 1e3)] for a, b in gaps[:50]]}
+
+
+def recording_losses(bag: str, topic: str) -> Dict[int, int]:
+    """{log time ns of the message after a gap: messages lost} the recorder noted for `topic` (its
+    publishers' sequence numbers jumped), from the bag's custom data; empty for older bags."""
+    import json
+    from pathlib import Path
+
+    import yaml
+    meta = yaml.safe_load((Path(bag) / 'metadata.yaml').read_text())['rosbag2_bagfile_information']
+    text = (meta.get('custom_data') or {}).get(RECORDER_LOSSES_KEY + topic)
+    return {int(t): int(n) for t, n in json.loads(text)} if text else {}
+
+
+def split_gaps(times_s: np.ndarray, log_ns: np.ndarray, nominal_s: float, losses: Dict[int, int],
+               gap_ms: float = GAP_MS) -> Dict[str, float]:
+    """Gaps of a stream (sorted by `times_s`) split into those that end at a message the recorder got
+    right after losing some (`losses`, by log time: a recording loss, not a silent stream) and the rest."""
+    order = np.argsort(times_s)
+    t, log = np.asarray(times_s)[order], np.asarray(log_ns)[order]
+    if t.size < 2:
+        return {}
+    periods = np.diff(t) * 1e3
+    gap = periods - nominal_s * 1e3 > gap_ms
+    lost_after = np.array([int(x) in losses for x in log[1:]], dtype=bool)
+    stream = gap & ~lost_after
+    return {'gaps_lost_in_recording': int(np.sum(gap & lost_after)), 'gaps_stream': int(np.sum(stream)),
+            'max_gap_stream_ms': float(periods[stream].max()) if stream.any() else float(periods[~lost_after].max()),
+            'messages_lost_in_recording': int(sum(losses.values()))}
 
 
 def motion_smoothness(times_s: Sequence[float], positions: np.ndarray, seams_s: Iterable[float],
@@ -110,6 +139,7 @@ def analyze_bag(bag: str, namespace: str = '/vla', control_rate_hz: float = 100.
     loop_view: Dict[str, float] = {}
     cmd_stamp: List[float] = []
     cmd_recv: List[float] = []
+    log_ns_list: List[int] = []
     js_t: List[float] = []
     js_q: List[np.ndarray] = []
     chunk_recv: List[float] = []
@@ -119,6 +149,7 @@ def analyze_bag(bag: str, namespace: str = '/vla', control_rate_hz: float = 100.
         if kind == 'cmd':
             cmd_stamp.append(_stamp(msg))
             cmd_recv.append(log_ns * 1e-9)
+            log_ns_list.append(log_ns)
         elif kind == 'js':
             js_t.append(_stamp(msg))
             js_q.append(np.asarray(msg.position, dtype=np.float64))
@@ -144,6 +175,9 @@ def analyze_bag(bag: str, namespace: str = '/vla', control_rate_hz: float = 100.
     nominal = 1.0 / control_rate_hz
     out = {'by_header_stamp': period_stats(np.asarray(cmd_stamp)[keep], nominal),
            'by_receive_time': period_stats(np.asarray(cmd_recv)[keep], nominal)}
+    losses = recording_losses(bag, f'{ns}/action/command')
+    for key, times in (('by_header_stamp', cmd_stamp), ('by_receive_time', cmd_recv)):
+        out[key].update(split_gaps(np.asarray(times)[keep], np.asarray(log_ns_list)[keep], nominal, losses))
     if floor_events is not None:   # header stamps and receive times are wall-clock (system) time
         for key, times in (('by_header_stamp', cmd_stamp), ('by_receive_time', cmd_recv)):
             out[key]['floor'] = gaps_vs_floor(gap_intervals(np.asarray(times)[keep], nominal), floor_events)
@@ -165,6 +199,10 @@ def format_table(results: Dict[str, Dict[str, Dict[str, float]]], rows: Optional
         ('by_header_stamp', f'gaps_over_{GAP_MS:g}ms', '{}'), ('by_header_stamp', 'max_gap_ms', '{:.2f}'),
         ('by_receive_time', 'rate_hz', '{:.2f}'), ('by_receive_time', 'jitter_p99_ms', '{:.3f}'),
         ('by_receive_time', f'gaps_over_{GAP_MS:g}ms', '{}'), ('by_receive_time', 'max_gap_ms', '{:.2f}'),
+        ('by_header_stamp', 'gaps_lost_in_recording', '{}'), ('by_header_stamp', 'gaps_stream', '{}'),
+        ('by_header_stamp', 'max_gap_stream_ms', '{:.2f}'), ('by_receive_time', 'gaps_lost_in_recording', '{}'),
+        ('by_receive_time', 'gaps_stream', '{}'), ('by_receive_time', 'max_gap_stream_ms', '{:.2f}'),
+        ('by_header_stamp', 'messages_lost_in_recording', '{}'),
         ('by_header_stamp', 'gaps_with_probe_late_too', '{}'), ('by_receive_time', 'gaps_with_probe_late_too', '{}'),
         ('by_header_stamp', 'probe_late_wakeups', '{}'),
         ('arm_motion', 'max_jerk', '{:.0f}'), ('arm_motion', 'jerk_p99', '{:.0f}'),

@@ -34,7 +34,7 @@ from trajectory_msgs.msg import JointTrajectory
 from vla_ros.action.rt import realtime_native_threads
 from vla_ros.config.recording import RecorderConfig
 from vla_ros.config.topics import TopicsConfig
-from vla_ros.eval.bag_io import BagWriter, msgtype_of
+from vla_ros.eval.bag_io import RECORDER_LOSSES_KEY, BagWriter, msgtype_of
 from vla_ros.nodes.common import Diagnostics, DropCounter, spin_node
 from vla_ros.nodes.params import declare_config
 from vla_ros.perception.image_codec import ImageCodecError, compress
@@ -44,6 +44,7 @@ from vla_ros_msgs.msg import ActionChunk, LatentTokens, Plan, TaskStatus
 DIAGNOSTICS_TOPIC = '/diagnostics'
 COMPRESSED_SUFFIX = '/compressed'   # image_transport's name for the compressed image topic
 _STOP = object()
+MAX_LOSS_RECORDS = 100000   # per topic
 
 
 def parse_custom_data(text: str) -> Dict[str, str]:
@@ -122,6 +123,7 @@ class RecorderNode(Node):
         self._closed = False
         self.received: Dict[str, int] = {}
         self._last_seq: Dict[tuple, int] = {}   # (topic, publisher gid) -> last publication sequence number
+        self._losses: Dict[str, List[Tuple[int, int]]] = {}   # topic -> (log time after a gap, lost)
         self.written = 0
         self.write_errors = 0
         self._pending: Dict[str, type] = {self.resolve_topic_name(name): cls
@@ -166,8 +168,10 @@ class RecorderNode(Node):
             self.get_logger().info(f'recording {topic} as {bag_topic} ({msgtype_of(bag_cls)}, '
                                    f'{qos.reliability.name.lower()}, {qos.durability.name.lower()})')
 
-    def _count_gap(self, topic: str, info: Optional[dict]) -> None:
-        """Messages a publisher sent that never reached this subscription (DDS loss, full history)."""
+    def _count_gap(self, topic: str, info: Optional[dict], log_time_ns: int = 0) -> None:
+        """Messages a publisher sent that never reached this subscription (DDS loss, full history).
+        Each gap is also kept as (log time of the message after it, messages lost), written to the
+        bag's custom data at close, so an analysis can tell a recording loss from a silent stream."""
         if not info:
             return
         seq, gid = info.get('publication_sequence_number'), info.get('publisher_gid')
@@ -178,6 +182,9 @@ class RecorderNode(Node):
         if last is not None and seq > last + 1:
             for _ in range(seq - last - 1):
                 self.drops.drop('sequence_gap', f'{topic}: publisher sequence {last} -> {seq}')
+            losses = self._losses.setdefault(topic, [])
+            if len(losses) < MAX_LOSS_RECORDS:
+                losses.append((int(log_time_ns), int(seq - last - 1)))
         if last is None or seq > last:
             self._last_seq[key] = seq
 
@@ -193,9 +200,9 @@ class RecorderNode(Node):
 
     def _on_image(self, data: bytes, info: Optional[dict]) -> None:  # 2 args: rclpy passes MessageInfo
         """Rate-limit camera frames; compress them when asked (a bad frame is a counted drop)."""
-        with self._intake_lock:  # DDS losses are judged on every frame, before the rate limit skips some
-            self._count_gap(self._image_bag_topic, info)
         received_ns = self._log_time_ns(info)   # the bag's log time: arrival, not after compression
+        with self._intake_lock:  # DDS losses are judged on every frame, before the rate limit skips some
+            self._count_gap(self._image_bag_topic, info, received_ns)
         if not self._image_limiter.allow(received_ns):
             self.images_skipped += 1
             return
@@ -227,7 +234,7 @@ class RecorderNode(Node):
             log_time_ns = self._log_time_ns(info)
         self._last_message = time.monotonic()
         with self._intake_lock:
-            self._count_gap(topic, info)
+            self._count_gap(topic, info, log_time_ns)
             if not self._accepting:
                 self.drops.drop('after_close', topic)
                 return
@@ -311,6 +318,8 @@ class RecorderNode(Node):
         self._bag.set_custom_data('vla_ros.recorder.dropped', str(self.drops.total))
         for reason, count in sorted(self.drops.counts.items()):
             self._bag.set_custom_data(f'vla_ros.recorder.dropped.{reason}', str(count))
+        for topic, losses in sorted(self._losses.items()):
+            self._bag.set_custom_data(f'{RECORDER_LOSSES_KEY}{topic}', json.dumps(losses))
         self._bag.close()
         self.get_logger().info(f'bag closed: {self.written} messages in {self.output_dir} ({drained} taken at '
                                f'shutdown; dropped {self.drops.total}: {dict(self.drops.counts)})')
