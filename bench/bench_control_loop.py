@@ -114,15 +114,25 @@ def main(argv=None):
                         help='run bench_wakeup_latency.py beside the stack at this SCHED_FIFO priority (0 = no '
                              'probe): which gaps an idle real-time thread saw too (the machine\'s floor)')
     parser.add_argument('--analyze', nargs='+', default=None, metavar='BAG', help='only analyse existing bags')
-    parser.add_argument('--rate', type=float, default=100.0, help='nominal control rate for --analyze')
+    parser.add_argument('--rate', type=float, default=100.0,
+                        help='nominal control rate for --analyze (settings named in RATES use theirs)')
     args = parser.parse_args(argv)
 
     results = {}
-    if args.analyze:
+    if args.analyze:   # a bench run's bags again: its probe events and run info are next to them
         for bag in args.analyze:
-            results[os.path.basename(os.path.dirname(os.path.abspath(bag))) or bag] = analyze_bag(
-                bag, control_rate_hz=args.rate, skip_s=args.skip)
-        out_dir = os.path.dirname(os.path.abspath(args.analyze[0]))
+            setting_dir = os.path.dirname(os.path.abspath(bag))
+            label = os.path.basename(setting_dir) or bag
+            probe_json = os.path.join(setting_dir, 'wakeup_probe.json')
+            probe = json.load(open(probe_json)) if os.path.exists(probe_json) else None
+            results[label] = analyze_bag(bag, control_rate_hz=RATES.get(label, args.rate), skip_s=args.skip,
+                                         floor_events=probe['late_events'] if probe else None)
+            earlier = os.path.join(os.path.dirname(setting_dir), 'results.json')
+            if os.path.exists(earlier):
+                run = json.load(open(earlier)).get('results', {}).get(label, {}).get('run')
+                if run:
+                    results[label]['run'] = run
+        out_dir = os.path.dirname(os.path.dirname(os.path.abspath(args.analyze[0])))
     else:
         out_dir = os.path.join(args.out, time.strftime('%Y%m%d_%H%M%S'))
         os.makedirs(out_dir, exist_ok=True)
@@ -136,7 +146,7 @@ def main(argv=None):
             except Exception as exc:  # keep the other settings' numbers
                 print(f'[bench] {label}: cannot analyse {bag}: {exc}', flush=True)
     print('\n' + format_table(results))
-    path = os.path.join(out_dir, 'results.json')
+    path = os.path.join(out_dir, 'results_analyzed.json' if args.analyze else 'results.json')
     with open(path, 'w') as fh:
         json.dump({'cpu_count': os.cpu_count(), 'bench_command': ' '.join(['python'] + sys.argv), 'load_average_end': os.getloadavg(), 'results': results}, fh, indent=2)
     print(f'\n[bench] JSON: {path}')

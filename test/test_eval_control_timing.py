@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from vla_ros.eval.bag_io import RECORDER_LOSSES_KEY, BagWriter
-from vla_ros.eval.control_timing import (analyze_bag, format_table, gap_intervals, gaps_vs_floor, motion_smoothness,
-                                         period_stats)
+from vla_ros.eval.control_timing import (analyze_bag, format_table, gap_intervals, gaps_on_grid, gaps_vs_floor,
+                                         motion_smoothness, period_stats)
 
 
 def test_period_stats_counts_jitter_and_gaps():
@@ -16,6 +16,8 @@ def test_period_stats_counts_jitter_and_gaps():
     s = period_stats(t, 0.01)
     assert s['samples'] == 1000 and s['gaps_over_5ms'] == 1 and s['max_gap_ms'] == pytest.approx(17.0)
     assert period_stats(t, 0.01, gap_ms=7.5)['gaps_over_7.5ms'] == 0
+    assert gaps_on_grid(t, 0.01) == 0                 # the 17 ms period is a late tick, not missing ones
+    assert gaps_on_grid(np.delete(t, [700, 701]), 0.01) == 1   # two missing messages: a 30 ms period
     assert s['jitter_max_ms'] == pytest.approx(7.0) and s['jitter_p50_ms'] == pytest.approx(0.0, abs=1e-9)
     assert s['rate_hz'] == pytest.approx(999 / (9.99 + 0.007))
 
@@ -81,6 +83,7 @@ def test_analyze_bag_reads_stamps_receive_times_and_joint_states(tmp_path):
     assert st['gaps_over_5ms'] == 2 and st['max_gap_ms'] == pytest.approx(40.0, abs=1e-3)
     assert st['gaps_lost_in_recording'] == 1 and st['messages_lost_in_recording'] == 3
     assert st['gaps_stream'] == 1 and st['max_gap_stream_ms'] == pytest.approx(20.0, abs=1e-3)
+    assert st['gaps_on_grid'] == 2      # both gaps keep the 10 ms grid (no late tick in them)
     assert rc['gaps_over_5ms'] == 3 and rc['max_gap_ms'] == pytest.approx(40.0, abs=1e-3)
     assert rc['gaps_lost_in_recording'] == 1 and rc['gaps_stream'] == 2
     assert rc['max_gap_stream_ms'] == pytest.approx(20.0, abs=1e-3)
