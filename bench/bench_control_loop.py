@@ -148,7 +148,8 @@ def main(argv=None):
     print('\n' + format_table(results))
     path = os.path.join(out_dir, 'results_analyzed.json' if args.analyze else 'results.json')
     with open(path, 'w') as fh:
-        json.dump({'cpu_count': os.cpu_count(), 'bench_command': ' '.join(['python'] + sys.argv), 'load_average_end': os.getloadavg(), 'results': results}, fh, indent=2)
+        json.dump({'cpu_count': os.cpu_count(), 'bench_command': ' '.join(['python'] + sys.argv),
+                   'load_average_end': os.getloadavg(), 'results': results}, fh, indent=2)
     print(f'\n[bench] JSON: {path}')
 
 

@@ -22,7 +22,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from vla_ros.action.rt import AbsoluteSleeper, apply_thread_realtime, lock_memory, _thread_rusage  # noqa: E402
+from vla_ros.os_realtime import AbsoluteSleeper, apply_thread_realtime, lock_memory, thread_rusage  # noqa: E402
 
 
 def steal_ticks():
@@ -41,18 +41,18 @@ def probe(seconds: float, rate_hz: float, priority: int, threshold_ms: float):
         out['realtime'] = apply_thread_realtime(priority, [])
         sleeper = AbsoluteSleeper()
         events = []
-        ru_prev = _thread_rusage()
+        ru_prev = thread_rusage()
         release = time.monotonic_ns() + period
         for i in range(n):
             sleeper.sleep_until(release)
             woke = time.monotonic_ns()
             late[i] = woke - release
             if late[i] > threshold_ms * 1e6:
-                ru = _thread_rusage()
+                ru = thread_rusage()
                 events.append({'t_s': i / rate_hz, 'wall_s': time.time(), 'late_ms': late[i] * 1e-6,
                                'involuntary_csw': ru.ru_nivcsw - ru_prev.ru_nivcsw,
                                'voluntary_csw': ru.ru_nvcsw - ru_prev.ru_nvcsw})
-            ru_prev = _thread_rusage()
+            ru_prev = thread_rusage()
             release += period
             if time.monotonic_ns() > release:   # skip, do not burst (like DeadlineLoop)
                 release += ((time.monotonic_ns() - release) // period + 1) * period

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from vla_ros.action.rt import lock_memory, realtime_native_threads
+from vla_ros.os_realtime import lock_memory, realtime_native_threads
 
 CHILD_TIMEOUT_S = 180
 

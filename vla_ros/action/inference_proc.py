@@ -22,7 +22,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from vla_ros.action.rt import set_affinity
+from vla_ros.os_realtime import set_affinity
 from vla_ros.action.shm import SeqSlot
 from vla_ros.config.action import ActionConfig
 from vla_ros.config.base import config_from_dict

@@ -59,7 +59,7 @@ def control_main(cfg_dict, head_cfg_dict, channels: InferenceChannels, stats_slo
     from vla_ros.config.base import config_from_dict
     from vla_ros.nodes.command_publisher import CommandPublisher
 
-    from vla_ros.action.rt import apply_thread_realtime, lock_memory
+    from vla_ros.os_realtime import apply_thread_realtime, lock_memory
 
     cfg: ActionConfig = config_from_dict(ActionConfig, cfg_dict)
     rt_cfg = cfg.realtime

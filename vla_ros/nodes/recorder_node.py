@@ -31,7 +31,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Empty, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
-from vla_ros.action.rt import realtime_native_threads
+from vla_ros.os_realtime import realtime_native_threads
 from vla_ros.config.recording import RecorderConfig
 from vla_ros.config.topics import TopicsConfig
 from vla_ros.eval.bag_io import RECORDER_LOSSES_KEY, BagWriter, msgtype_of
