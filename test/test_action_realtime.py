@@ -45,12 +45,19 @@ def test_deadline_loop_skips_overrun_periods_and_survives_errors():
     # No burst after the overrun: the tick after it starts on a later release, not immediately again.
     gap = (calls[5] - calls[4]) * 1e-6
     assert gap >= 35.0
-    following = np.diff(calls[5:10]) * 1e-6
-    assert np.all(following > 0.5 * period_ms)
+    # (A late wake-up on a loaded machine is followed by a short period back on the grid: judge pairs.
+    # Catching up would run the skipped ticks back to back: pairs of periods near zero.)
+    following = np.diff(calls[5:11]) * 1e-6
+    assert np.all(following[1:] + following[:-1] > 1.5 * period_ms), following
     # Releases stay on the absolute grid: wake times modulo the period do not drift.
     s = loop.stats()
     assert s['ticks'] == len(calls) and 20 <= len(calls) <= 42
     assert s['gap_max_ms'] >= 35.0
+    # Whole-run maxima and what the worst period went through: the 35 ms tick slept (blocked) in it.
+    assert s['run_cost_max_ms'] >= 35.0 and s['run_gap_max_ms'] >= 35.0 and s['run_gaps_over_5ms'] >= 1
+    assert 0.0 <= s['run_late_max_ms'] < s['run_cost_max_ms']
+    assert s['worst_voluntary_csw'] >= 2      # the release sleep + the sleep inside the tick
+    assert s['worst_major_faults'] == 0
 
 
 def test_realtime_request_reports_what_took_effect():

@@ -70,10 +70,12 @@ def test_recorder_records_everything_and_finalises_on_sigint(tmp_path):
     env = dict(os.environ, ROS_DOMAIN_ID=DOMAIN_ID, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
     proc = subprocess.Popen([sys.executable, '-m', 'vla_ros.nodes.recorder_node', '--ros-args',
                              '-r', f'__ns:=/{NAMESPACE}', '-p', f'recorder.output_dir:={bag_dir}',
-                             '-p', 'recorder.discovery_period_s:=0.1', '-p', 'recorder.diagnostics_period_s:=0.2'],
+                             '-p', 'recorder.discovery_period_s:=0.1', '-p', 'recorder.diagnostics_period_s:=0.2',
+                             '-p', 'recorder.dds_fifo_priority:=5'],
                             env=env, cwd=REPO)
     rclpy.init()
     node = Node('recorder_test_publisher', namespace=NAMESPACE)
+    published_ns = []
     try:
         recorder_status = {}
 
@@ -94,9 +96,11 @@ def test_recorder_records_everything_and_finalises_on_sigint(tmp_path):
 
         _wait_for(lambda: all(p.get_subscription_count() > 0 for p in publishers.values()), node, 30,
                   'the recorder to subscribe to every topic', proc)
+        published_ns.append(time.time_ns())
         for topic, (_, build) in builders.items():
             for i in range(COUNTS[topic]):
                 publishers[topic].publish(build(i))
+        published_ns.append(time.time_ns())
         publishers['joint_states'].publish(JointState(name=['j1'], position=[0.5]))
 
         def received_all():  # per-topic receive counters the recorder reports on /diagnostics
@@ -124,10 +128,12 @@ def test_recorder_records_everything_and_finalises_on_sigint(tmp_path):
     assert topics['/diagnostics']['count'] >= 1
 
     seen = {topic: [] for topic in COUNTS}
-    for topic, msgtype, _, msg in read_bag(bag_dir):
+    for topic, msgtype, log_ns, msg in read_bag(bag_dir):
         short = topic[len(NAMESPACE) + 2:]
         if short in seen:
             seen[short].append(msg)
+            if short != 'instruction':   # log time = DDS reception: after the publish began, soon after it ended
+                assert published_ns[0] <= log_ns <= published_ns[1] + 2_000_000_000, short
     assert [m.sequence for m in seen['perception/tokens']] == list(range(COUNTS['perception/tokens']))
     assert all(np.all(m.data == m.sequence) for m in seen['perception/tokens'])
     assert [m.plan_id for m in seen['planner/plan']] == list(range(COUNTS['planner/plan']))
@@ -225,3 +231,16 @@ def test_sigint_right_after_the_last_message_still_records_it(tmp_path):
     meta = yaml.safe_load((bag_dir / 'metadata.yaml').read_text())['rosbag2_bagfile_information']
     assert meta['custom_data']['vla_ros.recorder.dropped'] == '0'
     assert int(meta['custom_data']['vla_ros.recorder.received']) == len(records)   # received = in the bag
+
+
+def test_log_time_is_the_dds_reception_time_when_configured():
+    from types import SimpleNamespace
+
+    from vla_ros.nodes.recorder_node import RecorderNode
+    clock = SimpleNamespace(now=lambda: SimpleNamespace(nanoseconds=999))
+    node = SimpleNamespace(_dds_receive_time=True, get_clock=lambda: clock)
+    assert RecorderNode._log_time_ns(node, {'received_timestamp': 123, 'source_timestamp': 100}) == 123
+    assert RecorderNode._log_time_ns(node, {'received_timestamp': 0}) == 999     # middleware without it
+    assert RecorderNode._log_time_ns(node, None) == 999
+    node._dds_receive_time = False                                              # receive_time=callback / sim time
+    assert RecorderNode._log_time_ns(node, {'received_timestamp': 123}) == 999

@@ -32,7 +32,7 @@ _GIL_SWITCH_INTERVAL_S = 0.0005
 _PRIORITY_NICE = {'normal': 0, 'low': 10, 'idle': 19}
 
 
-def _set_thread_priority(level: str) -> str:
+def set_thread_priority(level: str) -> str:
     """Apply 'normal' | 'low' (nice 10) | 'idle' (SCHED_IDLE) to the calling thread; returns what took."""
     if level == 'normal':
         return 'normal'
@@ -278,7 +278,7 @@ class ControlLoop:
         self._thread.start()
 
     def _run(self) -> None:
-        self.inference_priority = _set_thread_priority(self.cfg.inference_priority)
+        self.inference_priority = set_thread_priority(self.cfg.inference_priority)
         period = 1.0 / self.cfg.chunk_rate_hz
         next_t = time.monotonic()
         while not self._stop.is_set():

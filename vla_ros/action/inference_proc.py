@@ -22,6 +22,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from vla_ros.os_realtime import set_affinity
 from vla_ros.action.shm import SeqSlot
 from vla_ros.config.action import ActionConfig
 from vla_ros.config.base import config_from_dict
@@ -58,10 +59,7 @@ class ChunkInbox:
 
     def poll_chunk(self, out: Dict[str, np.ndarray]) -> bool:
         """Copy a chunk committed since the last poll into `out` (from `channels.chunk.buffers()`)."""
-        version = self.channels.chunk.version
-        if version == self._last_chunk_version:
-            return False
-        got = self.channels.chunk.read_into(out)
+        got = self.channels.chunk.read_new(out, self._last_chunk_version)
         if got is None:
             return False
         self._last_chunk_version = got
@@ -135,37 +133,19 @@ class InferenceProcess:
         stop_child(self.channels, self.process, timeout)
 
 
-def _apply_process_priority(level: str, cpus) -> str:
-    parts = []
-    try:
-        if level == 'idle':
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-            parts.append('SCHED_IDLE')
-        elif level == 'low':
-            os.nice(10)
-            parts.append('nice 10')
-    except (AttributeError, OSError) as exc:
-        parts.append(f'priority {level} not applied ({exc})')
-    if cpus:
-        try:
-            os.sched_setaffinity(0, [int(c) for c in cpus])
-            parts.append(f'CPUs {sorted(os.sched_getaffinity(0))}')
-        except (AttributeError, OSError, ValueError) as exc:
-            parts.append(f'affinity {list(cpus)} not applied ({exc})')
-    return ', '.join(parts) or 'normal'
-
-
 def child_main(cfg_dict, head_cfg_dict, state_dict, ch: InferenceChannels, parent_pid: int) -> None:
     """Entry point of the inference process."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the whole group: the parent stops us
     import torch
 
-    from vla_ros.action.controller import ControlLoop
+    from vla_ros.action.controller import ControlLoop, set_thread_priority
     from vla_ros.action.flow_head import FlowHeadConfig, FlowMatchingActionHead
 
     cfg: ActionConfig = config_from_dict(ActionConfig, cfg_dict)
-    priority = _apply_process_priority(cfg.inference_priority, cfg.realtime.inference_cpus)
+    priority = set_thread_priority(cfg.inference_priority)   # torch's threads, made later, inherit it
+    if cfg.realtime.inference_cpus:
+        priority += ', ' + set_affinity(cfg.realtime.inference_cpus)
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
     head = FlowMatchingActionHead(FlowHeadConfig(**head_cfg_dict))
@@ -194,10 +174,7 @@ def child_main(cfg_dict, head_cfg_dict, state_dict, ch: InferenceChannels, paren
             if os.getppid() != parent_pid:
                 return  # orphaned: the node died
         for name, buf in bufs.items():
-            slot = getattr(ch, name)
-            if slot.version == seen[name]:
-                continue
-            got = slot.read_into(buf)
+            got = getattr(ch, name).read_new(buf, seen[name])
             if got is None:
                 continue
             seen[name] = got

@@ -28,8 +28,14 @@ from vla_ros.config.action import ActionConfig
 MODES = ('waiting', 'hold', 'stale', 'decay', 'estop', 'running')
 STAT_KEYS = ('ticks', 'missed_deadlines', 'skipped_periods', 'tick_errors', 'gc_runs', 'gc_max_ms', 'rate_hz',
              'jitter_p50_ms', 'jitter_p99_ms', 'jitter_max_ms', 'gap_max_ms', 'late_p99_ms', 'tick_cost_p99_ms',
-             'tick_cost_max_ms', 'publish_max_ms', 'run_gap_max_ms', 'run_gaps_over_5ms', 'commands_published', 'trajectories_sent', 'stop_trajectories_sent', 'chunks',
+             'tick_cost_max_ms', 'publish_max_ms', 'run_gap_max_ms', 'run_gaps_over_5ms', 'run_late_max_ms',
+             'run_cost_max_ms', 'worst_voluntary_csw', 'worst_involuntary_csw', 'worst_minor_faults',
+             'worst_major_faults', 'inputs_max_ms', 'safety_max_ms', 'trajectory_max_ms', 'chunk_publish_max_ms',
+             'commands_published', 'trajectories_sent', 'stop_trajectories_sent', 'chunks',
              'mode', 'realtime_granted', 'heartbeat')
+# Whole-run maxima of the tick's phases [ms]: shared-memory inputs + chunk commit, ControlLoop.tick
+# (staleness, safety filter), trajectory building + publishing, ActionChunk message publishing.
+PHASES = ('inputs', 'safety', 'trajectory', 'chunk_publish')
 _STOPPING_MODES = ('estop', 'stale', 'decay')
 _STALE_MODES = ('stale', 'decay')   # ControlLoop.tick drops its chunks on entering these
 
@@ -56,9 +62,7 @@ class InputMirror:
         self._token = np.zeros((1, 1), dtype=np.float32)   # placeholder: the tick never reads tokens
 
     def _fresh(self, name: str, slot: SeqSlot, out) -> bool:
-        if slot.version == self._seen[name]:
-            return False
-        got = slot.read_into(out)
+        got = slot.read_new(out, self._seen[name])
         if got is None:
             return False
         self._seen[name] = got
@@ -103,6 +107,7 @@ class RealtimeController:
         self.mode = 'waiting'
         self.published = 0
         self.publish_max_ms = 0.0      # longest stamped+forward publish (DDS write) of the run
+        self.phase_max_ms = dict.fromkeys(PHASES, 0.0)
         self.trajectories_sent = 0
         self.stop_trajectories_sent = 0
 
@@ -155,8 +160,11 @@ class RealtimeController:
             m = buf['meta']
             new_chunk = loop.commit_chunk(buf['actions'].copy(), m[0], m[1], m[2], int(m[3]), int(m[4]), int(m[5]),
                                           m[6], buf['weights'].copy() if m[7] else None)
+        t1 = time.monotonic_ns()
+        self._phase('inputs', t1 - now_ns)
         command, status = loop.tick(now)
         offset_ns = self.sink.ros_now_ns() - time.monotonic_ns()
+        self._phase('safety', time.monotonic_ns() - t1)
         if status.mode in _STALE_MODES and self.mode not in _STALE_MODES and self.backend is not None:
             self.backend.clear()   # the child's chunk mirror must not seed RTC with pre-stop chunks
         if command is not None:
@@ -167,13 +175,21 @@ class RealtimeController:
             self.publish_max_ms = max(self.publish_max_ms, (time.monotonic_ns() - t_pub) * 1e-6)
             self.published += 1
         if self._trajectory:
+            t2 = time.monotonic_ns()
             self._trajectory_step(now, offset_ns, status.mode)
+            self._phase('trajectory', time.monotonic_ns() - t2)
         if new_chunk is not None:
+            t3 = time.monotonic_ns()
             self.sink.chunk(new_chunk, int(new_chunk.start_time * 1e9) + offset_ns)
+            self._phase('chunk_publish', time.monotonic_ns() - t3)
         self.mode = status.mode
         if self.stats_slot is not None and now_ns >= self._next_stats_ns:
             self._next_stats_ns = now_ns + self._stats_period_ns
             self.export_stats()
+
+    def _phase(self, name: str, ns: int) -> None:
+        if ns * 1e-6 > self.phase_max_ms[name]:
+            self.phase_max_ms[name] = ns * 1e-6
 
     def export_stats(self) -> None:
         s = self.stats()
@@ -235,6 +251,7 @@ class RealtimeController:
     # ------------------------------------------------------------------ diagnostics
     def stats(self) -> Dict[str, object]:
         out: Dict[str, object] = dict(self.deadline.stats())
+        out.update({f'{name}_max_ms': v for name, v in self.phase_max_ms.items()})
         out.update(mode=self.mode, commands_published=self.published, publish_max_ms=self.publish_max_ms,
                    realtime=self.deadline.rt_status,
                    command_interface=self.cfg.command_interface, inference_mode=self.cfg.inference_mode)
@@ -255,8 +272,8 @@ def stats_from_slot(slot: SeqSlot, out: Dict[str, np.ndarray]) -> Dict[str, obje
     v = out['v']
     stats: Dict[str, object] = {k: float(v[i]) for i, k in enumerate(STAT_KEYS)}
     for k in ('ticks', 'missed_deadlines', 'skipped_periods', 'tick_errors', 'gc_runs', 'commands_published',
-              'run_gaps_over_5ms',
-              'trajectories_sent', 'stop_trajectories_sent', 'chunks'):
+              'run_gaps_over_5ms', 'worst_voluntary_csw', 'worst_involuntary_csw', 'worst_minor_faults',
+              'worst_major_faults', 'trajectories_sent', 'stop_trajectories_sent', 'chunks'):
         stats[k] = int(stats[k])
     mode = int(stats.pop('mode'))
     stats['mode'] = MODES[mode] if 0 <= mode < len(MODES) else 'unknown'

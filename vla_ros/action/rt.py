@@ -10,10 +10,7 @@ whole periods they are skipped (never bursted) and counted as missed as well.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -21,73 +18,10 @@ from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
-_CLOCK_MONOTONIC = 1
-_TIMER_ABSTIME = 1
-_EINTR = 4
-_PR_SET_TIMERSLACK = 29
-
-
-class _Timespec(ctypes.Structure):
-    _fields_ = [('tv_sec', ctypes.c_long), ('tv_nsec', ctypes.c_long)]
-
-
-def _load_libc():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6', use_errno=True)
-        libc.clock_nanosleep.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Timespec),
-                                         ctypes.POINTER(_Timespec)]
-        libc.clock_nanosleep.restype = ctypes.c_int
-        return libc
-    except (OSError, AttributeError):  # not Linux/glibc: fall back to time.sleep
-        return None
-
-
-_LIBC = _load_libc()
-
-
-class AbsoluteSleeper:
-    """Sleep until an absolute CLOCK_MONOTONIC time (ns) with a preallocated timespec."""
-
-    def __init__(self):
-        self._ts = _Timespec()
-        self._ref = ctypes.byref(self._ts)
-        self.uses_clock_nanosleep = _LIBC is not None
-
-    def sleep_until(self, deadline_ns: int) -> None:
-        if _LIBC is None:
-            delay = deadline_ns - time.monotonic_ns()
-            if delay > 0:
-                time.sleep(delay * 1e-9)
-            return
-        self._ts.tv_sec, self._ts.tv_nsec = divmod(deadline_ns, 1_000_000_000)
-        while _LIBC.clock_nanosleep(_CLOCK_MONOTONIC, _TIMER_ABSTIME, self._ref, None) == _EINTR:
-            pass
-
-
-def apply_thread_realtime(fifo_priority: int, cpus: Sequence[int]) -> str:
-    """Give the calling thread SCHED_FIFO `fifo_priority` (0 = leave as is) and pin it to `cpus`
-    (empty = leave as is). Never raises; returns one human-readable line saying what took effect,
-    including why a request was refused (e.g. no CAP_SYS_NICE / RLIMIT_RTPRIO in a container)."""
-    parts = []
-    if _LIBC is not None:  # wake at the deadline, not up to 50 us later (default timer slack)
-        _LIBC.prctl(_PR_SET_TIMERSLACK, 1, 0, 0, 0)
-    if fifo_priority > 0:
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(int(fifo_priority)))
-            parts.append(f'SCHED_FIFO priority {fifo_priority}')
-        except (AttributeError, OSError) as exc:
-            parts.append(f'SCHED_FIFO {fifo_priority} NOT permitted ({exc.__class__.__name__}: '
-                         f'{getattr(exc, "strerror", exc)}; grant CAP_SYS_NICE or an rtprio limit, see '
-                         f'docs/real_arms.md), running at normal priority')
-    else:
-        parts.append('normal priority (action.realtime.fifo_priority = 0)')
-    if cpus:
-        try:
-            os.sched_setaffinity(0, [int(c) for c in cpus])
-            parts.append(f'pinned to CPUs {sorted(os.sched_getaffinity(0))}')
-        except (AttributeError, OSError, ValueError) as exc:
-            parts.append(f'CPU affinity {list(cpus)} NOT applied ({exc})')
-    return ', '.join(parts)
+# The OS facilities live in vla_ros.os_realtime (no torch import: the recorder uses them too);
+# re-exported here, where callers first looked for them.
+from vla_ros.os_realtime import (AbsoluteSleeper, apply_thread_realtime, lock_memory,  # noqa: F401
+                                realtime_native_threads, set_affinity, thread_rusage)
 
 
 @dataclass
@@ -130,6 +64,12 @@ class DeadlineLoop:
         self.gc_max_ms = 0.0
         self.run_gap_max_ms = 0.0      # longest period between tick starts, whole run
         self.run_gaps_over_5ms = 0     # periods more than 5 ms longer than nominal, whole run
+        self.run_late_max_ms = 0.0     # longest wake-up after a release, whole run
+        self.run_cost_max_ms = 0.0     # longest tick, whole run
+        # What the thread went through in the tick (from the release before it) that ended the longest
+        # period: context switches it asked for (blocked: a lock, I/O) and was forced into (preempted),
+        # minor/major page faults. Tells a scheduler gap from a blocking call from paging.
+        self.worst_period_rusage = (0, 0, 0, 0)
         self._prev_wake = 0
         self.rt_status = 'not started'
         self._stop = threading.Event()
@@ -166,9 +106,11 @@ class DeadlineLoop:
         period, tol, size = self.period_ns, self.late_tolerance_ns, self._wake.size
         last_young = last_full = time.monotonic_ns()
         release = time.monotonic_ns() + period
+        ru_prev = thread_rusage()
         while not self._stop.is_set():
             self._sleeper.sleep_until(release)
             woke = time.monotonic_ns()
+            ru = thread_rusage()    # at each wake: the window between two wakes is exactly one period
             late = woke - release
             if late > tol:
                 self.missed_deadlines += 1
@@ -186,6 +128,13 @@ class DeadlineLoop:
                     self.run_gaps_over_5ms += 1
                 if gap * 1e-6 > self.run_gap_max_ms:
                     self.run_gap_max_ms = gap * 1e-6
+                    self.worst_period_rusage = (ru.ru_nvcsw - ru_prev.ru_nvcsw, ru.ru_nivcsw - ru_prev.ru_nivcsw,
+                                                ru.ru_minflt - ru_prev.ru_minflt, ru.ru_majflt - ru_prev.ru_majflt)
+            ru_prev = ru
+            if late * 1e-6 > self.run_late_max_ms:
+                self.run_late_max_ms = late * 1e-6
+            if (done - woke) * 1e-6 > self.run_cost_max_ms:
+                self.run_cost_max_ms = (done - woke) * 1e-6
             self._prev_wake = woke
             i = self._n % size
             self._wake[i], self._late[i], self._cost[i] = woke, late, done - woke
@@ -224,7 +173,10 @@ class DeadlineLoop:
         out = {'ticks': self.ticks, 'missed_deadlines': self.missed_deadlines,
                'skipped_periods': self.skipped_periods, 'tick_errors': self.tick_errors,
                'gc_runs': self.gc_runs, 'gc_max_ms': self.gc_max_ms, 'run_gap_max_ms': self.run_gap_max_ms,
-               'run_gaps_over_5ms': self.run_gaps_over_5ms}
+               'run_gaps_over_5ms': self.run_gaps_over_5ms, 'run_late_max_ms': self.run_late_max_ms,
+               'run_cost_max_ms': self.run_cost_max_ms}
+        out.update(zip(('worst_voluntary_csw', 'worst_involuntary_csw', 'worst_minor_faults', 'worst_major_faults'),
+                       self.worst_period_rusage))
         if n < 3:
             return out
         start = self._n - n

@@ -43,6 +43,13 @@ class RealtimeConfig:
                                'when permitted (CAP_SYS_NICE or an rtprio limit), else logged once. Below '
                                "ros2_control's controller_manager (50) so the arm's own loop always wins",
                                range=(0, 99))
+    dds_transport: str = param('udp', 'Control process on Fast DDS: builtin transports of its participant. udp = '
+                               'UDPv4 only: a send never waits for another process (a slow reader loses datagrams, '
+                               'reliable QoS resends them); shm = default (shared memory + UDP): a reader process '
+                               'that does not run can hold the writer\'s shared-memory buffers and block a publish. '
+                               'An explicit FASTDDS_BUILTIN_TRANSPORTS wins', choices=('udp', 'shm'))
+    lock_memory: bool = param(True, 'Control process: lock its memory (mlockall, pages locked as first touched) so '
+                              'the tick never waits on a page brought back from disk; logged when not permitted')
     control_cpus: List[int] = param([], 'CPUs the control-loop thread is pinned to (empty = any)')
     inference_cpus: List[int] = param([], 'CPUs the inference process is pinned to (empty = any)')
     late_tolerance_ms: float = param(2.0, 'A tick starting later than this after its release time counts as a '

@@ -26,5 +26,13 @@ class RecorderConfig:
                                    range=(0.0, 60.0))
     drain_quiet_s: float = param(0.3, 'At shutdown, stop taking messages once none arrived for this long',
                                  range=(0.001, 60.0))
+    receive_time: str = param('dds', 'Log time of each recorded message: dds = when DDS received it (the reception '
+                              "timestamp its receive thread takes, like ros2 bag; independent of this Python "
+                              "process's scheduling), callback = when the recorder's callback ran. Under "
+                              'use_sim_time the callback time is used (ROS time)', choices=('dds', 'callback'))
+    dds_fifo_priority: int = param(0, 'SCHED_FIFO priority for the recorder\'s middleware threads (receive '
+                                   'threads, which take the reception timestamps), 0 = normal. Used when permitted, '
+                                   'else logged; for timing measurements on a loaded machine (bench_control_loop)',
+                                   range=(0, 99))
     diagnostics_period_s: float = param(1.0, 'Period of the recorder status on /diagnostics',
                                         range=(0.01, 60.0))

@@ -24,6 +24,9 @@ BAG_VERSION = 9
 STORAGES = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
 # Newest first: the wheels we run are ROS 2 Kilted, whose type hashes match this store.
 _PREFERRED_STORES = ('ROS2_KILTED', 'ROS2_JAZZY', 'LATEST')
+# The recorder's note of each publisher sequence gap, bag custom data key prefix (+ topic):
+# JSON [[log time ns of the message after the gap, messages lost], ...].
+RECORDER_LOSSES_KEY = 'vla_ros.recorder.sequence_gaps:'
 
 
 class BagError(RuntimeError):

@@ -59,7 +59,7 @@ def control_main(cfg_dict, head_cfg_dict, channels: InferenceChannels, stats_slo
     from vla_ros.config.base import config_from_dict
     from vla_ros.nodes.command_publisher import CommandPublisher
 
-    from vla_ros.action.rt import apply_thread_realtime
+    from vla_ros.os_realtime import apply_thread_realtime, lock_memory
 
     cfg: ActionConfig = config_from_dict(ActionConfig, cfg_dict)
     rt_cfg = cfg.realtime
@@ -67,6 +67,10 @@ def control_main(cfg_dict, head_cfg_dict, channels: InferenceChannels, stats_slo
     # by rclpy.init/create_node below, so give this thread SCHED_FIFO just under the tick first. Else a
     # publish waits on a DDS lock held by a thread the busy CPU does not schedule (measured: 0.8 s).
     dds_rt = apply_thread_realtime(max(rt_cfg.fifo_priority - 1, 0), rt_cfg.control_cpus)
+    if rt_cfg.lock_memory:
+        dds_rt += ', ' + lock_memory()
+    if rt_cfg.dds_transport == 'udp':
+        os.environ.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'UDPv4')   # read when the participant is made
     if cfg.realtime.async_publish:
         os.environ.setdefault('RMW_FASTRTPS_PUBLICATION_MODE', 'ASYNCHRONOUS')   # read when publishers are made
     rclpy.init(args=[], signal_handler_options=SignalHandlerOptions.NO)

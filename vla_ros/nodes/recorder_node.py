@@ -31,9 +31,10 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Empty, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
+from vla_ros.os_realtime import realtime_native_threads
 from vla_ros.config.recording import RecorderConfig
 from vla_ros.config.topics import TopicsConfig
-from vla_ros.eval.bag_io import BagWriter, msgtype_of
+from vla_ros.eval.bag_io import RECORDER_LOSSES_KEY, BagWriter, msgtype_of
 from vla_ros.nodes.common import Diagnostics, DropCounter, spin_node
 from vla_ros.nodes.params import declare_config
 from vla_ros.perception.image_codec import ImageCodecError, compress
@@ -43,6 +44,7 @@ from vla_ros_msgs.msg import ActionChunk, LatentTokens, Plan, TaskStatus
 DIAGNOSTICS_TOPIC = '/diagnostics'
 COMPRESSED_SUFFIX = '/compressed'   # image_transport's name for the compressed image topic
 _STOP = object()
+MAX_LOSS_RECORDS = 100000   # per topic
 
 
 def parse_custom_data(text: str) -> Dict[str, str]:
@@ -121,6 +123,7 @@ class RecorderNode(Node):
         self._closed = False
         self.received: Dict[str, int] = {}
         self._last_seq: Dict[tuple, int] = {}   # (topic, publisher gid) -> last publication sequence number
+        self._losses: Dict[str, List[Tuple[int, int]]] = {}   # topic -> (log time after a gap, lost)
         self.written = 0
         self.write_errors = 0
         self._pending: Dict[str, type] = {self.resolve_topic_name(name): cls
@@ -136,6 +139,11 @@ class RecorderNode(Node):
         self._writer_thread.start()
         self._discovery_timer = self.create_timer(self.cfg.discovery_period_s, self._discover)
         self._diagnostics = Diagnostics(self, self._status, period_s=self.cfg.diagnostics_period_s)
+        sim_time = bool(self.get_parameter('use_sim_time').value)
+        self._dds_receive_time = self.cfg.receive_time == 'dds' and not sim_time
+        if self.cfg.dds_fifo_priority > 0:   # the middleware threads exist now (rclpy.init, node creation)
+            self.get_logger().info('recorder middleware threads: '
+                                   + realtime_native_threads(self.cfg.dds_fifo_priority))
         self._discover()
         self.get_logger().info(f'recording {len(self._pending)} topics into {self.output_dir} ({self.cfg.storage})')
 
@@ -160,8 +168,10 @@ class RecorderNode(Node):
             self.get_logger().info(f'recording {topic} as {bag_topic} ({msgtype_of(bag_cls)}, '
                                    f'{qos.reliability.name.lower()}, {qos.durability.name.lower()})')
 
-    def _count_gap(self, topic: str, info: Optional[dict]) -> None:
-        """Messages a publisher sent that never reached this subscription (DDS loss, full history)."""
+    def _count_gap(self, topic: str, info: Optional[dict], log_time_ns: int = 0) -> None:
+        """Messages a publisher sent that never reached this subscription (DDS loss, full history).
+        Each gap is also kept as (log time of the message after it, messages lost), written to the
+        bag's custom data at close, so an analysis can tell a recording loss from a silent stream."""
         if not info:
             return
         seq, gid = info.get('publication_sequence_number'), info.get('publisher_gid')
@@ -172,6 +182,9 @@ class RecorderNode(Node):
         if last is not None and seq > last + 1:
             for _ in range(seq - last - 1):
                 self.drops.drop('sequence_gap', f'{topic}: publisher sequence {last} -> {seq}')
+            losses = self._losses.setdefault(topic, [])
+            if len(losses) < MAX_LOSS_RECORDS:
+                losses.append((int(log_time_ns), int(seq - last - 1)))
         if last is None or seq > last:
             self._last_seq[key] = seq
 
@@ -187,9 +200,9 @@ class RecorderNode(Node):
 
     def _on_image(self, data: bytes, info: Optional[dict]) -> None:  # 2 args: rclpy passes MessageInfo
         """Rate-limit camera frames; compress them when asked (a bad frame is a counted drop)."""
+        received_ns = self._log_time_ns(info)   # the bag's log time: arrival, not after compression
         with self._intake_lock:  # DDS losses are judged on every frame, before the rate limit skips some
-            self._count_gap(self._image_bag_topic, info)
-        received_ns = self.get_clock().now().nanoseconds   # the bag's log time: arrival, not after compression
+            self._count_gap(self._image_bag_topic, info, received_ns)
         if not self._image_limiter.allow(received_ns):
             self.images_skipped += 1
             return
@@ -207,12 +220,21 @@ class RecorderNode(Node):
         msg.data = payload
         self._on_message(self._image_bag_topic, msg, log_time_ns=received_ns)  # the writer serialises it
 
+    def _log_time_ns(self, info: Optional[dict]) -> int:
+        """The bag's log time: the DDS reception timestamp (system clock, taken by the receive thread)
+        when configured and reported, else the node clock now."""
+        if self._dds_receive_time and info:
+            received = info.get('received_timestamp')
+            if received:
+                return int(received)
+        return self.get_clock().now().nanoseconds
+
     def _on_message(self, topic: str, data, info: Optional[dict] = None, log_time_ns: Optional[int] = None) -> None:
         if log_time_ns is None:
-            log_time_ns = self.get_clock().now().nanoseconds
+            log_time_ns = self._log_time_ns(info)
         self._last_message = time.monotonic()
         with self._intake_lock:
-            self._count_gap(topic, info)
+            self._count_gap(topic, info, log_time_ns)
             if not self._accepting:
                 self.drops.drop('after_close', topic)
                 return
@@ -296,6 +318,8 @@ class RecorderNode(Node):
         self._bag.set_custom_data('vla_ros.recorder.dropped', str(self.drops.total))
         for reason, count in sorted(self.drops.counts.items()):
             self._bag.set_custom_data(f'vla_ros.recorder.dropped.{reason}', str(count))
+        for topic, losses in sorted(self._losses.items()):
+            self._bag.set_custom_data(f'{RECORDER_LOSSES_KEY}{topic}', json.dumps(losses))
         self._bag.close()
         self.get_logger().info(f'bag closed: {self.written} messages in {self.output_dir} ({drained} taken at '
                                f'shutdown; dropped {self.drops.total}: {dict(self.drops.counts)})')
