@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from vla_ros.eval.harness import (ABLATIONS, bringup_command, main, parse_args, parse_episode_lines, plan_jobs,
-                                  summarise)
+from vla_ros.eval.harness import (ABLATIONS, SMOOTHING_ROWS, bringup_command, main, parse_args, parse_episode_lines,
+                                  plan_jobs, summarise)
 from vla_ros.eval.stats import wilson_interval
 
 
@@ -39,6 +39,22 @@ def test_jobs_cover_every_seed_once_per_row():
     args = parse_args(['--ablate', 'reuse', '--set', 'action.device=cpu'])
     cmd = bringup_command(plan_jobs(['reuse'], 1, 1, 5)[0], args)
     assert 'sim.seed=5' in cmd and 'perception.reuse_enabled=false' in cmd and 'action.device=cpu' in cmd
+
+
+def test_smoothing_rows_run_rtc_and_naive_interleaved_under_the_injected_delay():
+    args = parse_args(['--smoothing-rows', '--inference-delay-s', '0.3', '--episodes', '6', '--workers', '2',
+                       '--chunk', '2'])
+    jobs = plan_jobs(list(SMOOTHING_ROWS), args.episodes, args.workers, args.seed, args.chunk,
+                     overrides_of=lambda label: dict(SMOOTHING_ROWS[label]))
+    assert [j.label for j in jobs] == ['rtc', 'naive'] * 3          # interleaved chunk by chunk
+    assert [j.seed for j in jobs if j.label == 'rtc'] == [j.seed for j in jobs if j.label == 'naive']
+    cmds = {j.label: bringup_command(j, args) for j in jobs}
+    assert 'action.smoothing=rtc' in cmds['rtc'] and 'action.smoothing=none' in cmds['naive']
+    for cmd in cmds.values():
+        assert 'action.inject_inference_delay_s=0.3' in cmd
+    assert not any('inject_inference_delay' in c for c in bringup_command(jobs[0], parse_args([])))
+    with pytest.raises(SystemExit):
+        parse_args(['--smoothing-rows', '--ablate', 'rtc'])
 
 
 def test_parallel_stacks_on_separate_domains_report_every_episode(tmp_path, monkeypatch):
