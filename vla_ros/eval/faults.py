@@ -32,7 +32,7 @@ from vla_ros.bringup import merge_params
 from vla_ros.config.action import ActionConfig
 from vla_ros.eval import fault_metrics as fm
 from vla_ros.eval.fault_inject import CONSUMERS, Fault, RelayFault, select
-from vla_ros.eval.fault_judge import bag_check, episode_outcomes, judge
+from vla_ros.eval.fault_judge import bag_check, episode_outcomes, failure_reasons, judge
 from vla_ros.eval.multi_host import HostLayout
 
 STARTUP_TIMEOUT_S = 240.0
@@ -191,6 +191,7 @@ def run(args) -> int:
     spinner.start()
     rows: List[dict] = []
     t_recorder_stop = None
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     try:
         procs.start('fault_relay')
         for name in procs.nodes:
@@ -214,8 +215,10 @@ def run(args) -> int:
             time.sleep(SETTLE_S)
             rows.append(judge(fault.name, probe, limits, t0, t1, time.monotonic(), diag, fault.expect_hold))
             r = rows[-1]
+            r['load_average'] = [round(x, 2) for x in os.getloadavg()]
             log(f'    hold {r["time_to_hold_s"]} s, recover {r["time_to_recover_s"]} s, '
-                f'violations {r["violations"]}, drops {r["drops"]}')
+                f'violations {r["violations"]}, drops {r["drops"]}, node modes {r["node_modes_during_fault"]}, '
+                f'tokens after {r["perception_tokens_after_fault"]}, load {r["load_average"]}')
     finally:
         t_stop = time.monotonic()
         final_diagnostics = probe.diagnostics_copy()
@@ -235,12 +238,16 @@ def run(args) -> int:
     episode_outcomes(rows, probe)
     table = fm.summarise(rows)
     print(table, flush=True)
-    failures = [r['fault'] for r in rows if r['violations']['position'] or r['violations']['velocity']
-                or r['violations']['acceleration'] or r['bag_missing'] or r['time_to_recover_s'] is None
-                or (r['expect_hold'] and r['time_to_hold_s'] is None)]
+    for r in rows:
+        r['failure_reasons'] = failure_reasons(r)
+    failures = [r['fault'] for r in rows if r['failure_reasons']]
+    for r in rows:
+        if r['failure_reasons']:
+            log(f"FAILED {r['fault']}: {'; '.join(r['failure_reasons'])}")
     result = {'faults': rows, 'bag': bag_total, 'failures': failures, 'hosts': hosts.describe(),
               'link': hosts.link_stats, 'diagnostics_at_end': final_diagnostics,
-              'short': args.short, 'limits': {'max_velocity': limits.max_velocity,
+              'short': args.short, 'load_average': [round(x, 2) for x in os.getloadavg()],
+              'load_average_at_start': load_at_start, 'limits': {'max_velocity': limits.max_velocity,
                                               'max_acceleration': limits.max_acceleration,
                                               'velocity_tol': limits.velocity_tol,
                                               'acceleration_tol': limits.acceleration_tol}}
