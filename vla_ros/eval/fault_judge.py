@@ -87,3 +87,22 @@ def episode_outcomes(rows: List[dict], probe) -> None:
         done = [s for s in status if s[2] and s[0] >= row['t0']]
         row['episode'] = done[0][1] if done else None
         row['episode_success'] = done[0][3] if done else None
+
+
+def markdown(rows: List[dict]) -> str:
+    """The per-fault table as Markdown (faults.md next to faults.json)."""
+    lines = ['| fault | violations p/v/a | peak measured speed (rad/s) | hold (s) | recover (s) | bag missing / checked '
+             '| episode | node modes | load (1 min) | drops | result |',
+             '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+    for r in rows:
+        v = r['violations']
+        hold = '-' if r['time_to_hold_s'] is None else f"{r['time_to_hold_s']:.2f}"
+        rec = '-' if r['time_to_recover_s'] is None else f"{r['time_to_recover_s']:.2f}"
+        ep = {True: 'success', False: 'fail', None: '?'}[r.get('episode_success')]
+        drops = ', '.join(f'{k}={n}' for k, n in sorted(r['drops'].items()))
+        load = r.get('load_average') or ['?']
+        result = 'pass' if not r.get('failure_reasons') else 'FAIL: ' + '; '.join(r['failure_reasons'])
+        lines.append(f"| {r['fault']} | {v['position']}/{v['velocity']}/{v['acceleration']} | {v['peak_speed']:.2f} | "
+                     f"{hold} | {rec} | {r.get('bag_missing', '?')} / {r.get('bag_checked', '?')} | {ep} | "
+                     f"{' '.join(r.get('node_modes_during_fault', []))} | {load[0]} | {drops} | {result} |")
+    return '\n'.join(lines) + '\n'

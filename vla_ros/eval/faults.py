@@ -32,7 +32,7 @@ from vla_ros.bringup import merge_params
 from vla_ros.config.action import ActionConfig
 from vla_ros.eval import fault_metrics as fm
 from vla_ros.eval.fault_inject import CONSUMERS, Fault, RelayFault, select
-from vla_ros.eval.fault_judge import bag_check, episode_outcomes, failure_reasons, judge
+from vla_ros.eval.fault_judge import bag_check, episode_outcomes, failure_reasons, judge, markdown
 from vla_ros.eval.multi_host import HostLayout
 
 STARTUP_TIMEOUT_S = 240.0
@@ -255,6 +255,8 @@ def run(args) -> int:
         json.dump(result, fh, indent=1, default=float)
     with open(os.path.join(out, 'faults.txt'), 'w') as fh:
         fh.write(table + '\n')
+    with open(os.path.join(out, 'faults.md'), 'w') as fh:
+        fh.write(markdown(rows))
     if hosts.link_stats:
         log(f'link between the hosts: {hosts.link_stats}')
     log(f'wrote {os.path.join(out, "faults.json")}; ' + (f'FAILED: {failures}' if failures else 'all faults passed'))
