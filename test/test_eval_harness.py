@@ -23,11 +23,14 @@ def test_wilson_interval_known_values():
 def test_episode_lines_parse_and_missing_episodes_are_counted():
     text = ('noise\nepisode 0: SUCCESS in 2.3s (touch the red cube)\n'
             '[bar] episode 1: fail in 20.0s (touch the blue block)\nepisode 1: SUCCESS in 1.0s (dup)\n')
+    text += '[bar] episode 2: SUCCESS in 5.2s (touch the red cube)[INFO] [17956] [vla.planner]: instruction: x\n'
     eps = parse_episode_lines(text, seed=500)
-    assert [(e['seed'], e['success'], e['elapsed_s']) for e in eps] == [(500, True, 2.3), (501, False, 20.0)]
-    row = summarise('full', 3, eps)
-    assert row['episodes'] == 2 and row['missing'] == 1 and row['successes'] == 1
-    assert row['time_to_success_mean_s'] == 2.3
+    assert [(e['seed'], e['success'], e['elapsed_s']) for e in eps] == [(500, True, 2.3), (501, False, 20.0),
+                                                                        (502, True, 5.2)]
+    assert eps[2]['instruction'] == 'touch the red cube'     # a log line interleaved before the newline
+    row = summarise('full', 4, eps)
+    assert row['episodes'] == 3 and row['missing'] == 1 and row['successes'] == 2
+    assert row['time_to_success_mean_s'] == 3.75
 
 
 def test_jobs_cover_every_seed_once_per_row():

@@ -50,7 +50,8 @@ SMOOTHING_ROWS: Dict[str, Dict[str, object]] = {
     'naive': {'action.smoothing': 'none'},
 }
 HELD_OUT_SEED = 200000
-EPISODE_LINE = re.compile(r'episode (\d+): (SUCCESS|fail) in ([0-9.]+)s \((.*)\)\s*$')
+# Not anchored at the line end: another process' log line can land between the text and its newline.
+EPISODE_LINE = re.compile(r'episode (\d+): (SUCCESS|fail) in ([0-9.]+)s \(([^()\n]*)\)')
 
 
 @dataclass
