@@ -176,6 +176,8 @@ def run(args) -> int:
     nodes = [dataclasses.replace(n, params_file=params_file) for n in nodes]
     hosts = HostLayout.from_args(args)
     env = hosts.environment(dict(os.environ))
+    if args.transport == 'udp':      # Fast DDS without its shared-memory transport (see docs/faults.md)
+        env['FASTDDS_BUILTIN_TRANSPORTS'] = 'UDPv4'
     os.environ.update(env)
     procs = Processes(nodes, out, hosts, env)
     cfg = ActionConfig()
@@ -245,6 +247,7 @@ def run(args) -> int:
         if r['failure_reasons']:
             log(f"FAILED {r['fault']}: {'; '.join(r['failure_reasons'])}")
     result = {'faults': rows, 'bag': bag_total, 'failures': failures, 'hosts': hosts.describe(),
+              'fastdds_builtin_transports': env.get('FASTDDS_BUILTIN_TRANSPORTS', 'DEFAULT (SHM + UDPv4)'),
               'link': hosts.link_stats, 'diagnostics_at_end': final_diagnostics,
               'short': args.short, 'load_average': [round(x, 2) for x in os.getloadavg()],
               'load_average_at_start': load_at_start, 'limits': {'max_velocity': limits.max_velocity,
@@ -271,6 +274,10 @@ def parse_args(argv=None):
     p.add_argument('--out', default=os.path.join('runs', time.strftime('faults_%Y%m%d_%H%M%S')))
     p.add_argument('--namespace', default='vla')
     p.add_argument('--set', action='append', metavar='PREFIX.NAME=VALUE', help='override a parameter (repeatable)')
+    p.add_argument('--transport', choices=('default', 'udp'), default='udp',
+                   help='Fast DDS transports of every process: udp (FASTDDS_BUILTIN_TRANSPORTS=UDPv4, as '
+                   '--two-hosts uses) or default (shared memory + UDPv4: after a node is stopped or killed, '
+                   'large samples to it can stop for good; docs/faults.md)')
     HostLayout.add_arguments(p)
     return p.parse_args(argv)
 
