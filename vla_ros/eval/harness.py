@@ -216,6 +216,7 @@ def run_harness(args) -> dict:
         for res in concurrent.futures.as_completed([pool.submit(work, j) for j in jobs]):
             r = res.result()
             results.append(r)
+            write_report(rows, results, args, partial=True)
             bar.update(r.job.episodes)
             wins = sum(e['success'] for x in results for e in x.episodes)
             bar.set_postfix(success=f'{wins}/{sum(len(x.episodes) for x in results)}')
@@ -224,12 +225,17 @@ def run_harness(args) -> dict:
                           f'{len(r.episodes)}/{r.job.episodes} episodes reported (rc {r.returncode})\n'
                           + r.log_tail[-800:])
     bar.close()
+    return write_report(rows, results, args)
+
+
+def write_report(rows: Sequence[str], results: List[JobResult], args, partial: bool = False) -> dict:
+    """Summary + per-episode table of the jobs done so far (also after every job: a run cut short keeps them)."""
     per_episode, summary = [], []
     for label in rows:
         mine = sorted((e for r in results if r.job.label == label for e in r.episodes), key=lambda e: e['seed'])
         per_episode += [dict(e, row=label) for e in mine]
         summary.append(summarise(label, args.episodes, mine))
-    report = {'rows': summary, 'per_episode': per_episode, 'workers': args.workers,
+    report = {'rows': summary, 'per_episode': per_episode, 'workers': args.workers, 'partial': partial,
               'inference_delay_s': args.inference_delay_s, 'load_average': _load_average(),
               'seeds': [args.seed, args.seed + args.episodes - 1],
               'jobs': [{'row': r.job.label, 'seed': r.job.seed, 'episodes': r.job.episodes,
