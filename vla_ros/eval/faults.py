@@ -110,12 +110,13 @@ def _spin(probe, stop: threading.Event) -> None:
         executor.spin_once(timeout_sec=0.05)
 
 
-def _moving_since(probe, since: float, window_s: float = 0.5) -> bool:
+def _moving_since(probe, since: float) -> bool:
+    """Commands move again by the judge's own rule (fm.time_to_recover), not one re-anchoring step."""
     cmds = [c for c in probe.snapshot()[1] if c[0] >= since]
-    if len(cmds) < 3 or time.monotonic() - cmds[-1][0] > 0.2:
+    if len(cmds) < 3:
         return False
-    recent = np.array([c[2] for c in cmds if c[0] >= cmds[-1][0] - window_s])
-    return recent.shape[0] >= 3 and float(np.ptp(recent, axis=0).max()) > fm.MOVE_EPS
+    series = fm.Series.from_rows(cmds, len(probe.joint_names))
+    return fm.time_to_recover(series, since, time.monotonic()) is not None
 
 
 def _wait_until(predicate, timeout: float) -> bool:
