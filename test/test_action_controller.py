@@ -238,3 +238,19 @@ def test_bunched_ticks_never_exceed_the_velocity_limit_in_real_time():
         cmds.append(cmd)
     speed = np.abs(np.diff(cmds, axis=0)) / np.diff(times)[:, None]
     assert speed.max() <= loop.cfg.safety.max_velocity + 1e-6
+
+
+def test_injected_inference_delay_slows_every_chunk_and_rtc_plans_for_it():
+    """action.inject_inference_delay_s (eval knob for RTC vs naive under delay): every inference takes
+    at least that long in real time, the chunk takes over only after it, and RTC's delay estimate grows."""
+    loop = _loop(time.monotonic, inject_inference_delay_s=0.15)
+    _feed(loop, time.monotonic())
+    t0 = time.monotonic()
+    first = loop.infer_chunk()
+    assert first is not None and time.monotonic() - t0 >= 0.15
+    assert loop.last_inference_ms >= 150.0
+    assert first.active_from - first.start_time >= 0.15     # the new chunk takes over after the delay
+    assert loop._delay_estimate_s >= 0.2                     # 1.5 x the measured latency
+    quick = _loop(time.monotonic)
+    _feed(quick, time.monotonic())
+    assert quick.infer_chunk() is not None and quick.last_inference_ms < 150.0

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from vla_ros.eval.harness import (ABLATIONS, bringup_command, main, parse_args, parse_episode_lines, plan_jobs,
-                                  summarise)
+from vla_ros.eval.harness import (ABLATIONS, SMOOTHING_ROWS, bringup_command, main, parse_args, parse_episode_lines,
+                                  plan_jobs, summarise)
 from vla_ros.eval.stats import wilson_interval
 
 
@@ -23,11 +23,14 @@ def test_wilson_interval_known_values():
 def test_episode_lines_parse_and_missing_episodes_are_counted():
     text = ('noise\nepisode 0: SUCCESS in 2.3s (touch the red cube)\n'
             '[bar] episode 1: fail in 20.0s (touch the blue block)\nepisode 1: SUCCESS in 1.0s (dup)\n')
+    text += '[bar] episode 2: SUCCESS in 5.2s (touch the red cube)[INFO] [17956] [vla.planner]: instruction: x\n'
     eps = parse_episode_lines(text, seed=500)
-    assert [(e['seed'], e['success'], e['elapsed_s']) for e in eps] == [(500, True, 2.3), (501, False, 20.0)]
-    row = summarise('full', 3, eps)
-    assert row['episodes'] == 2 and row['missing'] == 1 and row['successes'] == 1
-    assert row['time_to_success_mean_s'] == 2.3
+    assert [(e['seed'], e['success'], e['elapsed_s']) for e in eps] == [(500, True, 2.3), (501, False, 20.0),
+                                                                        (502, True, 5.2)]
+    assert eps[2]['instruction'] == 'touch the red cube'     # a log line interleaved before the newline
+    row = summarise('full', 4, eps)
+    assert row['episodes'] == 3 and row['missing'] == 1 and row['successes'] == 2
+    assert row['time_to_success_mean_s'] == 3.75
 
 
 def test_jobs_cover_every_seed_once_per_row():
@@ -39,6 +42,22 @@ def test_jobs_cover_every_seed_once_per_row():
     args = parse_args(['--ablate', 'reuse', '--set', 'action.device=cpu'])
     cmd = bringup_command(plan_jobs(['reuse'], 1, 1, 5)[0], args)
     assert 'sim.seed=5' in cmd and 'perception.reuse_enabled=false' in cmd and 'action.device=cpu' in cmd
+
+
+def test_smoothing_rows_run_rtc_and_naive_interleaved_under_the_injected_delay():
+    args = parse_args(['--smoothing-rows', '--inference-delay-s', '0.3', '--episodes', '6', '--workers', '2',
+                       '--chunk', '2'])
+    jobs = plan_jobs(list(SMOOTHING_ROWS), args.episodes, args.workers, args.seed, args.chunk,
+                     overrides_of=lambda label: dict(SMOOTHING_ROWS[label]))
+    assert [j.label for j in jobs] == ['rtc', 'naive'] * 3          # interleaved chunk by chunk
+    assert [j.seed for j in jobs if j.label == 'rtc'] == [j.seed for j in jobs if j.label == 'naive']
+    cmds = {j.label: bringup_command(j, args) for j in jobs}
+    assert 'action.smoothing=rtc' in cmds['rtc'] and 'action.smoothing=none' in cmds['naive']
+    for cmd in cmds.values():
+        assert 'action.inject_inference_delay_s=0.3' in cmd
+    assert not any('inject_inference_delay' in c for c in bringup_command(jobs[0], parse_args([])))
+    with pytest.raises(SystemExit):
+        parse_args(['--smoothing-rows', '--ablate', 'rtc'])
 
 
 def test_parallel_stacks_on_separate_domains_report_every_episode(tmp_path, monkeypatch):

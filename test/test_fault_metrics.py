@@ -40,6 +40,9 @@ def test_time_to_hold_and_recover():
     assert fm.time_to_hold(cmd, 1.0, 2.0) == pytest.approx(0.2, abs=0.011)
     assert fm.time_to_recover(cmd, 1.9, 3.0) == pytest.approx(0.11, abs=0.011)
     assert fm.time_to_hold(fm.Series(t, (t * 1e9).astype(np.int64), t[:, None]), 1.0, 2.0) is None
+    # a held arm re-anchored once (episode reset) has not recovered; one that moves again has
+    held = np.where(t < 2.5, 1.2, 0.7)
+    assert fm.time_to_recover(fm.Series(t, (t * 1e9).astype(np.int64), held[:, None]), 1.9, 3.0) is None
     gap = fm.Series(t[t < 1.0], (t[t < 1.0] * 1e9).astype(np.int64), t[t < 1.0][:, None])   # stream stops
     assert fm.time_to_hold(gap, 1.0, 2.0) == 0.0
 

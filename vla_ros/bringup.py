@@ -234,9 +234,13 @@ def run_in_process(args, nodes: List[stack.ResolvedNode], monitor_topic: str) ->
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
 
+    from vla_ros.nodes.executor_stop import spin_until, stop_executor
+
     rclpy.init(args=['--ros-args', '--log-level', nodes[0].log_level])
     instances = []
     executor = MultiThreadedExecutor(num_threads=args.threads)
+    stop = threading.Event()
+    spinner = threading.Thread(target=spin_until, args=(executor, stop), daemon=True)
     try:
         for n in nodes:
             module = importlib.import_module(n.spec.module)
@@ -248,14 +252,17 @@ def run_in_process(args, nodes: List[stack.ResolvedNode], monitor_topic: str) ->
             executor.add_node(instance)
         monitor_node, monitor, monitor_executor = _monitor(nodes[0].namespace, monitor_topic, args.episodes)
         log(f'running {", ".join(n.name for n in nodes)} in-process (namespace /{nodes[0].namespace})')
-        threading.Thread(target=executor.spin, daemon=True).start()
+        spinner.start()
         _wait(args, monitor, monitor_executor, lambda: None)
         monitor.close()
         monitor_executor.shutdown(timeout_sec=2.0)
         monitor_node.destroy_node()
         return monitor.results, None
     finally:
-        executor.shutdown(timeout_sec=2.0)
+        stop.set()                      # no new callbacks; the dispatched ones finish before shutdown
+        if spinner.is_alive():
+            spinner.join(timeout=5.0)
+        stop_executor(executor, timeout_sec=2.0)
         for instance in reversed(instances):  # recorder last in, first closed: bag finalised before shutdown
             close = getattr(instance, 'close', None)
             if callable(close):

@@ -232,6 +232,8 @@ class ControlLoop:
                     steps=cfg.denoising_steps, prefix=None if prefix is None else prefix[None],
                     prefix_weights=weights, generator=self._generator)
             actions = actions[0].cpu().numpy().astype(np.float64)
+            if cfg.inject_inference_delay_s > 0:    # eval knob: a slower head, seen by RTC's delay estimate too
+                time.sleep(cfg.inject_inference_delay_s)
             inference_s = time.perf_counter() - wall0
             # Pessimistic running estimate: next inference may be as slow as the slowest recent one.
             self._delay_estimate_s = max(inference_s * 1.5, 0.8 * self._delay_estimate_s)

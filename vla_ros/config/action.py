@@ -106,6 +106,9 @@ class ActionConfig:
                                     choices=('normal', 'low', 'idle'))
     torch_threads: int = param(1, 'torch intra-op threads for the head (0 = torch default); few threads '
                                'keep the control tick regular on small CPUs', range=(0, 256))
+    inject_inference_delay_s: float = param(0.0, 'TEST/EVAL KNOB, keep 0 on a robot: extra seconds added to every '
+                                            'action-head inference (a slow planner/GPU), for RTC vs naive chunking '
+                                            'under delay (vla_eval_episodes --inference-delay-s)', range=(0.0, 10.0))
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
 

@@ -20,6 +20,8 @@ SPEED_WINDOW_S = 0.2    # measured speed = position change over this much wall-c
 ACCEL_WINDOW_S = 0.1    # acceleration = change between consecutive speeds over this window
 TELEPORT_RAD = 0.3      # a joint moving this much between two joint states (10 ms) was reset, not moved
 MOVE_EPS = 1e-6         # rad: a command differing by more than this from the previous one moves
+RECOVER_STEPS = 3       # recovered = this many moving commands ...
+RECOVER_WINDOW_S = 0.5  # ... within this long (one re-anchoring step after an episode reset is no motion)
 
 
 @dataclasses.dataclass
@@ -156,13 +158,20 @@ def time_to_hold(cmd: Series, t0: float, t_end: float) -> Optional[float]:
 
 
 def time_to_recover(cmd: Series, t1: float, t_end: float) -> Optional[float]:
-    """Seconds from t1 (fault removed) until a command moves again (None: not within t_end)."""
+    """Seconds from t1 (fault removed) until commands move again (None: not within t_end).
+
+    Moving = at least RECOVER_STEPS changing commands within RECOVER_WINDOW_S: a hold re-anchored
+    once to the measured arm (after an episode reset) is one step, not motion.
+    """
     w = cmd.window(t1, t_end)
     if w.t.size < 2:
         return None
     moving = np.any(np.abs(np.diff(w.values, axis=0)) > MOVE_EPS, axis=1)
-    idx = np.flatnonzero(moving)
-    return None if idx.size == 0 else float(w.t[idx[0] + 1] - t1)
+    t_move = w.t[1:][moving]
+    for i in range(t_move.size - RECOVER_STEPS + 1):
+        if t_move[i + RECOVER_STEPS - 1] - t_move[i] <= RECOVER_WINDOW_S:
+            return float(t_move[i] - t1)
+    return None
 
 
 def missing_from_bag(probe: Iterable[Tuple[float, object]], in_bag: Set[object], t_from: float,

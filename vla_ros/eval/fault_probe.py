@@ -19,7 +19,7 @@ from std_msgs.msg import Bool, String
 from vla_ros.eval.fault_inject import CONTROL_TOPIC, RelayFault
 from vla_ros.nodes.common import LATCHED_QOS, SENSOR_QOS, reliable_qos
 from vla_ros.timing import stamp_to_ns
-from vla_ros_msgs.msg import ActionChunk, Plan, TaskStatus
+from vla_ros_msgs.msg import ActionChunk, LatentTokens, Plan, TaskStatus
 
 # Reliable topics whose every message must reach the bag, and how one message is identified.
 CHECKED_TOPICS = ('joint_states', 'action/chunk', 'planner/plan', 'task/status')
@@ -48,6 +48,8 @@ class FaultProbe(Node):
         self.status: List[tuple] = []           # (t, episode, done, success)
         self.keys: Dict[str, List[Tuple[float, tuple]]] = {t: [] for t in CHECKED_TOPICS}
         self.diagnostics: Dict[str, Dict[str, str]] = {}
+        self.action_modes: List[Tuple[float, str]] = []   # (t, the action node's reported mode)
+        self.token_times: List[float] = []                # perception tokens straight from perception
         depth = reliable_qos(1000)
         self.create_subscription(JointState, 'joint_states', self._on_js, depth)
         self.create_subscription(JointState, COMMAND_TOPIC, self._on_command, SENSOR_QOS)
@@ -55,6 +57,7 @@ class FaultProbe(Node):
         self.create_subscription(Plan, 'planner/plan', lambda m: self._key('planner/plan', m), depth)
         self.create_subscription(TaskStatus, 'task/status', self._on_status, depth)
         self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, reliable_qos(100))
+        self.create_subscription(LatentTokens, 'perception/tokens', self._on_tokens, reliable_qos(10))
         self.fault_pub = self.create_publisher(String, CONTROL_TOPIC, reliable_qos())
         self.estop_pub = self.create_publisher(Bool, 'estop', reliable_qos())
         self._instruction_pub = None
@@ -87,10 +90,18 @@ class FaultProbe(Node):
         with self._lock:
             self.status.append((time.monotonic(), int(msg.episode), bool(msg.done), bool(msg.success)))
 
+    def _on_tokens(self, msg: LatentTokens) -> None:
+        with self._lock:
+            self.token_times.append(time.monotonic())
+
     def _on_diag(self, msg: DiagnosticArray) -> None:
+        t = time.monotonic()
         for status in msg.status:
+            values = {kv.key: kv.value for kv in status.values}
             with self._lock:
-                self.diagnostics[status.name] = {kv.key: kv.value for kv in status.values}
+                self.diagnostics[status.name] = values
+                if status.name.endswith('/action') and 'mode' in values:
+                    self.action_modes.append((t, values['mode']))
 
     # ------------------------------------------------------------------ injections
     def relay(self, fault: RelayFault) -> None:
@@ -114,6 +125,11 @@ class FaultProbe(Node):
         with self._lock:
             return (list(self.joint_states), list(self.commands), list(self.status),
                     {k: list(v) for k, v in self.keys.items()}, {k: dict(v) for k, v in self.diagnostics.items()})
+
+    def liveness(self):
+        """(action node modes with receive times, receive times of perception tokens)."""
+        with self._lock:
+            return list(self.action_modes), list(self.token_times)
 
     def diagnostics_copy(self) -> Dict[str, Dict[str, str]]:
         with self._lock:

@@ -1,6 +1,7 @@
 """`vla_eval_episodes`: closed-loop success of the REAL ROS stack over DDS, N episodes per row, in parallel.
 
     vla_eval_episodes --episodes 100 --workers 4 --ablate pruning --ablate rtc --out runs/eval
+    vla_eval_episodes --episodes 100 --workers 2 --smoothing-rows --inference-delay-s 0.3 --out runs/eval_rtc
 
 Every row (the full stack, then one row per `--ablate` feature switched off) runs its episodes as
 jobs of consecutive held-out seeds; each job is one `vla_bringup` process (all nodes, DDS between
@@ -9,6 +10,11 @@ Sim episode i of a job uses seed `seed + i` (SimConfig.seed), so the seeds of a 
 the number of workers. Reports success with a Wilson 95% interval, time to success and the
 per-episode table (JSON + Markdown). An episode whose final status never arrived is counted as
 missing, not as a success or a failure.
+
+`--smoothing-rows` replaces the rows by `rtc` (action.smoothing=rtc) and `naive` (smoothing=none:
+each new chunk simply takes over); with `--inference-delay-s` every action-head inference of every
+row takes that much longer (action.inject_inference_delay_s, an eval knob), which is the case RTC
+is for.
 """
 from __future__ import annotations
 
@@ -38,8 +44,14 @@ ABLATIONS: Dict[str, Dict[str, object]] = {
     'rtc': {'action.smoothing': 'none'},
 }
 # Seeds below this are used for training (expert demos, DAgger); evaluation stays above.
+# Chunk-boundary smoothing rows (--smoothing-rows): RTC inpainting vs a new chunk simply taking over.
+SMOOTHING_ROWS: Dict[str, Dict[str, object]] = {
+    'rtc': {'action.smoothing': 'rtc'},
+    'naive': {'action.smoothing': 'none'},
+}
 HELD_OUT_SEED = 200000
-EPISODE_LINE = re.compile(r'episode (\d+): (SUCCESS|fail) in ([0-9.]+)s \((.*)\)\s*$')
+# Not anchored at the line end: another process' log line can land between the text and its newline.
+EPISODE_LINE = re.compile(r'episode (\d+): (SUCCESS|fail) in ([0-9.]+)s \(([^()\n]*)\)')
 
 
 @dataclass
@@ -58,6 +70,7 @@ class JobResult:
     wall_s: float
     episodes: List[dict] = field(default_factory=list)
     log_tail: str = ''
+    load_average: Optional[List[float]] = None    # os.getloadavg() when the job ended
 
 
 def parse_episode_lines(text: str, seed: int) -> List[dict]:
@@ -72,14 +85,22 @@ def parse_episode_lines(text: str, seed: int) -> List[dict]:
     return [out[k] for k in sorted(out)]
 
 
-def plan_jobs(rows: Sequence[str], episodes: int, workers: int, seed: int, chunk: int = 0) -> List[Job]:
+def row_overrides(label: str) -> Dict[str, object]:
+    """'full' = defaults; an --ablate feature = that feature off; 'rtc' / 'naive' in smoothing mode."""
+    if label == 'full':
+        return {}
+    return dict(ABLATIONS[label])
+
+
+def plan_jobs(rows: Sequence[str], episodes: int, workers: int, seed: int, chunk: int = 0,
+              overrides_of=row_overrides) -> List[Job]:
     """Split each row's `episodes` seeds into jobs of `chunk` episodes (default: spread over workers)."""
     size = chunk or max(1, math.ceil(episodes / max(1, workers)))
     jobs = []
     # Rows interleaved chunk by chunk, so a change in machine load over the run hits every row alike.
     for start in range(0, episodes, size):
         for label in rows:
-            overrides = {} if label == 'full' else dict(ABLATIONS[label])
+            overrides = overrides_of(label)
             jobs.append(Job(label, overrides, seed + start, min(size, episodes - start)))
     return jobs
 
@@ -92,6 +113,8 @@ def bringup_command(job: Job, args) -> List[str]:
     if args.checkpoint:
         cmd += ['--checkpoint', os.path.abspath(args.checkpoint)]
     overrides = dict(job.overrides)
+    if args.inference_delay_s > 0:
+        overrides['action.inject_inference_delay_s'] = float(args.inference_delay_s)
     for text in args.set or []:
         key, value = text.split('=', 1)
         overrides[key.strip()] = value
@@ -115,7 +138,15 @@ def run_job(job: Job, domain_id: int, args) -> JobResult:
         output, _ = proc.communicate()
         output += f'\n[harness] job timed out after {timeout:.0f} s'
     episodes = parse_episode_lines(output, job.seed)
-    return JobResult(job, domain_id, proc.returncode, time.monotonic() - start, episodes, output[-3000:])
+    return JobResult(job, domain_id, proc.returncode, time.monotonic() - start, episodes, output[-3000:],
+                     _load_average())
+
+
+def _load_average() -> Optional[List[float]]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
@@ -160,8 +191,13 @@ def markdown(rows: List[dict], per_episode: List[dict]) -> str:
 def run_harness(args) -> dict:
     from tqdm import tqdm
 
-    rows = ['full'] + [a for a in (args.ablate or []) if a != 'full']
-    jobs = plan_jobs(rows, args.episodes, args.workers, args.seed, args.chunk)
+    if args.smoothing_rows:
+        rows = list(SMOOTHING_ROWS)
+        jobs = plan_jobs(rows, args.episodes, args.workers, args.seed, args.chunk,
+                         overrides_of=lambda label: dict(SMOOTHING_ROWS[label]))
+    else:
+        rows = ['full'] + [a for a in (args.ablate or []) if a != 'full']
+        jobs = plan_jobs(rows, args.episodes, args.workers, args.seed, args.chunk)
     domains: 'queue.Queue[int]' = queue.Queue()
     for w in range(args.workers):
         domains.put(args.domain_base + w)
@@ -180,6 +216,7 @@ def run_harness(args) -> dict:
         for res in concurrent.futures.as_completed([pool.submit(work, j) for j in jobs]):
             r = res.result()
             results.append(r)
+            write_report(rows, results, args, partial=True)
             bar.update(r.job.episodes)
             wins = sum(e['success'] for x in results for e in x.episodes)
             bar.set_postfix(success=f'{wins}/{sum(len(x.episodes) for x in results)}')
@@ -188,16 +225,22 @@ def run_harness(args) -> dict:
                           f'{len(r.episodes)}/{r.job.episodes} episodes reported (rc {r.returncode})\n'
                           + r.log_tail[-800:])
     bar.close()
+    return write_report(rows, results, args)
+
+
+def write_report(rows: Sequence[str], results: List[JobResult], args, partial: bool = False) -> dict:
+    """Summary + per-episode table of the jobs done so far (also after every job: a run cut short keeps them)."""
     per_episode, summary = [], []
     for label in rows:
         mine = sorted((e for r in results if r.job.label == label for e in r.episodes), key=lambda e: e['seed'])
         per_episode += [dict(e, row=label) for e in mine]
         summary.append(summarise(label, args.episodes, mine))
-    report = {'rows': summary, 'per_episode': per_episode, 'workers': args.workers,
+    report = {'rows': summary, 'per_episode': per_episode, 'workers': args.workers, 'partial': partial,
+              'inference_delay_s': args.inference_delay_s, 'load_average': _load_average(),
               'seeds': [args.seed, args.seed + args.episodes - 1],
               'jobs': [{'row': r.job.label, 'seed': r.job.seed, 'episodes': r.job.episodes,
                         'reported': len(r.episodes), 'domain_id': r.domain_id, 'returncode': r.returncode,
-                        'wall_s': round(r.wall_s, 1)} for r in results],
+                        'wall_s': round(r.wall_s, 1), 'load_average': r.load_average} for r in results],
               'command': ' '.join(sys.argv)}
     if args.out:
         os.makedirs(args.out, exist_ok=True)
@@ -217,6 +260,11 @@ def parse_args(argv=None):
     p.add_argument('--chunk', type=int, default=0, help='episodes per bringup (0 = episodes / workers)')
     p.add_argument('--ablate', action='append', choices=sorted(ABLATIONS), default=[],
                    help='also run a row with this efficiency feature off (repeatable)')
+    p.add_argument('--smoothing-rows', action='store_true',
+                   help='rows rtc (action.smoothing=rtc) and naive (smoothing=none) instead of full + --ablate')
+    p.add_argument('--inference-delay-s', type=float, default=0.0,
+                   help='every row: each action-head inference takes this much longer '
+                   '(action.inject_inference_delay_s, an eval knob)')
     p.add_argument('--set', action='append', metavar='PREFIX.NAME=VALUE', help='override for every row')
     p.add_argument('--encoder-path', default='', help='perception.encoder_path (default: the bringup default)')
     p.add_argument('--checkpoint', default='', help='action.checkpoint_path (default: the bringup default)')
@@ -231,6 +279,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.episodes < 1 or args.workers < 1:
         p.error('--episodes and --workers must be >= 1')
+    if args.smoothing_rows and args.ablate:
+        p.error('--smoothing-rows and --ablate are separate comparisons')
+    if args.inference_delay_s < 0:
+        p.error('--inference-delay-s must be >= 0')
     if args.workers + args.domain_base > 232:
         p.error('ROS_DOMAIN_ID must stay <= 232')
     return args

@@ -18,6 +18,7 @@ from rclpy.signals import SignalHandlerOptions
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
 
+from vla_ros.nodes.executor_stop import spin_until, stop_executor
 from vla_ros.timing import StampGate, stamp_to_ns  # noqa: F401  (re-exported for the nodes)
 from vla_ros.resources import ResourceError
 from vla_ros.stack import STARTUP_CONFIG_ERROR
@@ -133,9 +134,6 @@ def msg_to_tokens(msg: LatentTokens, max_abs: float = 0.0) -> np.ndarray:
     return data.reshape(shape)
 
 
-_STOP_POLL_S = 0.1   # longest a stop request waits for the executor's wait to return
-
-
 def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -149,8 +147,8 @@ def spin_node(node_factory: Callable[..., Node], args=None, num_threads: int = 4
     running (an exception thrown into it would abandon half-dispatched tasks, which then print
     "exception was never retrieved ... cannot use Destroyable" and keep their subscription
     marked busy), the node's optional drain(executor) takes what is still in flight (the
-    recorder), the executor stops, close() stops the node's threads, and only then is the
-    context shut down. During construction (model loading) Ctrl-C interrupts at once.
+    recorder), the callbacks already dispatched finish and the executor stops (executor_stop.py),
+    close() stops the node's threads, and only then is the context shut down. During construction (model loading) Ctrl-C interrupts at once.
     """
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
@@ -164,8 +162,7 @@ def spin_node(node_factory: Callable[..., Node], args=None, num_threads: int = 4
         stop = threading.Event()
         signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
         signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-        while not stop.is_set():
-            executor.spin_once(timeout_sec=_STOP_POLL_S)
+        spin_until(executor, stop)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         drain = getattr(node, 'drain', None)
         if callable(drain):
@@ -181,7 +178,7 @@ def spin_node(node_factory: Callable[..., Node], args=None, num_threads: int = 4
             for timer in list(node.timers):   # no new timer tasks may race the node's destruction
                 timer.cancel()
         if executor is not None:
-            executor.shutdown(timeout_sec=2.0)
+            stop_executor(executor, timeout_sec=2.0)   # dispatched callbacks finish first
         if node is not None:
             close = getattr(node, 'close', None)
             if callable(close):

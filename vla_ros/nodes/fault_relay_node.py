@@ -46,7 +46,9 @@ class FaultRelayNode(Node):
             self.create_subscription(_TYPES[kind], src, lambda m, s=src, k=kind: self._on_message(s, k, m),
                                      SENSOR_QOS if kind in ('image', 'joint_state') else reliable_qos(50))
         self.create_subscription(String, CONTROL_TOPIC, self._on_control, reliable_qos())
-        self.create_timer(_FLUSH_PERIOD_S, self._flush)
+        # Runs only while delayed messages wait (a 500 Hz timer costs CPU the stack under test needs).
+        self._flush_timer = self.create_timer(_FLUSH_PERIOD_S, self._flush)
+        self._flush_timer.cancel()
 
     def _on_control(self, msg: String) -> None:
         try:
@@ -58,6 +60,8 @@ class FaultRelayNode(Node):
             self.fault = fault
             self._rng = np.random.default_rng(fault.seed)
             held, self._held = self._held, {}
+            if fault.kind == 'delay' or self._delayed:
+                self._flush_timer.reset()
         for src, m in held.items():     # nothing stays stuck when reordering ends
             self._publish(src, m)
         self.get_logger().info(f'relay fault: {msg.data}')
@@ -118,6 +122,7 @@ class FaultRelayNode(Node):
                 due.append(heapq.heappop(self._delayed))
             if self.fault.kind != 'delay':          # delay ended: release the rest now
                 due += [heapq.heappop(self._delayed) for _ in range(len(self._delayed))]
+                self._flush_timer.cancel()
         for _, _, src, msg in due:
             self._publish(src, msg)
 

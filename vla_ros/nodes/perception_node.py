@@ -173,6 +173,9 @@ class PerceptionNode(Node):
                   'last_compute_ms': self._last_ms, 'pruning': self.cfg.pruning,
                   'instruction': self.pipeline.instruction[:200], 'stamp_gate_resets': self.gate.resets}
         status.update({f'drops.{k}': v for k, v in sorted(self.drops.counts.items())})
+        pairer = getattr(self._sync, 'pairer', None)     # images no joint state matched within sync_slop_s
+        if pairer is not None:
+            status['drops.sync_unmatched_image'] = pairer.dropped_images
         return status
 
     def _level(self):
