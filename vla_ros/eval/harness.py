@@ -86,7 +86,8 @@ def plan_jobs(rows: Sequence[str], episodes: int, workers: int, seed: int, chunk
 
 
 def bringup_command(job: Job, args) -> List[str]:
-    cmd = [sys.executable, '-m', 'vla_ros.bringup', '--episodes', str(job.episodes), '--task', args.task,
+    cmd = [sys.executable, '-m', 'vla_ros.bringup', '--episodes', str(job.episodes),
+           '--task', getattr(args, 'task', 'touch'),
            '--set', f'sim.seed={job.seed}', '--set', f'sim.episode_timeout_s={float(args.episode_timeout_s)}']
     if args.encoder_path:
         cmd += ['--encoder-path', os.path.abspath(args.encoder_path)]
