@@ -32,6 +32,7 @@ setup(
         ('share/' + PACKAGE, ['package.xml']),
         ('share/' + PACKAGE + '/launch', _files('launch/*.launch.py')),
         ('share/' + PACKAGE + '/config', _files('config/*.yaml')),
+        ('share/' + PACKAGE + '/config/tasks', _files('config/tasks/*.yaml')),
     ]
     # the demo encoder/VLM and the trained action head: the parameters' package:// defaults point here
     + _tree('models', 'share/' + PACKAGE + '/models')

@@ -301,6 +301,8 @@ def parse_args(argv=None):
                     'Same nodes and parameters as `ros2 launch vla_ros vla.launch.py` (vla_ros.stack).')
     default = stack.ARGUMENT_DEFAULTS
     parser.add_argument('--config', default=default['config'], help='ROS 2 params file (path or package:// URI)')
+    parser.add_argument('--task', default=default['task'], choices=stack.TASKS,
+                        help='sim task preset (pick_place: config/tasks/pick_place.yaml, gripper + its trained policy)')
     parser.add_argument('--planner', default=default['planner'], choices=('lightweight', 'vlm'),
                         help='planner.type for this run')
     parser.add_argument('--namespace', default=default['namespace'])
@@ -334,7 +336,7 @@ def parse_args(argv=None):
 
 def launch_arguments(args) -> Dict[str, str]:
     """The bringup's options as the launch file's arguments (the same names `ros2 launch` takes)."""
-    return {'config': args.config, 'planner': args.planner, 'namespace': args.namespace,
+    return {'config': args.config, 'task': args.task, 'planner': args.planner, 'namespace': args.namespace,
             'model_path': args.vlm_path, 'encoder_path': args.encoder_path, 'checkpoint': args.checkpoint,
             'use_sim': str(not args.no_sim).lower(), 'record': str(bool(args.record)).lower(),
             'bag_dir': args.record, 'use_respawn': str(not args.no_respawn).lower(),

@@ -19,6 +19,7 @@ import time
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from vla_ros.config.layout import NODE_SECTIONS, SHARED_SECTIONS
+from vla_ros.config.tasks import TASKS
 from vla_ros.resources import package_uri, resolve_path
 
 PACKAGE = 'vla_ros'
@@ -69,6 +70,9 @@ LOG_LEVELS = ('debug', 'info', 'warn', 'error', 'fatal')
 
 ARGUMENTS: Tuple[Argument, ...] = (
     Argument('config', package_uri('config/vla.yaml'), 'ROS 2 params file for all nodes (path or package:// URI)'),
+    Argument('task', 'touch', 'sim task preset: touch = config as given; another task uses its params file '
+             'config/tasks/<task>.yaml (sim task, gripper joint, its trained encoder + head) when config is the default',
+             choices=TASKS),
     Argument('planner', 'lightweight', 'planner.type: the slow system', choices=('lightweight', 'vlm')),
     Argument('model_path', '', 'planner.model_path for planner:=vlm (local transformers VLM); empty keeps the '
              "params file's value (the demo VLM)"),
@@ -160,7 +164,13 @@ def resolve(arguments: Optional[Mapping[str, str]] = None,
         respawn_delay = float(arg['respawn_delay'])
     except ValueError:
         raise StackError(f"launch argument respawn_delay:={arg['respawn_delay']!r} is not a number") from None
-    params_file = resolve_path(arg['config'], 'config', kind='file')
+    task = arg['task'].strip().lower()
+    config = arg['config']
+    if task != 'touch':
+        if config != ARGUMENT_DEFAULTS['config']:
+            raise StackError(f'task:={task} selects its own params file; pass config:= or task:=, not both')
+        config = package_uri(f'config/tasks/{task}.yaml')
+    params_file = resolve_path(config, 'config', kind='file')
     namespace = arg['namespace'].strip('/')
 
     overrides: Dict[str, object] = {'planner.type': arg['planner']}

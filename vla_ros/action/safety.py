@@ -60,8 +60,11 @@ class SafetyFilter:
         self.upper = np.asarray(config.joint_upper, dtype=np.float64)
         if self.lower.shape != self.upper.shape or np.any(self.lower > self.upper):
             raise ValueError('joint_lower/joint_upper must have equal length and lower <= upper')
-        self.max_step = float(config.max_velocity) * self.dt
-        self.max_dv = float(config.max_acceleration) * self.dt
+        # per-joint limits (a gripper joint has its own); scalars when no per-joint list is given
+        self.max_velocity = self._per_joint(config.joint_max_velocity, config.max_velocity)
+        self.max_acceleration = self._per_joint(config.joint_max_acceleration, config.max_acceleration)
+        self.max_step = self.max_velocity * self.dt
+        self.max_dv = self.max_acceleration * self.dt
         self.last_command: Optional[np.ndarray] = None
         self.last_velocity = np.zeros_like(self.lower)
         self.last_time: Optional[float] = None
@@ -69,6 +72,14 @@ class SafetyFilter:
         self._estop = False
         self.counters: Dict[str, int] = {f.name: 0 for f in fields(SafetyReport)}
         self.counters['ticks'] = 0
+
+    def _per_joint(self, values, scalar: float) -> np.ndarray:
+        if values:
+            arr = np.asarray(values, dtype=np.float64)
+            if arr.shape != self.lower.shape:
+                raise ValueError('per-joint safety limits need one value per joint')
+            return arr
+        return np.full(self.lower.shape, float(scalar))
 
     @property
     def num_joints(self) -> int:
@@ -139,11 +150,12 @@ class SafetyFilter:
             self._restart = False
         elif self.last_command is not None:
             ref = self.last_command
-            tol = float(self.config.max_tracking_error)
-            if tol > 0 and joint_state_age_s is not None and math.isfinite(joint_state_age_s):
+            base_tol = float(self.config.max_tracking_error)
+            tol = np.full(self.lower.shape, base_tol)
+            if base_tol > 0 and joint_state_age_s is not None and math.isfinite(joint_state_age_s):
                 # an old measurement may trail the arm by what it could travel since
-                tol += float(self.config.max_velocity) * max(float(joint_state_age_s), 0.0)
-            if measured is not None and tol > 0:
+                tol = tol + self.max_velocity * max(float(joint_state_age_s), 0.0)
+            if measured is not None and base_tol > 0:
                 far = np.abs(ref - measured) > tol
                 if np.any(far):                      # those joints restart from rest where the arm IS
                     ref = np.where(far, np.clip(measured, self.lower, self.upper), ref)
@@ -158,8 +170,8 @@ class SafetyFilter:
             self._count(report)
             return None, report
 
-        max_dv = float(self.config.max_acceleration) * dt
-        max_step = float(self.config.max_velocity) * dt
+        max_dv = self.max_acceleration * dt
+        max_step = self.max_velocity * dt
         target_arr = self._valid(target)
         velocity = np.zeros_like(ref)
         if self._estop:
@@ -179,7 +191,7 @@ class SafetyFilter:
             low, high = self.last_velocity - max_dv, self.last_velocity + max_dv
             velocity = np.clip(desired, low, high)
             report.limited_acceleration = bool(np.any(velocity != desired))
-            limited = np.clip(velocity, -self.config.max_velocity, self.config.max_velocity)
+            limited = np.clip(velocity, -self.max_velocity, self.max_velocity)
             report.limited_velocity = bool(np.any(limited != velocity))
             velocity = limited
 

@@ -17,6 +17,10 @@ class SafetyConfig:
                                      'Upper joint position limits (rad), one per joint')
     max_velocity: float = param(1.5, 'Max joint speed (rad/s) of the commanded stream', range=(0.0, 100.0))
     max_acceleration: float = param(10.0, 'Max joint acceleration (rad/s^2)', range=(0.0, 10000.0))
+    joint_max_velocity: List[float] = param([], 'Per-joint max speed, one per joint (rad/s, m/s for a prismatic '
+                                            'gripper joint); empty = max_velocity for every joint')
+    joint_max_acceleration: List[float] = param([], 'Per-joint max acceleration, one per joint; empty = '
+                                                'max_acceleration for every joint')
     stale_plan_timeout_s: float = param(3.0, 'Plan older than this -> hold', range=(0.0, 3600.0))
     stale_perception_timeout_s: float = param(1.0, 'Perception older than this -> hold', range=(0.0, 3600.0))
     stale_joint_state_timeout_s: float = param(0.5, 'Any commanded joint\'s position (by name, by stamp) older '
@@ -118,3 +122,7 @@ class ActionConfig:
             raise ConfigError(f'action.action_dim={self.action_dim} but {n} joint_names')
         if len(self.safety.joint_lower) != n or len(self.safety.joint_upper) != n:
             raise ConfigError('safety.joint_lower/joint_upper need one value per joint')
+        for name in ('joint_max_velocity', 'joint_max_acceleration'):
+            values = getattr(self.safety, name)
+            if values and (len(values) != n or min(values) < 0):
+                raise ConfigError(f'safety.{name} needs one non-negative value per joint (or none)')

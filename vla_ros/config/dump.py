@@ -9,6 +9,7 @@ import sys
 from typing import Dict, Optional
 
 from vla_ros.config.arms import ARM_PRESETS
+from vla_ros.config.tasks import TASK_PRESETS
 from vla_ros.config.base import config_from_dict
 
 from vla_ros.config.layout import NODE_SECTIONS, SHARED_SECTIONS
@@ -51,9 +52,11 @@ def _section(prefix, cls, indent, overrides=None):
     return lines
 
 
-def render(arm: Optional[str] = None) -> str:
+def render(arm: Optional[str] = None, task: Optional[str] = None) -> str:
     overrides: Dict[str, object] = dict(ARM_PRESETS[arm]) if arm else {}
+    overrides.update(TASK_PRESETS[task] if task else {})
     header = HEADER + (f'# Preset for the {arm} arm (vla_ros/config/arms.py) on top of the defaults.\n' if arm else '')
+    header += f'# Preset for the {task} task (vla_ros/config/tasks.py) on top of the defaults.\n' if task else ''
     out = [header, '/**:', '  ros__parameters:']
     for prefix, cls in SHARED_SECTIONS:
         out += _section(prefix, cls, 4, overrides)
@@ -67,7 +70,10 @@ def render(arm: Optional[str] = None) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description='Print the vla_ros params file')
     parser.add_argument('--arm', choices=sorted(ARM_PRESETS), default=None)
-    sys.stdout.write(render(parser.parse_args(argv).arm))
+    parser.add_argument('--task', choices=sorted(TASK_PRESETS), default=None,
+                        help='sim task preset (config/tasks/<task>.yaml)')
+    args = parser.parse_args(argv)
+    sys.stdout.write(render(args.arm, args.task))
 
 
 if __name__ == '__main__':

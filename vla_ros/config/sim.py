@@ -5,10 +5,14 @@ from typing import List
 from vla_ros.config.base import ConfigError, param
 
 PANDA_JOINT_NAMES = ['joint1', 'joint2', 'joint3', 'joint4', 'joint5', 'joint6', 'joint7']
+GRIPPER_JOINT_NAME = 'finger_joint1'
+SIM_TASKS = ('touch', 'pick_place')
 
 
 @dataclass
 class SimConfig:
+    task: str = param('touch', 'Task: touch = touch the named cube; pick_place = put the named cube on the named pad '
+                      '(needs the gripper joint in joint_names)', choices=SIM_TASKS)
     image_width: int = param(128, 'Rendered camera width (px)', range=(16, 4096))
     image_height: int = param(128, 'Rendered camera height (px)', range=(16, 4096))
     camera_name: str = param('front', 'MJCF camera the images are rendered from')
@@ -21,13 +25,25 @@ class SimConfig:
     max_episodes: int = param(0, 'Stop resetting after this many episodes (0 = unlimited)',
                               range=(0, 2**31 - 1))
     joint_names: List[str] = param(list(PANDA_JOINT_NAMES),
-                                   'Arm joints in command/JointState order (must match the MJCF)')
+                                   'Commanded joints in command/JointState order (must match the MJCF); '
+                                   f'{GRIPPER_JOINT_NAME} = the gripper (per-finger opening, m, 0 closed .. 0.04 open)')
+    gripper_hold_opening: float = param(0.005, 'Finger opening (m) held when the gripper joint is not in joint_names',
+                                        range=(0.0, 0.04))
     success_threshold_m: float = param(0.035, 'End effector within this of the target cube top centre '
                                        'counts as touching', range=(0.001, 1.0))
     success_hold_s: float = param(0.15, 'Touch must be held this long (sim time) to succeed',
                                   range=(0.0, 10.0))
     cube_x_range: List[float] = param([0.40, 0.62], 'Cube centre x range on the table (m, robot base frame)')
     cube_y_range: List[float] = param([-0.22, 0.22], 'Cube centre y range on the table (m)')
+    cube_yaw_range: float = param(0.6, 'pick_place: cube yaw drawn from [-this, this] (rad)', range=(0.0, 3.2))
+    pad_x_range: List[float] = param([0.40, 0.62], 'pick_place: pad centre x range (m)')
+    pad_y_range: List[float] = param([-0.24, 0.24], 'pick_place: pad centre y range (m)')
+    place_tolerance_m: float = param(0.035, 'pick_place: cube centre within this (xy) of the pad centre counts as '
+                                     'on the pad', range=(0.001, 1.0))
+    light_jitter: float = param(0.0, 'Per-episode light intensity jitter (fraction, 0 = off)', range=(0.0, 1.0))
+    colour_jitter: float = param(0.0, 'Per-episode cube/pad RGB jitter (of 1.0, 0 = off)', range=(0.0, 0.5))
+    camera_jitter_m: float = param(0.0, 'Per-episode camera position jitter (m, uniform per axis, 0 = off)',
+                                   range=(0.0, 0.2))
     cube_min_separation_m: float = param(0.09, 'Minimum distance between cube centres', range=(0.0, 1.0))
     initial_joint_noise: float = param(0.15, 'Uniform noise (rad) added to the home posture at reset',
                                        range=(0.0, 1.0))
@@ -43,7 +59,9 @@ class SimConfig:
     def validate(self):
         if not self.joint_names:
             raise ConfigError('sim.joint_names must not be empty')
-        for name in ('cube_x_range', 'cube_y_range'):
+        if self.task == 'pick_place' and GRIPPER_JOINT_NAME not in self.joint_names:
+            raise ConfigError(f'sim.task=pick_place needs {GRIPPER_JOINT_NAME} in sim.joint_names')
+        for name in ('cube_x_range', 'cube_y_range', 'pad_x_range', 'pad_y_range'):
             rng = getattr(self, name)
             if len(rng) != 2 or rng[0] > rng[1]:
                 raise ConfigError(f'sim.{name} must be [low, high]')

@@ -34,6 +34,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from vla_ros.config.tasks import TASKS
 from vla_ros.eval.stats import wilson_interval
 
 # Efficiency feature -> the parameter overrides that switch it off.
@@ -107,6 +108,7 @@ def plan_jobs(rows: Sequence[str], episodes: int, workers: int, seed: int, chunk
 
 def bringup_command(job: Job, args) -> List[str]:
     cmd = [sys.executable, '-m', 'vla_ros.bringup', '--episodes', str(job.episodes),
+           '--task', getattr(args, 'task', 'touch'),
            '--set', f'sim.seed={job.seed}', '--set', f'sim.episode_timeout_s={float(args.episode_timeout_s)}']
     if args.encoder_path:
         cmd += ['--encoder-path', os.path.abspath(args.encoder_path)]
@@ -255,6 +257,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog='vla_eval_episodes', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--episodes', type=int, default=20, help='episodes per row')
+    p.add_argument('--task', default='touch', choices=TASKS, help='sim task preset of every bringup')
     p.add_argument('--workers', type=int, default=1, help='bringup processes at a time (one ROS domain each)')
     p.add_argument('--seed', type=int, default=HELD_OUT_SEED, help='first held-out seed')
     p.add_argument('--chunk', type=int, default=0, help='episodes per bringup (0 = episodes / workers)')

@@ -1,7 +1,12 @@
-"""Tabletop "touch the <colour> cube" task on a MuJoCo Franka Panda (no ROS).
+"""Tabletop tasks on a MuJoCo Franka Panda with a parallel gripper (no ROS).
 
-The env owns physics, rendering and the success check; ROS wrappers, the scripted expert and
-the training/evaluation scripts all drive it through the same small API.
+The env owns physics, rendering and the success timing; the task (`sim.task`, vla_ros.sim.tasks:
+touch or pick_place) owns layout, instruction and success test. ROS wrappers, the scripted experts
+and the training/evaluation scripts all drive it through the same small API.
+
+Joints are addressed by name (`sim.joint_names`); the gripper is one more position-controlled
+joint, `finger_joint1` (per-finger opening in metres, 0 = closed, 0.04 = open; REP 103). Without it
+in joint_names the fingers are held at `sim.gripper_hold_opening`.
 """
 from __future__ import annotations
 
@@ -14,21 +19,21 @@ import numpy as np
 
 from vla_ros.config.sim import SimConfig
 
+from vla_ros.sim.tasks import CUBE_COLOURS, PAD_COLOURS, TOUCH_TEMPLATES, make_task  # noqa: F401
+
 ASSET_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets', 'panda_tabletop.xml')
-CUBE_COLOURS = ('red', 'green', 'blue')
 # The usual Panda "ready" posture: hand above the table, pointing down.
 HOME_Q = np.array([0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785])
-INSTRUCTION_TEMPLATES = (
-    'touch the {colour} cube',
-    'touch the {colour} block',
-    'reach out and touch the {colour} cube',
-    'put your gripper on the {colour} cube',
-)
+ARM_JOINTS = ('joint1', 'joint2', 'joint3', 'joint4', 'joint5', 'joint6', 'joint7')
+GRIPPER_JOINT = 'finger_joint1'
+GRIPPER_OPEN = 0.04
+INSTRUCTION_TEMPLATES = TOUCH_TEMPLATES
 EE_SITE = 'ee_site'
 
 
 class ArmEnv:
-    """Position-controlled Panda with three seeded cubes; success = fingertip held on the target's top."""
+    """Position-controlled Panda + gripper, three seeded cubes, two pads; success = the task's test held
+    for `success_hold_s`."""
 
     def __init__(self, config: Optional[SimConfig] = None, seed: Optional[int] = None, render: bool = True):
         self.config = config or SimConfig()
@@ -50,15 +55,30 @@ class ArmEnv:
             self.model, mujoco.mjtObj.mjOBJ_JOINT, f'cube_{c}_joint')] for c in CUBE_COLOURS}
         self._cube_body = {c: mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, f'cube_{c}')
                            for c in CUBE_COLOURS}
-        geom = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, 'cube_red_geom')
-        self.cube_half_size = float(self.model.geom_size[geom][2])
+        self._cube_dof = {c: self.model.jnt_dofadr[mujoco.mj_name2id(
+            self.model, mujoco.mjtObj.mjOBJ_JOINT, f'cube_{c}_joint')] for c in CUBE_COLOURS}
+        self.cube_geom = {c: mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, f'cube_{c}_geom')
+                          for c in CUBE_COLOURS}
+        self.pad_body = {c: mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, f'pad_{c}') for c in PAD_COLOURS}
+        self.finger_geom = {side: mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, f'finger_{side}')
+                            for side in ('left', 'right')}
+        self.cube_half_size = float(self.model.geom_size[self.cube_geom['red']][2])
+        self._gripper_qpos = [self.model.jnt_qposadr[mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_JOINT, n)]
+                              for n in ('finger_joint1', 'finger_joint2')]
+        self._gripper_act = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_ACTUATOR, f'act_{GRIPPER_JOINT}')
+        self.has_gripper = GRIPPER_JOINT in self.joint_names
+        self.arm_index = np.array([i for i, n in enumerate(self.joint_names) if n in ARM_JOINTS])
+        home = dict(zip(ARM_JOINTS, HOME_Q), **{GRIPPER_JOINT: GRIPPER_OPEN})
+        self.home_q = np.array([home.get(n, 0.0) for n in self.joint_names])
+        from vla_ros.sim.jitter import SceneJitter
+        self._jitter = SceneJitter(self.model, self.config)
+        self.task = make_task(self)
         self._want_render = render
         self._renderer: Optional[mujoco.Renderer] = None
         self._base_seed = self.config.seed if seed is None else int(seed)
         self.episode = -1
         self.seed: Optional[int] = None
         self.instruction = ''
-        self.target_cube = ''
         self._success = False
         self._hold_time = 0.0
         self._start_time = 0.0
@@ -72,35 +92,33 @@ class ArmEnv:
         rng = np.random.default_rng(self.seed)
         mujoco.mj_resetData(self.model, self.data)
         noise = rng.uniform(-1.0, 1.0, size=len(HOME_Q)) * self.config.initial_joint_noise
-        q0 = self.clip_to_limits(HOME_Q + noise)
+        q0 = self.home_q.copy()
+        q0[self.arm_index] += noise[:len(self.arm_index)]
+        q0 = self.clip_to_limits(q0)
         self.data.qpos[self._qpos_adr] = q0
-        for colour, (x, y) in zip(CUBE_COLOURS, self._sample_cube_xy(rng)):
-            adr = self._cube_qpos_adr[colour]
-            self.data.qpos[adr:adr + 3] = (x, y, self.cube_half_size)
-            yaw = rng.uniform(-np.pi / 4, np.pi / 4)
-            self.data.qpos[adr + 3:adr + 7] = (np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2))
+        if not self.has_gripper:              # fingers held where the task wants them
+            self.data.qpos[self._gripper_qpos] = self.config.gripper_hold_opening
+            self.data.ctrl[self._gripper_act] = self.config.gripper_hold_opening
+        else:
+            self.data.qpos[self._gripper_qpos] = q0[list(self.joint_names).index(GRIPPER_JOINT)]
+        self.instruction = self.task.reset(rng)
+        self._jitter.apply(self.seed)
         self.data.ctrl[self._actuator_ids] = q0
         mujoco.mj_forward(self.model, self.data)
-        self.target_cube = CUBE_COLOURS[int(rng.integers(len(CUBE_COLOURS)))]
-        template = INSTRUCTION_TEMPLATES[int(rng.integers(len(INSTRUCTION_TEMPLATES)))]
-        self.instruction = template.format(colour=self.target_cube)
         self._success = False
         self._hold_time = 0.0
         self._start_time = float(self.data.time)
         return self.observation()
 
-    def _sample_cube_xy(self, rng: np.random.Generator) -> List[np.ndarray]:
-        (x0, x1), (y0, y1) = self.config.cube_x_range, self.config.cube_y_range
-        placed: List[np.ndarray] = []
-        for _ in range(1000):
-            if len(placed) == len(CUBE_COLOURS):
-                break
-            xy = np.array([rng.uniform(x0, x1), rng.uniform(y0, y1)])
-            if all(np.linalg.norm(xy - p) >= self.config.cube_min_separation_m for p in placed):
-                placed.append(xy)
-        if len(placed) < len(CUBE_COLOURS):
-            raise ValueError('cube ranges too small for sim.cube_min_separation_m')
-        return placed
+    def place_cube(self, colour: str, x: float, y: float, yaw: float) -> None:
+        """Put a cube at rest on the table at (x, y) turned by yaw (rad) about z."""
+        adr = self._cube_qpos_adr[colour]
+        self.data.qpos[adr:adr + 3] = (x, y, self.cube_half_size)
+        self.data.qpos[adr + 3:adr + 7] = (np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2))
+
+    @property
+    def target_cube(self) -> str:
+        return self.task.target_cube
 
     def observation(self) -> Dict[str, object]:
         obs: Dict[str, object] = {'joint_positions': self.joint_positions(),
@@ -137,7 +155,7 @@ class ArmEnv:
         dt = self.model.opt.timestep
         for _ in range(int(n_steps)):
             mujoco.mj_step(self.model, self.data)
-            if self.distance_to_goal() <= self.config.success_threshold_m:
+            if self.task.satisfied():
                 self._hold_time += dt
                 if self._hold_time >= self.config.success_hold_s - 1e-9:
                     self._success = True
@@ -160,15 +178,32 @@ class ArmEnv:
     def ee_position(self) -> np.ndarray:
         return self.data.site_xpos[self.ee_site_id].copy()
 
+    def ee_rotation(self) -> np.ndarray:
+        """Hand frame in the world [3, 3] (columns: x, y = finger motion, z = approach)."""
+        return self.data.site_xmat[self.ee_site_id].reshape(3, 3).copy()
+
+    def gripper_opening(self) -> float:
+        """Measured per-finger opening (m)."""
+        return float(self.data.qpos[self._gripper_qpos[0]])
+
     def cube_position(self, colour: str) -> np.ndarray:
         return self.data.xpos[self._cube_body[colour]].copy()
 
+    def cube_yaw(self, colour: str) -> float:
+        rot = self.data.xmat[self._cube_body[colour]].reshape(3, 3)
+        return float(np.arctan2(rot[1, 0], rot[0, 0]))
+
+    def cube_velocity(self, colour: str) -> np.ndarray:
+        adr = self._cube_dof[colour]
+        return self.data.qvel[adr:adr + 3].copy()
+
     def goal_position(self) -> np.ndarray:
-        """Top centre of the target cube."""
-        return self.cube_position(self.target_cube) + np.array([0.0, 0.0, self.cube_half_size])
+        """Touch: the target cube's top centre; pick_place: the cube centre resting on the target pad."""
+        return self.task.goal_position()
 
     def distance_to_goal(self) -> float:
-        return float(np.linalg.norm(self.ee_position() - self.goal_position()))
+        """Touch: fingertip to goal; pick_place: target cube centre to goal (m)."""
+        return self.task.distance_to_goal()
 
     def success(self) -> bool:
         return self._success

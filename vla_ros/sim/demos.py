@@ -13,7 +13,6 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from vla_ros.sim.arm_env import ArmEnv
-from vla_ros.sim.expert import TouchExpert
 
 
 @dataclass
@@ -38,13 +37,14 @@ class Episode:
                    steps_to_success=int(d['steps_to_success']))
 
 
-def collect_episode(env: ArmEnv, expert: TouchExpert, seed: int, noise_std: float = 0.0,
+def collect_episode(env: ArmEnv, expert, seed: int, noise_std: float = 0.0,
                     hold_steps: int = 10, rng: Optional[np.random.Generator] = None) -> Episode:
     """Run one expert episode; executed targets get Gaussian noise (labels stay clean).
 
     Noise injection (DART-style) puts the expert in states a learned policy drifts into and
     labels them with the expert's correction, which plain behaviour cloning never sees.
-    `hold_steps` extra decisions after success teach the policy to stay on the cube.
+    `hold_steps` extra decisions after success teach the policy to stay on the cube (touch) / away
+    from it (pick_place). `expert` is a TouchExpert or PickPlaceExpert (chunk(q) -> [H, J]).
     """
     rng = rng or np.random.default_rng(seed)
     env.reset(seed=seed)
@@ -57,7 +57,9 @@ def collect_episode(env: ArmEnv, expert: TouchExpert, seed: int, noise_std: floa
         images.append(env.render())
         proprio.append(q.astype(np.float32))
         chunks.append(chunk.astype(np.float32))
-        command = chunk[0] + (rng.normal(0.0, noise_std, size=chunk.shape[1]) if noise_std > 0 else 0.0)
+        command = chunk[0].copy()
+        if noise_std > 0:            # arm joints only: the gripper target is open/closed, not a joint angle
+            command[env.arm_index] += rng.normal(0.0, noise_std, size=len(env.arm_index))
         env.step_to(command, dt)
         if env.success():
             if steps_to_success < 0:

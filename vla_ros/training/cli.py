@@ -48,13 +48,13 @@ def save_policy(policy, out_dir: str) -> dict:
 
 
 def evaluate_checkpoint(model_dir: str, seeds: List[int], workers: int, timeout_s: float,
-                        progress: bool = True, desc: str = 'closed-loop eval') -> dict:
+                        progress: bool = True, desc: str = 'closed-loop eval', task: str = 'touch') -> dict:
     """Closed-loop success (no ROS) of a saved checkpoint on `seeds`, with a Wilson 95% interval."""
     from vla_ros.training.rollouts import policy_episode, run_jobs
     from vla_ros.eval.stats import wilson_interval
 
     results = run_jobs(policy_episode, [{'seed': s, 'model_dir': model_dir} for s in seeds], workers, timeout_s,
-                       desc=desc, progress=progress)
+                       desc=desc, progress=progress, task=task)
     wins = sum(r['success'] for r in results)
     lo, hi = wilson_interval(wins, len(results))
     times = [r['elapsed_s'] for r in results if r['success']]
@@ -83,7 +83,7 @@ def run(cfg) -> dict:
     jobs = [{'seed': cfg.seed + i, 'noise': cfg.noise_levels[i % len(cfg.noise_levels)], 'grid': grid,
              'hold_steps': cfg.hold_steps, 'max_steps': cfg.max_steps} for i in range(cfg.episodes)]
     demos = run_jobs(expert_episode, jobs, cfg.workers, cfg.episode_timeout_s, desc='expert demos',
-                     progress=cfg.progress)
+                     progress=cfg.progress, task=cfg.task)
     report['expert'] = {'episodes': len(demos), 'successes': int(sum(d['success'] for d in demos)),
                         'samples': int(sum(len(d['proprio']) for d in demos)),
                         'seconds': round(time.perf_counter() - t0, 1)}
@@ -115,7 +115,7 @@ def run(cfg) -> dict:
                 for i in range(cfg.dagger_episodes)]
         t1 = time.perf_counter()
         rollouts = run_jobs(policy_episode, jobs, cfg.workers, cfg.episode_timeout_s, desc=f'DAgger round {r + 1}',
-                            progress=cfg.progress)
+                            progress=cfg.progress, task=cfg.task)
         stats = {'round': r + 1, 'episodes': len(rollouts), 'policy_successes': int(sum(x['success'] for x in rollouts)),
                  'samples': int(sum(len(x.get('proprio', [])) for x in rollouts)),
                  'rollout_seconds': round(time.perf_counter() - t1, 1)}
@@ -132,7 +132,7 @@ def run(cfg) -> dict:
     if cfg.eval_episodes > 0:
         seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))
         report['eval'] = evaluate_checkpoint(os.path.abspath(cfg.out_dir), seeds, cfg.workers, cfg.episode_timeout_s,
-                                             progress=cfg.progress)
+                                             progress=cfg.progress, task=cfg.task)
         summary = {k: v for k, v in report['eval'].items() if k != 'per_episode'}
         print(json.dumps({'eval': summary}), flush=True)
     report['total_seconds'] = round(time.perf_counter() - t0, 1)

@@ -15,6 +15,8 @@ class TrainConfig:
     work_dir: str = field(default='runs/train', metadata={'help': 'scratch space (worker checkpoints)'})
     init_from: str = field(default='', metadata={'help': 'continue from a checkpoint directory (vision_encoder/ + '
                                                   'action_head.pt) instead of a fresh policy'})
+    task: str = field(default='touch', metadata={'help': 'sim task: touch or pick_place (vla_ros.config.tasks: '
+                                                 'joints, gripper, expert)'})
     seed: int = field(default=0, metadata={'help': 'first demo seed; also the torch seed'})
     device: str = field(default='auto', metadata={'help': 'training device: auto, cpu or cuda'})
     workers: int = field(default=0, metadata={'help': 'parallel sim processes (0 = all CPU cores)'})
@@ -69,6 +71,9 @@ class TrainConfig:
     progress: bool = field(default=True, metadata={'help': 'progress bars'})
 
     def validate(self) -> None:
+        from vla_ros.config.tasks import TASKS
+        if self.task not in TASKS:
+            raise ValueError(f'task must be one of {TASKS}')
         if self.image_size % self.patch_size:
             raise ValueError('image_size must be a multiple of patch_size')
         grid = (self.image_size // self.patch_size) ** 2

@@ -200,11 +200,16 @@ def relevance_of(image: np.ndarray, instruction: str, grid_hw: Tuple[int, int]) 
     return rel.astype(np.float32)
 
 
-def colour_maps(image: np.ndarray, grid_hw: Tuple[int, int]) -> np.ndarray:
-    """[3, N] per-patch coverage of each cube colour (auxiliary encoder targets)."""
-    from vla_ros.sim.arm_env import CUBE_COLOURS
+def task_colours(task: str = 'touch') -> Tuple[str, ...]:
+    """Object colours of a task's scene: the cubes (touch), cubes and pads (pick_place)."""
+    from vla_ros.sim.tasks import CUBE_COLOURS, PAD_COLOURS
 
-    return np.stack([relevance_of(image, colour, grid_hw) for colour in CUBE_COLOURS])
+    return CUBE_COLOURS + (PAD_COLOURS if task == 'pick_place' else ())
+
+
+def colour_maps(image: np.ndarray, grid_hw: Tuple[int, int], task: str = 'touch') -> np.ndarray:
+    """[C, N] per-patch coverage of each object colour of the task (auxiliary encoder targets)."""
+    return np.stack([relevance_of(image, colour, grid_hw) for colour in task_colours(task)])
 
 
 def default_keep_tokens(grid_tokens: int) -> int:

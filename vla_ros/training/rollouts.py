@@ -16,22 +16,31 @@ import numpy as np
 _STATE: Dict[str, object] = {}
 
 
-def _init_worker(episode_timeout_s: float, torch_threads: int = 1) -> None:
+def make_expert(env, action_cfg):
+    """The scripted expert of the env's task, with the action head's chunk timing."""
+    if env.task.name == 'pick_place':
+        from vla_ros.sim.pick_place_expert import PickPlaceExpert, PickPlaceExpertConfig
+        return PickPlaceExpert(env, PickPlaceExpertConfig(action_dt=action_cfg.action_dt, horizon=action_cfg.horizon))
+    from vla_ros.sim.expert import ExpertConfig, TouchExpert
+    return TouchExpert(env, ExpertConfig(action_dt=action_cfg.action_dt, horizon=action_cfg.horizon))
+
+
+def _init_worker(episode_timeout_s: float, torch_threads: int = 1, task: str = 'touch') -> None:
     import torch
 
     import vla_ros.sim  # noqa: F401  (GL backend before mujoco)
     from vla_ros.config import ActionConfig, SimConfig
+    from vla_ros.config.tasks import task_config
     from vla_ros.sim.arm_env import ArmEnv
-    from vla_ros.sim.expert import ExpertConfig, TouchExpert
 
     if torch_threads > 0:
         torch.set_num_threads(torch_threads)
-    sim_cfg = SimConfig()
+    sim_cfg = task_config(SimConfig, 'sim', task)
     sim_cfg.episode_timeout_s = episode_timeout_s
-    action_cfg = ActionConfig()
+    action_cfg = task_config(ActionConfig, 'action', task)
     env = ArmEnv(sim_cfg, seed=0)
-    _STATE.update(env=env, action_cfg=action_cfg, timeout=episode_timeout_s,
-                  expert=TouchExpert(env, ExpertConfig(action_dt=action_cfg.action_dt, horizon=action_cfg.horizon)))
+    _STATE.update(env=env, action_cfg=action_cfg, timeout=episode_timeout_s, task=task,
+                  expert=make_expert(env, action_cfg))
 
 
 def expert_episode(job: dict) -> dict:
@@ -46,11 +55,23 @@ def expert_episode(job: dict) -> dict:
     env.config.episode_timeout_s = _STATE['timeout']
     grid = tuple(job.get('grid', (8, 8)))
     relevance = np.stack([relevance_of(img, ep.instruction, grid) for img in ep.images])
-    colours = np.stack([colour_maps(img, grid) for img in ep.images])
+    colours = np.stack([colour_maps(img, grid, _STATE['task']) for img in ep.images])
     return {'seed': ep.seed, 'instruction': ep.instruction, 'images': ep.images, 'proprio': ep.proprio,
             'actions': ep.chunks, 'relevance': relevance.astype(np.float16), 'colours': colours.astype(np.float16),
             'success': ep.success,
             'steps_to_success': ep.steps_to_success}
+
+
+def expert_outcome(job: dict) -> dict:
+    """One noise-free expert episode without rendering -> success and time (expert_check)."""
+    env, expert = _STATE['env'], _STATE['expert']
+    env.reset(seed=job['seed'])
+    steps = 0
+    while not env.done() and steps < job['max_steps']:
+        env.step_to(expert.chunk(env.joint_positions())[0], expert.config.action_dt)
+        steps += 1
+    return {'seed': job['seed'], 'success': bool(env.success()), 'elapsed_s': float(env.elapsed_s),
+            'final_distance_m': float(env.distance_to_goal())}
 
 
 def _load_policy(model_dir: str) -> dict:
@@ -99,7 +120,7 @@ def policy_episode(job: dict) -> dict:
         grid = tuple(policy['pipeline'].encoder.grid_hw)
         out.update(images=np.stack(images), proprio=np.stack(proprio), actions=np.stack(actions),
                    relevance=np.stack([relevance_of(i, out['instruction'], grid) for i in images]).astype(np.float16),
-                   colours=np.stack([colour_maps(i, grid) for i in images]).astype(np.float16))
+                   colours=np.stack([colour_maps(i, grid, _STATE['task']) for i in images]).astype(np.float16))
     return out
 
 
@@ -115,8 +136,8 @@ class _Indexed:
 
 
 def run_jobs(fn: Callable[[dict], dict], jobs: Iterable[dict], workers: int, episode_timeout_s: float,
-             desc: str = '', progress: bool = True, on_result: Optional[Callable[[dict], None]] = None
-             ) -> List[dict]:
+             desc: str = '', progress: bool = True, on_result: Optional[Callable[[dict], None]] = None,
+             task: str = 'touch') -> List[dict]:
     """Run one job per episode on `workers` spawned processes (0 = all cores, 1 = in this process);
     results come back in job order."""
     from tqdm import tqdm
@@ -133,13 +154,13 @@ def run_jobs(fn: Callable[[dict], dict], jobs: Iterable[dict], workers: int, epi
             on_result(res)
 
     if workers == 1:
-        if 'env' not in _STATE or _STATE.get('timeout') != episode_timeout_s:
-            _init_worker(episode_timeout_s, torch_threads=0)
+        if 'env' not in _STATE or _STATE.get('timeout') != episode_timeout_s or _STATE.get('task') != task:
+            _init_worker(episode_timeout_s, torch_threads=0, task=task)
         for i, job in enumerate(jobs):
             done(i, fn(job))
     else:
         ctx = mp.get_context('spawn')
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(episode_timeout_s, 1)) as pool:
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(episode_timeout_s, 1, task)) as pool:
             for i, res in pool.imap_unordered(_Indexed(fn), list(enumerate(jobs)), chunksize=1):
                 done(i, res)
     bar.close()

@@ -75,7 +75,8 @@ class Policy(torch.nn.Module):
             self.head = build_head(cfg, action_dim, horizon, proprio_dim)
         self.initialised_from = cfg.init_from
         # Training-only probe: which cube colour each token's patch shows (not saved).
-        self.colour_probe = torch.nn.Linear(cfg.encoder_hidden, 3)
+        from vla_ros.training.policy import task_colours
+        self.colour_probe = torch.nn.Linear(cfg.encoder_hidden, len(task_colours(cfg.task)))
 
 
 def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: int, desc: str = 'train',
@@ -142,7 +143,8 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
                                  head.normalize_actions(t['actions'][idx]))
                 if cfg.colour_aux_weight > 0:
                     colour_target = torch.gather(t['colours'][idx].float(), 2,
-                                                 kept[:, None, :].expand(-1, 3, -1)).transpose(1, 2)
+                                                 kept[:, None, :].expand(-1, t['colours'].shape[1], -1)
+                                                 ).transpose(1, 2)
                     aux = torch.nn.functional.binary_cross_entropy_with_logits(
                         policy.colour_probe(vis.float()), colour_target)
                     loss = loss + cfg.colour_aux_weight * aux

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Train the pick-and-place policy on a GPU machine of the `device` tool (python 3.12 + torch + transformers
+# there; MuJoCo and the GL loaders travel as wheels/debs in .whl/ and .gl/ next to this tree).
+# Writes $OUT/ckpt/{vision_encoder/,action_head.pt,train_metrics.json} and $OUT/train.log.
+set -o pipefail
+cd "$(dirname "$0")/.."
+for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD MUJOCO_GL=egl PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name --format=csv,noheader
+if [ -n "${EXPERT_CHECK:-}" ]; then
+  python3 -m vla_ros.training.expert_check --task pick_place --episodes "$EXPERT_CHECK" --workers 16 \
+    --out "$OUT/expert_check.json" | tail -4
+fi
+python3 -m vla_ros.training.cli --task pick_place "$@" --progress false --out-dir "$OUT/ckpt" --work-dir /tmp/runs \
+  2>&1 | tee "$OUT/train.log"

@@ -1,0 +1,71 @@
+"""Task presets: the pick_place params file is in sync and consistent (8 joints everywhere, the
+gripper's own limits), the launch argument selects it, and the safety filter applies per-joint limits."""
+import os
+
+import numpy as np
+import pytest
+
+from vla_ros import stack
+from vla_ros.action.safety import SafetyFilter
+from vla_ros.config import ActionConfig, PerceptionConfig, SimConfig, config_from_dict, load_node_params_yaml
+from vla_ros.config.base import ConfigError
+from vla_ros.config.dump import render
+from vla_ros.config.tasks import GRIPPER_MAX_VELOCITY, TASK_PRESETS, task_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _section(path, node, cls, prefix):
+    params = load_node_params_yaml(path, node)
+    return config_from_dict(cls, {k[len(prefix) + 1:]: v for k, v in params.items() if k.startswith(prefix + '.')})
+
+
+@pytest.mark.parametrize('task', sorted(TASK_PRESETS))
+def test_task_file_in_sync_and_consistent(task):
+    path = os.path.join(ROOT, 'config', 'tasks', f'{task}.yaml')
+    with open(path) as fh:
+        assert fh.read() == render(task=task), f'{path} is stale: python -m vla_ros.config.dump --task {task} > {path}'
+    action = _section(path, 'action', ActionConfig, 'action')
+    sim = _section(path, 'sim_arm', SimConfig, 'sim')
+    perception = _section(path, 'perception', PerceptionConfig, 'perception')
+    assert sim.task == task
+    assert action.joint_names == sim.joint_names == perception.joint_names
+    assert action.action_dim == len(action.joint_names) == 8 and action.joint_names[-1] == 'finger_joint1'
+    assert action.safety.joint_lower[-1] == 0.0 and action.safety.joint_upper[-1] == 0.04
+    assert action.safety.joint_max_velocity[-1] == GRIPPER_MAX_VELOCITY
+    assert 'checkpoints/pick_place/' in action.checkpoint_path and 'checkpoints/pick_place/' in perception.encoder_path
+    assert task_config(ActionConfig, 'action', task) == action
+
+
+def test_launch_argument_selects_the_task_file():
+    nodes = stack.resolve({'task': 'pick_place'})
+    assert all(n.params_file.endswith(os.path.join('config', 'tasks', 'pick_place.yaml')) for n in nodes)
+    assert all(n.params_file.endswith('vla.yaml') for n in stack.resolve({'task': 'touch'}))
+    with pytest.raises(stack.StackError, match='not both'):
+        stack.resolve({'task': 'pick_place', 'config': os.path.join(ROOT, 'config', 'vla.yaml')})
+    with pytest.raises(stack.StackError, match='task'):
+        stack.resolve({'task': 'juggle'})
+
+
+def test_safety_filter_applies_each_joints_own_limits():
+    cfg = task_config(ActionConfig, 'action', 'pick_place').safety
+    dt = 0.01
+    f = SafetyFilter(cfg, dt)
+    start = np.array([0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785, 0.04])
+    f.filter(start, measured=start, plan_age_s=0.0, perception_age_s=0.0, now=0.0)
+    target = start + np.array([1.0] * 7 + [-0.04])          # far away: every joint saturates
+    prev, t = start, 0.0
+    steps = []
+    for _ in range(200):
+        t += dt
+        cmd, _ = f.filter(target, measured=prev, plan_age_s=0.0, perception_age_s=0.0, now=t)
+        steps.append(np.abs(cmd - prev) / dt)
+        prev = cmd
+    speed = np.max(steps, axis=0)
+    assert speed[:7].max() == pytest.approx(cfg.max_velocity, rel=1e-6)
+    assert speed[7] == pytest.approx(GRIPPER_MAX_VELOCITY, rel=1e-6)        # the gripper's own, slower limit
+    assert prev[7] == pytest.approx(0.0) and np.all(prev >= np.asarray(cfg.joint_lower))
+    bad = task_config(ActionConfig, 'action', 'pick_place')
+    bad.safety.joint_max_velocity = [1.0, 2.0]
+    with pytest.raises(ConfigError, match='joint_max_velocity'):
+        bad.validate()

@@ -1,0 +1,54 @@
+"""Task presets for the simulated arm: everything that must agree for a task in one place.
+
+A task fixes the sim task, the commanded joints (pick_place adds the gripper joint, so actions,
+commands, joint states and proprioception carry 8 values), the safety limits of every joint and
+the trained encoder + action head for it. `python -m vla_ros.config.dump --task pick_place >
+config/tasks/pick_place.yaml` renders a complete params file (a test keeps it in sync); the
+launch argument `task:=pick_place` / `python -m vla_ros.bringup --task pick_place` selects it.
+
+The gripper joint `finger_joint1` is the Panda hand's per-finger opening in metres (REP 103),
+0 = closed .. 0.04 = open; its speed limit 0.1 m/s and acceleration 2 m/s^2 are the safety
+filter's own per-joint limits for it (the Franka Hand's rated finger speed is 0.05 m/s per finger
+for grasping; the sim servo is not rate-limited, so the filter is the only limit).
+"""
+from typing import Dict
+
+from vla_ros.config.action import SafetyConfig
+from vla_ros.config.sim import GRIPPER_JOINT_NAME, PANDA_JOINT_NAMES
+
+GRIPPER_RANGE = (0.0, 0.04)
+GRIPPER_MAX_VELOCITY = 0.1
+GRIPPER_MAX_ACCELERATION = 2.0
+_PICK_PLACE_JOINTS = list(PANDA_JOINT_NAMES) + [GRIPPER_JOINT_NAME]
+_ARM_SAFETY = SafetyConfig()
+
+TASK_PRESETS: Dict[str, Dict[str, object]] = {
+    'pick_place': {
+        'sim.task': 'pick_place',
+        'sim.joint_names': _PICK_PLACE_JOINTS,
+        'sim.episode_timeout_s': 30.0,
+        'perception.joint_names': _PICK_PLACE_JOINTS,
+        'perception.encoder_path': 'package://vla_ros/checkpoints/pick_place/vision_encoder',
+        'action.joint_names': _PICK_PLACE_JOINTS,
+        'action.action_dim': len(_PICK_PLACE_JOINTS),
+        'action.checkpoint_path': 'package://vla_ros/checkpoints/pick_place/action_head.pt',
+        'action.safety.joint_lower': list(_ARM_SAFETY.joint_lower) + [GRIPPER_RANGE[0]],
+        'action.safety.joint_upper': list(_ARM_SAFETY.joint_upper) + [GRIPPER_RANGE[1]],
+        'action.safety.joint_max_velocity': [_ARM_SAFETY.max_velocity] * len(PANDA_JOINT_NAMES)
+        + [GRIPPER_MAX_VELOCITY],
+        'action.safety.joint_max_acceleration': [_ARM_SAFETY.max_acceleration] * len(PANDA_JOINT_NAMES)
+        + [GRIPPER_MAX_ACCELERATION],
+    },
+}
+TASKS = ('touch',) + tuple(TASK_PRESETS)      # touch = the defaults (config/vla.yaml)
+
+
+def task_config(cls, section: str, task: str = 'touch'):
+    """The `section` dataclass (e.g. SimConfig, 'sim') with the task preset's values on top of the defaults."""
+    from vla_ros.config.base import config_from_dict
+
+    if task not in TASKS:
+        raise ValueError(f'unknown task {task!r}; known: {TASKS}')
+    prefix = section + '.'
+    preset = TASK_PRESETS.get(task, {})
+    return config_from_dict(cls, {k[len(prefix):]: v for k, v in preset.items() if k.startswith(prefix)}, prefix)

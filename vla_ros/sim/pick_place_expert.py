@@ -1,0 +1,212 @@
+"""Scripted expert for pick-and-place: IK approach, descend, close, lift, carry, lower, open, retreat.
+
+Like `TouchExpert` it is a feedback policy of the current state, so it can label any state a
+learned policy drifts into (DART noise, DAgger). The phase is read from the sim state (finger
+contacts with the target cube, grip firmness, cube on the pad), then the arm kinematics, a virtual
+gripper and, while grasped, the carried cube are rolled forward `horizon` steps of `action_dt`,
+switching phase inside the chunk where the rollout reaches the next one. Each chunk row is
+[7 joint targets, gripper target]; the gripper target is the commanded per-finger opening (m):
+GRIPPER_OPEN or GRIPPER_CLOSED (the servo squeezes the cube), ramped by the safety filter online.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import mujoco
+import numpy as np
+
+from vla_ros.sim.arm_env import GRIPPER_JOINT, GRIPPER_OPEN, HOME_Q, ArmEnv
+from vla_ros.sim.expert import DOWN
+
+GRIPPER_CLOSED = 0.0
+PHASES = ('reach', 'close', 'carry', 'release', 'retreat')
+
+
+@dataclass
+class PickPlaceExpertConfig:
+    action_dt: float = 0.05          # seconds between chunk steps (ActionConfig.action_dt)
+    horizon: int = 16                # steps per chunk (ActionConfig.horizon)
+    max_speed: float = 0.3           # fingertip Cartesian speed limit (m/s)
+    max_joint_speed: float = 1.2     # per-joint speed limit (rad/s), below the safety filter's 1.5
+    gripper_speed: float = 0.1       # finger speed assumed by the rollout (m/s), = the gripper safety limit
+    grasp_height: float = 0.015      # fingertip (ee site) height above the table when closing (m)
+    hover_height: float = 0.09       # approach / carry height above the grasp / place pose (m)
+    funnel_slope: float = 2.0        # allowed height above the pose per metre of horizontal error
+    lift_first_margin: float = 0.02  # below subgoal height by more than this: go straight up first
+    pose_tolerance: float = 0.006    # ee within this of the grasp pose (m) -> close
+    yaw_tolerance: float = 0.08      # hand yaw within this of the cube's faces (rad) -> close
+    firm_squeeze: float = 0.006      # grip counts firm once the command is this far inside the fingers (m)
+    place_drop: float = 0.002        # lower the cube this far below its resting height (m)
+    release_tolerance: float = 0.006 # cube centre within this of its place pose -> open
+    retreat_height: float = 0.16     # fingertip height after releasing (m)
+    damping: float = 0.05            # DLS damping
+    orientation_weight: float = 0.5  # weight of the orientation error relative to position
+    posture_gain: float = 0.1        # null-space pull towards the home posture
+    ik_iterations: int = 2
+
+
+def _yaw_of(axis: np.ndarray) -> float:
+    return float(np.arctan2(axis[1], axis[0]))
+
+
+def _wrap(angle: float) -> float:
+    return float((angle + np.pi) % (2 * np.pi) - np.pi)
+
+
+class PickPlaceExpert:
+    def __init__(self, env: ArmEnv, config: Optional[PickPlaceExpertConfig] = None):
+        if not env.has_gripper or env.task.name != 'pick_place':
+            raise ValueError('PickPlaceExpert needs sim.task=pick_place with the gripper joint in sim.joint_names')
+        self.env = env
+        self.config = config or PickPlaceExpertConfig()
+        self.model = env.model
+        self._scratch = mujoco.MjData(self.model)
+        self._jacp = np.zeros((3, self.model.nv))
+        self._jacr = np.zeros((3, self.model.nv))
+        self._arm = env.arm_index
+        self._grip = list(env.joint_names).index(GRIPPER_JOINT)
+        self._dofs = env._qvel_adr[self._arm]
+        self._qadr = env._qpos_adr[self._arm]
+        margin = 0.02
+        self._lo = env.joint_lower[self._arm] + margin
+        self._hi = env.joint_upper[self._arm] - margin
+        self.last_phase = ''
+
+    # ------------------------------------------------------------------ kinematics
+    def _forward(self, q: np.ndarray):
+        self._scratch.qpos[self._qadr] = q
+        mujoco.mj_kinematics(self.model, self._scratch)
+        mujoco.mj_comPos(self.model, self._scratch)
+        site = self.env.ee_site_id
+        return self._scratch.site_xpos[site].copy(), self._scratch.site_xmat[site].reshape(3, 3).copy()
+
+    def _ik_step(self, q: np.ndarray, p_des: np.ndarray, r_des: np.ndarray) -> np.ndarray:
+        c = self.config
+        pos, rot = self._forward(q)
+        mujoco.mj_jacSite(self.model, self._scratch, self._jacp, self._jacr, self.env.ee_site_id)
+        jac = np.vstack([self._jacp[:, self._dofs], c.orientation_weight * self._jacr[:, self._dofs]])
+        rot_err = 0.5 * sum(np.cross(rot[:, i], r_des[:, i]) for i in range(3))
+        err = np.concatenate([p_des - pos, c.orientation_weight * rot_err])
+        jjt = jac @ jac.T + (c.damping ** 2) * np.eye(jac.shape[0])
+        j_pinv = jac.T @ np.linalg.solve(jjt, np.eye(jac.shape[0]))
+        null = np.eye(len(q)) - j_pinv @ jac
+        return j_pinv @ err + null @ (c.posture_gain * (HOME_Q - q))
+
+    @staticmethod
+    def _rotation(yaw: float) -> np.ndarray:
+        """Hand pointing down with its finger axis (y) at `yaw` in the table plane."""
+        y = np.array([np.cos(yaw), np.sin(yaw), 0.0])
+        x = np.cross(y, DOWN)
+        return np.stack([x, y, DOWN], axis=1)
+
+    def grasp_yaw(self, hand_y_yaw: float) -> float:
+        """Of the four finger-axis yaws that close on the target cube's faces, the one nearest the hand's."""
+        base = self.env.cube_yaw(self.env.target_cube)
+        options = [base + k * np.pi / 2 for k in range(4)]
+        return min(options, key=lambda a: abs(_wrap(a - hand_y_yaw)))
+
+    # ------------------------------------------------------------------ phase from the sim state
+    def phase(self, q_full: np.ndarray) -> str:
+        env, c = self.env, self.config
+        task = env.task
+        left, right = task.finger_contacts()
+        g = float(env.gripper_opening())
+        g_cmd = float(env.target()[self._grip])
+        firm = left and right and g_cmd <= g - c.firm_squeeze
+        cube = env.cube_position(env.target_cube)
+        goal = task.goal_position()
+        if task.cube_on_pad() and not (left or right):
+            return 'retreat'
+        if firm:
+            near = (np.linalg.norm(cube[:2] - goal[:2]) <= c.release_tolerance
+                    and cube[2] <= goal[2] + c.release_tolerance)
+            return 'release' if near else 'carry'
+        if task.cube_on_pad():
+            return 'release'
+        if left and right:
+            return 'close'
+        ee, rot = self._forward(np.asarray(q_full, dtype=np.float64)[self._arm])
+        if self._at_grasp_pose(ee, rot, cube, g):
+            return 'close'
+        return 'reach'
+
+    def _at_grasp_pose(self, ee, rot, cube, g) -> bool:
+        c = self.config
+        yaw = _yaw_of(rot[:, 1])
+        return (np.linalg.norm(ee[:2] - cube[:2]) <= c.pose_tolerance
+                and abs(ee[2] - c.grasp_height) <= c.pose_tolerance
+                and abs(_wrap(self.grasp_yaw(yaw) - yaw)) <= c.yaw_tolerance
+                and g >= GRIPPER_OPEN - 0.004)
+
+    def _funnel(self, point: np.ndarray, goal: np.ndarray) -> np.ndarray:
+        """Subgoal for `point` (ee or carried cube) heading to `goal`: high while far sideways, straight up
+        first when too low to travel."""
+        c = self.config
+        horizontal = float(np.linalg.norm(point[:2] - goal[:2]))
+        height = goal[2] + min(c.hover_height, c.funnel_slope * max(0.0, horizontal - 0.004))
+        if point[2] < height - c.lift_first_margin and horizontal > 0.02:
+            return np.array([point[0], point[1], height])
+        return np.array([goal[0], goal[1], height])
+
+    # ------------------------------------------------------------------ chunk
+    def chunk(self, q_start, phase: Optional[str] = None) -> np.ndarray:
+        """Targets [horizon, len(joint_names)] (arm joints + gripper) for the next horizon * action_dt s."""
+        env, c = self.env, self.config
+        q_full = np.asarray(q_start, dtype=np.float64).copy()
+        phase = phase or self.phase(q_full)
+        self.last_phase = phase
+        q = np.clip(q_full[self._arm], self._lo, self._hi)
+        cube = env.cube_position(env.target_cube)
+        goal = env.task.goal_position() - np.array([0.0, 0.0, c.place_drop])
+        ee0, rot0 = self._forward(q)
+        offset = cube - ee0                                  # carried cube relative to the fingertips
+        g_cmd = float(env.target()[self._grip])
+        half = env.cube_half_size
+        hand_yaw = _yaw_of(rot0[:, 1])
+        yaw = self.grasp_yaw(hand_yaw) if phase in ('reach', 'close') else hand_yaw
+        r_des = self._rotation(yaw)
+        grasp = np.array([cube[0], cube[1], c.grasp_height])
+        max_dq = c.max_joint_speed * c.action_dt
+        step_len = c.max_speed * c.action_dt
+        g_step = c.gripper_speed * c.action_dt
+        g_virtual = float(env.gripper_opening())
+        out = np.empty((c.horizon, len(q_full)))
+        for k in range(c.horizon):
+            ee, rot = self._forward(q)
+            if phase == 'reach':
+                target = self._funnel(ee, grasp)
+                if g_virtual < GRIPPER_OPEN - 0.004:          # never descend with closed fingers
+                    target[2] = max(target[2], grasp[2] + c.hover_height)
+                grip = GRIPPER_OPEN
+                if self._at_grasp_pose(ee, rot, cube, g_virtual):
+                    phase = 'close'
+            elif phase == 'close':
+                target, grip = grasp, GRIPPER_CLOSED
+                if g_cmd <= half - c.firm_squeeze:
+                    phase = 'carry'
+            elif phase == 'carry':
+                target = self._funnel(ee + offset, goal) - offset
+                grip = GRIPPER_CLOSED
+                if np.linalg.norm(ee + offset - goal) <= c.release_tolerance:
+                    phase = 'release'
+            elif phase == 'release':
+                target, grip = ee, GRIPPER_OPEN
+                if g_cmd >= half + 0.008:
+                    phase = 'retreat'
+            else:  # retreat
+                target, grip = np.array([ee[0], ee[1], c.retreat_height]), GRIPPER_OPEN
+            delta = target - ee
+            dist = float(np.linalg.norm(delta))
+            p_des = target if dist <= step_len else ee + delta * (step_len / dist)
+            q_next = q.copy()
+            for _ in range(c.ik_iterations):
+                q_next = q_next + self._ik_step(q_next, p_des, r_des)
+            q = np.clip(q + np.clip(q_next - q, -max_dq, max_dq), self._lo, self._hi)
+            g_cmd = float(np.clip(grip, g_cmd - g_step, g_cmd + g_step))
+            g_virtual = max(g_cmd, half) if phase in ('close', 'carry') else g_cmd
+            row = q_full.copy()
+            row[self._arm] = q
+            row[self._grip] = grip
+            out[k] = row
+        return out
