@@ -206,6 +206,7 @@ def run(args) -> int:
         diag = probe.diagnostics_copy()
         time.sleep(BASELINE_S)
         rows.append(judge('baseline', probe, limits, t0, t0, time.monotonic(), diag, expect_hold=False))
+        rows[-1]['load_average'] = [round(x, 2) for x in os.getloadavg()]
         for i, fault in enumerate(faults):
             log(f'[{i + 1}/{len(faults)}] {fault.name}: {fault.what}')
             diag = probe.diagnostics_copy()

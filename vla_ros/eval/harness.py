@@ -115,8 +115,9 @@ def bringup_command(job: Job, args) -> List[str]:
     if args.checkpoint:
         cmd += ['--checkpoint', os.path.abspath(args.checkpoint)]
     overrides = dict(job.overrides)
-    if args.inference_delay_s > 0:
-        overrides['action.inject_inference_delay_s'] = float(args.inference_delay_s)
+    delay = float(getattr(args, 'inference_delay_s', 0.0))   # callers may build args without it
+    if delay > 0:
+        overrides['action.inject_inference_delay_s'] = delay
     for text in args.set or []:
         key, value = text.split('=', 1)
         overrides[key.strip()] = value
@@ -238,7 +239,7 @@ def write_report(rows: Sequence[str], results: List[JobResult], args, partial: b
         per_episode += [dict(e, row=label) for e in mine]
         summary.append(summarise(label, args.episodes, mine))
     report = {'rows': summary, 'per_episode': per_episode, 'workers': args.workers, 'partial': partial,
-              'inference_delay_s': args.inference_delay_s, 'load_average': _load_average(),
+              'inference_delay_s': getattr(args, 'inference_delay_s', 0.0), 'load_average': _load_average(),
               'seeds': [args.seed, args.seed + args.episodes - 1],
               'jobs': [{'row': r.job.label, 'seed': r.job.seed, 'episodes': r.job.episodes,
                         'reported': len(r.episodes), 'domain_id': r.domain_id, 'returncode': r.returncode,
