@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-import mujoco
 import numpy as np
 
 from vla_ros.sim.arm_env import HOME_Q, ArmEnv
+from vla_ros.sim.kinematics import ArmKinematics
 
 DOWN = np.array([0.0, 0.0, -1.0])
 
@@ -41,11 +41,7 @@ class TouchExpert:
         self.env = env
         self.config = config or ExpertConfig()
         self.model = env.model
-        self._scratch = mujoco.MjData(self.model)  # kinematic rollouts never touch the live sim
-        self._jacp = np.zeros((3, self.model.nv))
-        self._jacr = np.zeros((3, self.model.nv))
-        self._dofs = env._qvel_adr
-        self._qadr = env._qpos_adr
+        self._kin = ArmKinematics(env, env._qpos_adr, env._qvel_adr)
         margin = 0.02
         self._lo = env.joint_lower + margin
         self._hi = env.joint_upper - margin
@@ -58,24 +54,14 @@ class TouchExpert:
         return np.array([goal_top[0], goal_top[1], goal_top[2] + height])
 
     def _forward(self, q: np.ndarray):
-        self._scratch.qpos[self._qadr] = q
-        mujoco.mj_kinematics(self.model, self._scratch)
-        mujoco.mj_comPos(self.model, self._scratch)
-        site = self.env.ee_site_id
-        pos = self._scratch.site_xpos[site].copy()
-        z_axis = self._scratch.site_xmat[site].reshape(3, 3)[:, 2].copy()
-        return pos, z_axis
+        pos, rot = self._kin.forward(q)
+        return pos, rot[:, 2].copy()
 
     def _ik_step(self, q: np.ndarray, p_des: np.ndarray) -> np.ndarray:
         c = self.config
         pos, z_axis = self._forward(q)
-        mujoco.mj_jacSite(self.model, self._scratch, self._jacp, self._jacr, self.env.ee_site_id)
-        jac = np.vstack([self._jacp[:, self._dofs], c.orientation_weight * self._jacr[:, self._dofs]])
-        err = np.concatenate([p_des - pos, c.orientation_weight * np.cross(z_axis, DOWN)])
-        jjt = jac @ jac.T + (c.damping ** 2) * np.eye(jac.shape[0])
-        j_pinv = jac.T @ np.linalg.solve(jjt, np.eye(jac.shape[0]))
-        null = np.eye(len(q)) - j_pinv @ jac
-        return j_pinv @ err + null @ (c.posture_gain * (HOME_Q - q))
+        return self._kin.dls_step(q, p_des - pos, np.cross(z_axis, DOWN), c.orientation_weight, c.damping,
+                                  c.posture_gain, HOME_Q)
 
     def chunk(self, q_start, goal_top: Optional[np.ndarray] = None) -> np.ndarray:
         """Joint targets [horizon, 7] for the next horizon * action_dt seconds from `q_start`."""

@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-import mujoco
 import numpy as np
 
 from vla_ros.sim.arm_env import GRIPPER_JOINT, GRIPPER_OPEN, HOME_Q, ArmEnv
 from vla_ros.sim.expert import DOWN
+from vla_ros.sim.kinematics import ArmKinematics
 
 GRIPPER_CLOSED = 0.0
 PHASES = ('reach', 'close', 'carry', 'release', 'retreat')
@@ -61,13 +61,9 @@ class PickPlaceExpert:
         self.env = env
         self.config = config or PickPlaceExpertConfig()
         self.model = env.model
-        self._scratch = mujoco.MjData(self.model)
-        self._jacp = np.zeros((3, self.model.nv))
-        self._jacr = np.zeros((3, self.model.nv))
         self._arm = env.arm_index
         self._grip = list(env.joint_names).index(GRIPPER_JOINT)
-        self._dofs = env._qvel_adr[self._arm]
-        self._qadr = env._qpos_adr[self._arm]
+        self._kin = ArmKinematics(env, env._qpos_adr[self._arm], env._qvel_adr[self._arm])
         margin = 0.02
         self._lo = env.joint_lower[self._arm] + margin
         self._hi = env.joint_upper[self._arm] - margin
@@ -75,23 +71,14 @@ class PickPlaceExpert:
 
     # ------------------------------------------------------------------ kinematics
     def _forward(self, q: np.ndarray):
-        self._scratch.qpos[self._qadr] = q
-        mujoco.mj_kinematics(self.model, self._scratch)
-        mujoco.mj_comPos(self.model, self._scratch)
-        site = self.env.ee_site_id
-        return self._scratch.site_xpos[site].copy(), self._scratch.site_xmat[site].reshape(3, 3).copy()
+        return self._kin.forward(q)
 
     def _ik_step(self, q: np.ndarray, p_des: np.ndarray, r_des: np.ndarray) -> np.ndarray:
         c = self.config
         pos, rot = self._forward(q)
-        mujoco.mj_jacSite(self.model, self._scratch, self._jacp, self._jacr, self.env.ee_site_id)
-        jac = np.vstack([self._jacp[:, self._dofs], c.orientation_weight * self._jacr[:, self._dofs]])
         rot_err = 0.5 * sum(np.cross(rot[:, i], r_des[:, i]) for i in range(3))
-        err = np.concatenate([p_des - pos, c.orientation_weight * rot_err])
-        jjt = jac @ jac.T + (c.damping ** 2) * np.eye(jac.shape[0])
-        j_pinv = jac.T @ np.linalg.solve(jjt, np.eye(jac.shape[0]))
-        null = np.eye(len(q)) - j_pinv @ jac
-        return j_pinv @ err + null @ (c.posture_gain * (HOME_Q - q))
+        return self._kin.dls_step(q, p_des - pos, rot_err, c.orientation_weight, c.damping, c.posture_gain,
+                                  HOME_Q)
 
     @staticmethod
     def _rotation(yaw: float) -> np.ndarray:

@@ -1,0 +1,44 @@
+"""Kinematic rollouts of the sim arm for the scripted experts (never touching the live sim state)."""
+from __future__ import annotations
+
+from typing import Tuple
+
+import mujoco
+import numpy as np
+
+
+class ArmKinematics:
+    """Forward kinematics of the ee site and damped-least-squares IK steps over a subset of joints.
+
+    `qpos_adr` / `dof_adr` pick the joints the expert moves (ArmEnv._qpos_adr / _qvel_adr, or a slice);
+    every call works on a private MjData, so the live simulation is never disturbed.
+    """
+
+    def __init__(self, env, qpos_adr: np.ndarray, dof_adr: np.ndarray):
+        self.model = env.model
+        self.site = env.ee_site_id
+        self._scratch = mujoco.MjData(self.model)
+        self._jacp = np.zeros((3, self.model.nv))
+        self._jacr = np.zeros((3, self.model.nv))
+        self._qadr = qpos_adr
+        self._dofs = dof_adr
+
+    def forward(self, q: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """(ee position [3], ee rotation matrix [3, 3]) at joint positions `q`."""
+        self._scratch.qpos[self._qadr] = q
+        mujoco.mj_kinematics(self.model, self._scratch)
+        mujoco.mj_comPos(self.model, self._scratch)
+        return (self._scratch.site_xpos[self.site].copy(),
+                self._scratch.site_xmat[self.site].reshape(3, 3).copy())
+
+    def dls_step(self, q: np.ndarray, pos_err: np.ndarray, rot_err: np.ndarray, orientation_weight: float,
+                 damping: float, posture_gain: float, home: np.ndarray) -> np.ndarray:
+        """Joint step towards the errors (at `q`, which `forward` must have been called with last),
+        plus a null-space pull of `posture_gain` towards `home`."""
+        mujoco.mj_jacSite(self.model, self._scratch, self._jacp, self._jacr, self.site)
+        jac = np.vstack([self._jacp[:, self._dofs], orientation_weight * self._jacr[:, self._dofs]])
+        err = np.concatenate([pos_err, orientation_weight * rot_err])
+        jjt = jac @ jac.T + (damping ** 2) * np.eye(jac.shape[0])
+        j_pinv = jac.T @ np.linalg.solve(jjt, np.eye(jac.shape[0]))
+        null = np.eye(len(q)) - j_pinv @ jac
+        return j_pinv @ err + null @ (posture_gain * (home - q))
