@@ -96,8 +96,14 @@ def run(cfg) -> dict:
                     proprio_dim=int(sample['proprio'].shape[-1]))
     if not policy.initialised_from:
         policy.head.set_normalization(*data.statistics())
-    report['train'] = [] if cfg.epochs == 0 else [train_policy(policy, data, cfg, cfg.epochs, desc='train (expert data)', seed=cfg.seed,
-                                 budget_s=cfg.train_budget_s)]
+
+    def checkpoint() -> None:
+        saved = save_policy(policy, cfg.out_dir)
+        print(f'[vla_train] checkpoint saved to {saved["encoder_dir"]} + {saved["head_path"]}', flush=True)
+
+    report['train'] = [] if cfg.epochs == 0 else [
+        train_policy(policy, data, cfg, cfg.epochs, desc='train (expert data)', seed=cfg.seed,
+                     budget_s=cfg.train_budget_s, on_checkpoint=checkpoint)]
     if report['train']:
         print(json.dumps({'train': {k: v for k, v in report['train'][-1].items() if k != 'epoch_losses'}}), flush=True)
 
@@ -122,7 +128,8 @@ def run(cfg) -> dict:
         data.add([x for x in rollouts if 'proprio' in x])
         del rollouts
         stats['train'] = train_policy(policy, data, cfg, cfg.dagger_epochs, desc=f'train (DAgger {r + 1})',
-                                      seed=cfg.seed + r + 1, budget_s=cfg.dagger_train_budget_s)
+                                      seed=cfg.seed + r + 1, budget_s=cfg.dagger_train_budget_s,
+                                      on_checkpoint=checkpoint)
         report['dagger'].append(stats)
         print(json.dumps({'dagger': {k: v for k, v in stats.items() if k != 'train'}}), flush=True)
 

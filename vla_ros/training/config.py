@@ -68,6 +68,9 @@ class TrainConfig:
                                                                 'phase (0 = epochs only)'})
     time_budget_s: float = field(default=0.0, metadata={'help': 'skip further DAgger rounds once training has '
                                                         'run this long (0 = no limit)'})
+    checkpoint_every_s: float = field(default=0.0, metadata={'help': 'also save the policy to out_dir every N s of '
+                                                             'training (0 = only at the end), so a run cut short '
+                                                             'by a time limit keeps its progress'})
     progress: bool = field(default=True, metadata={'help': 'progress bars'})
 
     def validate(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -80,11 +80,14 @@ class Policy(torch.nn.Module):
 
 
 def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: int, desc: str = 'train',
-                 lr: float = None, seed: int = 0, budget_s: float = 0.0) -> Dict[str, object]:
+                 lr: float = None, seed: int = 0, budget_s: float = 0.0,
+                 on_checkpoint: Optional[Callable[[], None]] = None) -> Dict[str, object]:
     """Joint flow-matching training of encoder + head; returns per-epoch losses and timing.
 
     With `budget_s` > 0 the cosine schedule runs on max(step fraction, time fraction) and training
     stops when either reaches 1, so a time-boxed run still ends with a decayed learning rate.
+    `on_checkpoint` is called after an epoch once `cfg.checkpoint_every_s` has passed since the last call
+    (the policy is left in train mode on its device).
     """
     device = data.device
     policy.to(device).train()
@@ -116,6 +119,7 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
 
     losses: List[float] = []
     t0 = time.perf_counter()
+    last_save = t0
     bar = tqdm(range(epochs), desc=desc, unit='epoch', disable=not cfg.progress)
     step = 0
     for _ in bar:
@@ -161,6 +165,11 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
         if not cfg.progress:
             print(f'[{desc}] epoch {len(losses)}/{epochs} loss {losses[-1]:.4f} '
                   f'({time.perf_counter() - t0:.0f} s, {n} samples)', flush=True)
+        if on_checkpoint is not None and cfg.checkpoint_every_s > 0 and \
+                time.perf_counter() - last_save >= cfg.checkpoint_every_s:
+            on_checkpoint()
+            policy.to(device).train()
+            last_save = time.perf_counter()
     bar.close()
     policy.eval()
     return {'epoch_losses': [round(x, 5) for x in losses], 'final_loss': losses[-1], 'samples': n, 'steps': step,
