@@ -121,3 +121,20 @@ def test_scene_jitter_changes_pixels_not_layout():
     jittered.config.light_jitter = jittered.config.colour_jitter = jittered.config.camera_jitter_m = 0.0
     jittered.reset(seed=9)
     np.testing.assert_array_equal(jittered.render(), plain.render())     # off again = the MJCF's scene
+
+
+def test_task_targets_follow_the_named_cube_and_the_goal():
+    """Ground truth for the training's auxiliary loss: the named cube's centre (it moves when carried)
+    and the goal (cube resting on the named pad)."""
+    from vla_ros.sim.demos import collect_episode
+    from vla_ros.sim.pick_place_expert import PickPlaceExpert
+
+    env = ArmEnv(task_config(SimConfig, 'sim', 'pick_place'), seed=0)
+    ep = collect_episode(env, PickPlaceExpert(env), seed=5, hold_steps=0)
+    assert ep.targets.shape == (len(ep.proprio), 6) and ep.targets.dtype == np.float32
+    start, end = ep.targets[0], ep.targets[-1]
+    pad = env.task.pad_position()
+    np.testing.assert_allclose(start[3:5], pad[:2], atol=1e-6)              # the goal sits on the named pad
+    np.testing.assert_allclose(end[:3], env.cube_position(env.target_cube), atol=1e-3)  # one step earlier
+    assert ep.success and np.linalg.norm(end[:3] - end[3:]) < env.config.place_tolerance_m
+    assert np.linalg.norm(start[:3] - end[:3]) > 0.05                       # the cube was carried

@@ -84,8 +84,20 @@ def test_tiny_training_run_ships_loadable_checkpoints(tmp_path):
     cfg = TrainConfig(out_dir=str(tmp_path / 'ckpt'), work_dir=str(tmp_path / 'work'), device='cpu', workers=1,
                       episodes=2, max_steps=30, epochs=2, batch_size=16, dagger_rounds=1, dagger_episodes=1,
                       dagger_epochs=1, eval_episodes=1, episode_timeout_s=1.5, progress=False, head_hidden=32,
-                      head_layers=1, head_memory_layers=1, **SMALL)
-    report = run(cfg)
+                      head_layers=1, head_memory_layers=1, target_aux_weight=1.0, checkpoint_every_s=1e-6, **SMALL)
+    saves = []
+    import vla_ros.training.cli as cli
+    real_save = cli.save_policy
+    cli.save_policy = lambda policy, out: saves.append(out) or real_save(policy, out)
+    try:
+        report = run(cfg)
+    finally:
+        cli.save_policy = real_save
+    # --checkpoint-every-s: saved to out_dir after every epoch here, before the final save.
+    assert saves.count(cfg.out_dir) >= 1 + 2 + 1
+    # The auxiliary target loss (named cube + goal from the head's proprio token) ran on every epoch.
+    target_losses = report['train'][0]['epoch_target_losses']
+    assert len(target_losses) == 2 and all(np.isfinite(target_losses)) and all(x > 0 for x in target_losses)
     assert report['expert']['episodes'] == 2 and report['expert']['samples'] > 20
     losses = report['train'][0]['epoch_losses']
     assert len(losses) == 2 and all(np.isfinite(losses))

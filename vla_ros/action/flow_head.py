@@ -141,8 +141,12 @@ class FlowMatchingActionHead(nn.Module):
 
     # ------------------------------------------------------------------ training
     def loss(self, vis_tokens, vis_mask, plan_tokens, proprio, actions, plan_mask=None,
-             generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Conditional flow-matching loss; proprio and actions in normalised units."""
+             generator: Optional[torch.Generator] = None, return_memory: bool = False):
+        """Conditional flow-matching loss; proprio and actions in normalised units.
+
+        With `return_memory`, (loss, memory [B, tokens, hidden]): the encoded conditioning, whose last
+        token is the proprioception token after it attended to vision and plan (auxiliary probes).
+        """
         memory, pad = self.encode_condition(vis_tokens, vis_mask, plan_tokens, proprio, plan_mask)
         batch = actions.shape[0]
         noise = torch.randn(actions.shape, generator=generator, device=actions.device, dtype=actions.dtype)
@@ -153,7 +157,8 @@ class FlowMatchingActionHead(nn.Module):
         x_t = (1.0 - tt) * noise + tt * actions
         target = actions - noise
         pred = self.velocity(x_t, t, memory, pad)
-        return torch.mean((pred - target) ** 2)
+        loss = torch.mean((pred - target) ** 2)
+        return (loss, memory) if return_memory else loss
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

@@ -201,6 +201,11 @@ class ArmEnv:
         """Touch: the target cube's top centre; pick_place: the cube centre resting on the target pad."""
         return self.task.goal_position()
 
+    def task_targets(self) -> np.ndarray:
+        """[6] float32: the named cube's centre and the goal position (m, base frame). Ground truth the
+        policy must find in the image: training uses it as an auxiliary target, never at run time."""
+        return np.concatenate([self.cube_position(self.target_cube), self.goal_position()]).astype(np.float32)
+
     def distance_to_goal(self) -> float:
         """Touch: fingertip to goal; pick_place: target cube centre to goal (m)."""
         return self.task.distance_to_goal()

@@ -24,17 +24,22 @@ class Episode:
     chunks: np.ndarray        # float32 [T, horizon, J] expert targets; step k applies k * dt later
     success: bool
     steps_to_success: int = -1
+    targets: Optional[np.ndarray] = None   # float32 [T, 6] ArmEnv.task_targets() at each decision (sim only)
 
     def to_arrays(self) -> Dict[str, np.ndarray]:
-        return {'seed': np.array(self.seed), 'instruction': np.array(self.instruction),
-                'images': self.images, 'proprio': self.proprio, 'chunks': self.chunks,
-                'success': np.array(self.success), 'steps_to_success': np.array(self.steps_to_success)}
+        out = {'seed': np.array(self.seed), 'instruction': np.array(self.instruction),
+               'images': self.images, 'proprio': self.proprio, 'chunks': self.chunks,
+               'success': np.array(self.success), 'steps_to_success': np.array(self.steps_to_success)}
+        if self.targets is not None:
+            out['targets'] = self.targets
+        return out
 
     @classmethod
     def from_arrays(cls, d) -> 'Episode':
         return cls(seed=int(d['seed']), instruction=str(d['instruction']), images=d['images'],
                    proprio=d['proprio'], chunks=d['chunks'], success=bool(d['success']),
-                   steps_to_success=int(d['steps_to_success']))
+                   steps_to_success=int(d['steps_to_success']),
+                   targets=d['targets'] if 'targets' in d else None)
 
 
 def collect_episode(env: ArmEnv, expert, seed: int, noise_std: float = 0.0,
@@ -49,12 +54,13 @@ def collect_episode(env: ArmEnv, expert, seed: int, noise_std: float = 0.0,
     rng = rng or np.random.default_rng(seed)
     env.reset(seed=seed)
     dt = expert.config.action_dt
-    images, proprio, chunks = [], [], []
+    images, proprio, chunks, targets = [], [], [], []
     steps_to_success, extra = -1, 0
     while not env.timed_out():
         q = env.joint_positions()
         chunk = expert.chunk(q)
         images.append(env.render())
+        targets.append(env.task_targets())
         proprio.append(q.astype(np.float32))
         chunks.append(chunk.astype(np.float32))
         command = chunk[0].copy()
@@ -68,7 +74,8 @@ def collect_episode(env: ArmEnv, expert, seed: int, noise_std: float = 0.0,
             if extra > hold_steps:
                 break
     return Episode(seed=seed, instruction=env.instruction, images=np.stack(images), proprio=np.stack(proprio),
-                   chunks=np.stack(chunks), success=env.success(), steps_to_success=steps_to_success)
+                   chunks=np.stack(chunks), success=env.success(), steps_to_success=steps_to_success,
+                   targets=np.stack(targets))
 
 
 def featurize_episode(episode: Episode, pipeline, planner, plan_every: int = 1) -> List[Dict[str, np.ndarray]]:

@@ -40,6 +40,10 @@ class TrainConfig:
                                                          'conditioning tokens (vision tokens read the plan)'})
     colour_aux_weight: float = field(default=0.5, metadata={'help': 'weight of the auxiliary per-token cube-colour '
                                                             'loss on the encoder (training only)'})
+    target_aux_weight: float = field(default=0.0, metadata={'help': 'weight of the auxiliary loss that predicts the '
+                                                            'named cube and the goal position (m) from the '
+                                                            "head's proprio token after it attended to vision "
+                                                            'and plan (training only; sim ground truth)'})
     keep_tokens: List[int] = field(default_factory=lambda: [32, 32, 32, 64],
                                    metadata={'help': 'token counts sampled per batch (pruned 32 of 64 as the '
                                                      'default perception config, 64 = pruning off)'})

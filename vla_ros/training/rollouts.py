@@ -58,7 +58,7 @@ def expert_episode(job: dict) -> dict:
     colours = np.stack([colour_maps(img, grid, _STATE['task']) for img in ep.images])
     return {'seed': ep.seed, 'instruction': ep.instruction, 'images': ep.images, 'proprio': ep.proprio,
             'actions': ep.chunks, 'relevance': relevance.astype(np.float16), 'colours': colours.astype(np.float16),
-            'success': ep.success,
+            'targets': ep.targets, 'success': ep.success,
             'steps_to_success': ep.steps_to_success}
 
 
@@ -104,10 +104,11 @@ def policy_episode(job: dict) -> dict:
 
     env, expert = _STATE['env'], _STATE['expert']
     policy = _load_policy(job['model_dir'])
-    images, proprio, actions = [], [], []
+    images, proprio, actions, targets = [], [], [], []
 
     def record(image, q):
         images.append(image)
+        targets.append(env.task_targets())
         proprio.append(np.asarray(q, np.float32))
         actions.append(expert.chunk(q).astype(np.float32))
 
@@ -119,6 +120,7 @@ def policy_episode(job: dict) -> dict:
     if job.get('record') and images:
         grid = tuple(policy['pipeline'].encoder.grid_hw)
         out.update(images=np.stack(images), proprio=np.stack(proprio), actions=np.stack(actions),
+                   targets=np.stack(targets),
                    relevance=np.stack([relevance_of(i, out['instruction'], grid) for i in images]).astype(np.float16),
                    colours=np.stack([colour_maps(i, grid, _STATE['task']) for i in images]).astype(np.float16))
     return out

@@ -26,7 +26,7 @@ class EpisodeData:
         self.instructions: List[str] = []
         self._parts: Dict[str, List[np.ndarray]] = {k: [] for k in
                                                      ('images', 'proprio', 'actions', 'relevance', 'colours', 'step',
-                                                      'instr')}
+                                                      'instr', 'targets')}
         self.tensors: Dict[str, torch.Tensor] = {}
         self.episodes = 0
 
@@ -42,6 +42,9 @@ class EpisodeData:
             self._parts['actions'].append(np.asarray(ep['actions'], np.float32))
             self._parts['relevance'].append(np.asarray(ep['relevance'], np.float32))
             self._parts['colours'].append(np.asarray(ep['colours'], np.float16))
+            targets = ep.get('targets')          # sim ground truth; NaN (no auxiliary loss) where absent
+            self._parts['targets'].append(np.asarray(targets, np.float32) if targets is not None
+                                          else np.full((n, 6), np.nan, np.float32))
             self._parts['step'].append(np.arange(n, dtype=np.int64))
             self._parts['instr'].append(np.full(n, self.instructions.index(ep['instruction']), np.int64))
             self.episodes += 1
@@ -77,6 +80,9 @@ class Policy(torch.nn.Module):
         # Training-only probe: which cube colour each token's patch shows (not saved).
         from vla_ros.training.policy import task_colours
         self.colour_probe = torch.nn.Linear(cfg.encoder_hidden, len(task_colours(cfg.task)))
+        # Training-only probe: the named cube's and the goal's position from the head's proprio token.
+        self.target_probe = torch.nn.Sequential(torch.nn.Linear(cfg.head_hidden, cfg.head_hidden), torch.nn.GELU(),
+                                                torch.nn.Linear(cfg.head_hidden, 6))
 
 
 def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: int, desc: str = 'train',
@@ -102,6 +108,9 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
     opt = torch.optim.AdamW(policy.parameters(), lr=peak, weight_decay=cfg.weight_decay)
     warmup = max(1, int(0.03 * total))
     t_start = time.perf_counter()
+    known = ~torch.isnan(t['targets']).any(dim=1)
+    target_mean = t['targets'][known].mean(0) if bool(known.any()) else torch.zeros(6, device=device)
+    target_std = t['targets'][known].std(0).clamp_min(1e-3) if int(known.sum()) > 1 else torch.ones(6, device=device)
 
     def fraction(step: int) -> float:
         frac = step / total
@@ -117,7 +126,8 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
         'cpu', enabled=False)
     from tqdm import tqdm
 
-    losses: List[float] = []
+    losses: List[float] = []            # flow-matching loss (the auxiliary losses are logged apart)
+    target_losses: List[float] = []
     t0 = time.perf_counter()
     last_save = t0
     bar = tqdm(range(epochs), desc=desc, unit='epoch', disable=not cfg.progress)
@@ -126,7 +136,7 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
         if fraction(step) >= 1.0:
             break
         perm = torch.randperm(n, device=device, generator=gen)
-        running, done = 0.0, 0
+        running, running_target, done = 0.0, 0.0, 0
         for s in range(steps_per_epoch):
             if step and fraction(step) >= 1.0:
                 break
@@ -143,8 +153,17 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
                                              sample_kept(t['relevance'][plan_idx], keep, gen))
                     plan_tokens = language[t['instr'][idx]] + plan.scene(plan_vis.float())
                 head = policy.head
-                loss = head.loss(vis.float(), None, plan_tokens, head.normalize_proprio(t['proprio'][idx]),
-                                 head.normalize_actions(t['actions'][idx]))
+                loss, memory = head.loss(vis.float(), None, plan_tokens, head.normalize_proprio(t['proprio'][idx]),
+                                         head.normalize_actions(t['actions'][idx]), return_memory=True)
+                flow_loss = loss.detach()
+                if cfg.target_aux_weight > 0:
+                    targets = (t['targets'][idx] - target_mean) / target_std
+                    rows = ~torch.isnan(targets).any(dim=1)
+                    if bool(rows.any()):
+                        pred = policy.target_probe(memory[:, -1].float())
+                        target_loss = torch.nn.functional.mse_loss(pred[rows], targets[rows])
+                        loss = loss + cfg.target_aux_weight * target_loss
+                        running_target += float(target_loss.detach())
                 if cfg.colour_aux_weight > 0:
                     colour_target = torch.gather(t['colours'][idx].float(), 2,
                                                  kept[:, None, :].expand(-1, t['colours'].shape[1], -1)
@@ -159,11 +178,13 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
             sched.step()
             step += 1
             done += 1
-            running += float(loss.detach())
+            running += float(flow_loss)
         losses.append(running / max(1, done))
+        target_losses.append(running_target / max(1, done))
         bar.set_postfix(loss=f'{losses[-1]:.4f}', samples=n)
         if not cfg.progress:
-            print(f'[{desc}] epoch {len(losses)}/{epochs} loss {losses[-1]:.4f} '
+            aux = f' target-aux {target_losses[-1]:.4f}' if cfg.target_aux_weight > 0 else ''
+            print(f'[{desc}] epoch {len(losses)}/{epochs} loss {losses[-1]:.4f}{aux} '
                   f'({time.perf_counter() - t0:.0f} s, {n} samples)', flush=True)
         if on_checkpoint is not None and cfg.checkpoint_every_s > 0 and \
                 time.perf_counter() - last_save >= cfg.checkpoint_every_s:
@@ -172,5 +193,7 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
             last_save = time.perf_counter()
     bar.close()
     policy.eval()
-    return {'epoch_losses': [round(x, 5) for x in losses], 'final_loss': losses[-1], 'samples': n, 'steps': step,
+    return {'epoch_losses': [round(x, 5) for x in losses], 'final_loss': losses[-1],
+            'epoch_target_losses': [round(x, 5) for x in target_losses] if cfg.target_aux_weight > 0 else [],
+            'samples': n, 'steps': step,
             'episodes': data.episodes, 'seconds': round(time.perf_counter() - t0, 1)}
