@@ -92,8 +92,8 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
 
     With `budget_s` > 0 the cosine schedule runs on max(step fraction, time fraction) and training
     stops when either reaches 1, so a time-boxed run still ends with a decayed learning rate.
-    `on_checkpoint` is called after an epoch once `cfg.checkpoint_every_s` has passed since the last call
-    (the policy is left in train mode on its device).
+    `on_checkpoint` is called after an epoch whose loss is the lowest so far, once `cfg.checkpoint_every_s`
+    has passed since the last call (the policy is left in train mode on its device).
     """
     device = data.device
     policy.to(device).train()
@@ -186,7 +186,8 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
             aux = f' target-aux {target_losses[-1]:.4f}' if cfg.target_aux_weight > 0 else ''
             print(f'[{desc}] epoch {len(losses)}/{epochs} loss {losses[-1]:.4f}{aux} '
                   f'({time.perf_counter() - t0:.0f} s, {n} samples)', flush=True)
-        if on_checkpoint is not None and cfg.checkpoint_every_s > 0 and \
+        # Periodic saves keep the best epoch so far: a loss spike late in a run never overwrites a better policy.
+        if on_checkpoint is not None and cfg.checkpoint_every_s > 0 and losses[-1] <= min(losses) and \
                 time.perf_counter() - last_save >= cfg.checkpoint_every_s:
             on_checkpoint()
             policy.to(device).train()
