@@ -18,6 +18,10 @@ Settings (each its own pipeline state, same frames, order rotated every frame):
   opt_pruned_kv   pruned + reuse with STAGGERED refresh (no keyframes) + the planner keeping its
                   keys/values per patch slot across frames: only changed visual tokens + the
                   instruction are prefilled (VLA-Cache-style)
+  opt_pruned_kv_r2  opt_pruned_kv as the second round left it: host colour relevance, a host read of
+                  the change count before the encoder graph and before the prefill graph (third
+                  round's opt_pruned_kv: relevance in the selection graph, selection + encoder one
+                  graph and change test + prefill one graph at a speculative bucket, one read each)
   *_int8          opt_full_fast / opt_pruned_kv with int8 weight-only decoder matmuls (planning/int8.py);
                   their ratio is reported against each other (like with like) and beside the bf16 rows
 Headline (top-level speedup_vs_*): opt_pruned_kv, p50 of perception + prefill on EVERY frame, vs
@@ -81,6 +85,11 @@ SETTINGS = {
                             kv_reuse=False),
     'opt_pruned_kv': dict(perception=dict(ops='torch', refresh='staggered', **PRUNED), graphs=True, decode=True,
                           planner='kv', kv_reuse=True),
+    # Third round: opt_pruned_kv as the second round left it (colour relevance on the host, two host
+    # syncs per stage: the change count read before each encoder / prefill graph), for the delta.
+    'opt_pruned_kv_r2': dict(perception=dict(ops='torch', refresh='staggered', device_relevance=False,
+                                             speculative_bucket=False, **PRUNED),
+                             graphs=True, decode=False, planner='kv', kv_reuse=True, speculate=False),
     # The same two with int8 weight-only decoder matmuls (compare these with each other: like with like).
     'opt_full_fast_int8': dict(perception=dict(ops='torch', pruning='none', keep_ratio=1.0, reuse_enabled=False),
                                graphs=True, decode=False, planner='kv', kv_reuse=False, quantize='int8'),
@@ -130,7 +139,8 @@ def main(argv=None):
             planners[name] = SlotKVPrefill(lm, instruction_ids, encoder.hidden_size, n, args.decode_tokens,
                                            cuda_graphs=spec['graphs'], reuse=spec['kv_reuse'],
                                            recompute_buckets=cfg.recompute_buckets,
-                                           quantize=spec.get('quantize', 'none'))
+                                           quantize=spec.get('quantize', 'none'),
+                                           speculate=spec.get('speculate', True))
         else:
             planners[name] = PlannerPrefill(lm, instruction_ids, encoder.hidden_size, n, args.decode_tokens,
                                             cuda_graphs=spec['graphs'])
@@ -294,6 +304,9 @@ def main(argv=None):
     report = _report(args, stats, action, acc, names, n, pipes, planners, captured, build_s, encoder, lm)
     report['decision_selftest'] = _decision_selftest(encoder.grid_hw, args.device)
     report['perception_stage_profile_ms'] = _profile_stages(pipes, encoder, args)
+    report['speculative_bucket_overflows'] = {
+        name: dict(perception=getattr(pipes[name], 'spec_overflows', None),
+                   prefill=getattr(planners[name], 'spec_overflows', None)) for name in names}
     report['graph_captures_during_timed_frames'] = _captures(pipes, planners) - (captures_at_start or 0)
     from vla_ros.planning import int8 as int8_mod
     report['int8_kernel'] = dict(triton=int8_mod.triton_int8_available(args.device), failed=list(int8_mod._FAILED)[:2],

@@ -140,7 +140,7 @@ def _profile_stages(pipes, encoder, args, frames=40):
     """Separate pass (a sync after every stage, so not part of the timed run): where perception's
     time goes, median ms per stage, for the optimised settings."""
     out = {}
-    for name in ('opt_full', 'opt_pruned', 'opt_pruned_kv'):
+    for name in ('opt_full', 'opt_pruned', 'opt_pruned_kv', 'opt_pruned_kv_r2'):
         pipe = pipes.get(name)
         if pipe is None or not hasattr(pipe, 'profile'):
             continue

@@ -186,3 +186,26 @@ def test_int8_triton_kernel_in_interpreter():
     if 'active drivers' in proc.stderr or 'InterpreterError' in proc.stderr:
         pytest.skip(f'Triton interpreter unavailable: {proc.stderr.strip().splitlines()[-1]}')
     assert proc.returncode == 0 and 'kernel ok' in proc.stdout, proc.stderr[-2000:]
+
+
+def test_speculative_bucket_overflow_equals_the_two_step_prefill(lm):
+    """Change test + prefill as one speculative step: a too-small bucket writes nothing and reruns at the
+    right one, so every frame equals the unspeculated two-step path."""
+    spec = SlotKVPrefill(lm, _ids(), VIS, N, cuda_graphs=False, reuse=True, recompute_buckets=(0.25, 0.5, 1.0))
+    plain = SlotKVPrefill(lm, _ids(), VIS, N, cuda_graphs=False, reuse=True, recompute_buckets=(0.25, 0.5, 1.0),
+                          speculate=False)
+    assert spec.speculate and not plain.speculate
+    kept = _kept(20, 11)
+    vis = torch.randn(20, VIS, generator=torch.Generator().manual_seed(11))
+    gen = torch.Generator().manual_seed(12)
+    for i in range(6):
+        if i:
+            changed = torch.randperm(20, generator=gen)[:[2, 12, 0, 7, 20][i - 1]]
+            vis = vis.clone()
+            vis[changed] += torch.randn(len(changed), VIS, generator=gen)
+        spec._spec_next = 5 if i in (2, 4) else None       # 12 and 7 changed tokens: too small a bucket
+        a, b = plain.prefill(vis, kept), spec.prefill(vis, kept)
+        assert spec.last_recomputed == plain.last_recomputed
+        torch.testing.assert_close(b['logits'], a['logits'], atol=1e-5, rtol=1e-5)
+        assert spec.decode(b).tolist() == plain.decode(a).tolist()
+    assert spec.spec_overflows == 2

@@ -67,7 +67,7 @@ class SlotKVPrefill:
     def __init__(self, lm, instruction_ids: torch.Tensor, vis_dim: int, num_patches: int,
                  decode_tokens: int = 8, cuda_graphs: bool = True, reuse: bool = True,
                  recompute_buckets: Sequence[float] = (0.0625, 0.125, 0.25, 0.5, 1.0),
-                 seed: int = 0, projector=None, quantize: str = 'none'):
+                 seed: int = 0, projector=None, quantize: str = 'none', speculate: bool = True):
         if quantize not in ('none', 'int8'):
             raise ValueError(f"SlotKVPrefill: quantize must be 'none' or 'int8', not {quantize!r}")
         self.lm = lm.eval()
@@ -130,10 +130,17 @@ class SlotKVPrefill:
         self.slot_index = torch.arange(self.slots, device=self.device)
         self.graphs = GraphCache('kv_prefill', enabled=cuda_graphs and self.device.type == 'cuda')
         self.last_recomputed = 0
+        # Speculative bucket: the change test and the prefill as ONE graph sized by the recent counts;
+        # the count is read with the result (overflow: rerun at the right bucket, nothing was written).
+        self.speculate = bool(speculate) and self.reuse
+        self._recent: List[int] = []
+        self._spec_next: Optional[int] = None
+        self.spec_overflows = 0
 
     def reset(self) -> None:
         with torch.inference_mode():
             self.slot_valid.zero_()
+        self._recent = []
 
     # ------------------------------------------------------------------ the decoder over given rows
     def _rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -203,13 +210,17 @@ class SlotKVPrefill:
         order = torch.sort((~changed).to(torch.long) * k + torch.arange(k, device=self.device)).indices
         return dict(order=order, count=changed.sum())
 
-    def _prefill(self, kept, tokens, order, count, r_bucket: int) -> Dict[str, torch.Tensor]:
+    def _prefill(self, kept, tokens, order, count, r_bucket: int, ok=None) -> Dict[str, torch.Tensor]:
+        """`ok` (device bool, speculative bucket): False = more changed tokens than `r_bucket`; every
+        visual write then goes to the trash slot / row, so a rerun at the right bucket sees the same state."""
         tokens = tokens.to(self.dtype)
         self.key_valid.zero_()
         self.key_valid.index_fill_(0, kept, True)
         self.key_valid.narrow(0, self.n, self.num_text).fill_(True)   # (no host-scalar setitem: capturable)
         rows = order[:r_bucket]
         real = torch.arange(r_bucket, device=self.device) < count
+        if ok is not None:
+            real = real & ok
         vis_slots = torch.where(real, kept[rows], torch.full_like(rows, self.trash))
         vis_in = tokens[rows]
         slots = torch.cat([vis_slots, self.text_slots])
@@ -220,6 +231,12 @@ class SlotKVPrefill:
         self.slot_valid.index_fill_(0, feat_rows, True)
         self.slot_valid.narrow(0, self.n, 1).fill_(False)
         return self._logits(h[-1:])
+
+    def _spec_prefill(self, kept, tokens, r_bucket: int) -> Dict[str, torch.Tensor]:
+        ch = self._changes(kept, tokens)
+        ok = ch['count'] <= r_bucket
+        out = self._prefill(kept, tokens, ch['order'], ch['count'], r_bucket, ok=ok)
+        return dict(out, count=ch['count'], ok=ok)
 
     def _step(self, token: torch.Tensor, position: torch.Tensor) -> Dict[str, torch.Tensor]:
         self.key_valid.index_fill_(0, position, True)
@@ -235,10 +252,23 @@ class SlotKVPrefill:
         if kept is None:
             kept = torch.arange(k, device=self.device)
         kept = kept.to(self.device, torch.long)
+        if self.speculate:
+            r = self._spec_next if self._spec_next is not None else (
+                _bucket(max(1, max(self._recent)), k, self.recompute_buckets) if self._recent else k)
+            out = self.graphs.run(('spec', k, r), lambda **kw: self._spec_prefill(**kw, r_bucket=r),
+                                  dict(kept=kept, tokens=tokens))
+            count, ok = torch.stack([out['count'], out['ok'].to(out['count'].dtype)]).tolist()   # the one read
+            self._recent = (self._recent + [count])[-3:]
+            if ok:
+                self.last_recomputed = count
+                return out
+            self.spec_overflows += 1
         ch = self.graphs.run(('changes', k), self._changes, dict(kept=kept, tokens=tokens))
         count = int(ch['count'])                       # the one host read: picks the bucket
         r_bucket = _bucket(count, k, self.recompute_buckets)
         self.last_recomputed = count
+        if self.speculate:
+            self._recent = (self._recent[:-1] + [count])[-3:]
         return self.graphs.run(('prefill', k, r_bucket),
                                lambda **kw: self._prefill(**kw, r_bucket=r_bucket),
                                dict(kept=kept, tokens=tokens, order=ch['order'], count=ch['count']))
@@ -271,6 +301,9 @@ class SlotKVPrefill:
             for r in sizes:
                 first = self.graphs.run(('prefill', k, r), lambda r=r, **kw: self._prefill(**kw, r_bucket=r),
                                         dict(kept=kept, tokens=tokens, order=ch['order'], count=ch['count']))
+                if self.speculate and r > 0:
+                    self.graphs.run(('spec', k, r), lambda r=r, **kw: self._spec_prefill(**kw, r_bucket=r),
+                                    dict(kept=kept, tokens=tokens))
             if decode:
                 self.decode(first, k, steps=1)
         self.reset()
