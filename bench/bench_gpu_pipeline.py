@@ -22,6 +22,9 @@ Settings (each its own pipeline state, same frames, order rotated every frame):
                   the change count before the encoder graph and before the prefill graph (third
                   round's opt_pruned_kv: relevance in the selection graph, selection + encoder one
                   graph and change test + prefill one graph at a speculative bucket, one read each)
+  *_c             opt_full_fast / opt_pruned_kv with the encoder and decoder layers as torch.compile'd
+                  functions (inductor, default mode: norms, residuals, RoPE, activations fused around
+                  cuBLAS matmuls), still inside the per-bucket CUDA graphs
   *_int8          opt_full_fast / opt_pruned_kv with int8 weight-only decoder matmuls (planning/int8.py);
                   their ratio is reported against each other (like with like) and beside the bf16 rows
 Headline (top-level speedup_vs_*): opt_pruned_kv, p50 of perception + prefill on EVERY frame, vs
@@ -90,6 +93,12 @@ SETTINGS = {
     'opt_pruned_kv_r2': dict(perception=dict(ops='torch', refresh='staggered', device_relevance=False,
                                              speculative_bucket=False, **PRUNED),
                              graphs=True, decode=False, planner='kv', kv_reuse=True, speculate=False),
+    # Third round: the same two with torch.compile'd layer functions (inductor fusions inside the graphs).
+    'opt_full_fast_c': dict(perception=dict(ops='torch', pruning='none', keep_ratio=1.0, reuse_enabled=False,
+                                            compile_layers=True),
+                            graphs=True, decode=True, planner='kv', kv_reuse=False, compile='inductor'),
+    'opt_pruned_kv_c': dict(perception=dict(ops='torch', refresh='staggered', compile_layers=True, **PRUNED),
+                            graphs=True, decode=True, planner='kv', kv_reuse=True, compile='inductor'),
     # The same two with int8 weight-only decoder matmuls (compare these with each other: like with like).
     'opt_full_fast_int8': dict(perception=dict(ops='torch', pruning='none', keep_ratio=1.0, reuse_enabled=False),
                                graphs=True, decode=False, planner='kv', kv_reuse=False, quantize='int8'),
@@ -140,7 +149,8 @@ def main(argv=None):
                                            cuda_graphs=spec['graphs'], reuse=spec['kv_reuse'],
                                            recompute_buckets=cfg.recompute_buckets,
                                            quantize=spec.get('quantize', 'none'),
-                                           speculate=spec.get('speculate', True))
+                                           speculate=spec.get('speculate', True),
+                                           compile_layers=spec.get('compile', 'none'))
         else:
             planners[name] = PlannerPrefill(lm, instruction_ids, encoder.hidden_size, n, args.decode_tokens,
                                             cuda_graphs=spec['graphs'])

@@ -284,3 +284,22 @@ def test_numpy_hsv_fallback_is_within_one_of_opencv(monkeypatch):
     np.testing.assert_array_equal(got[..., 2], want[..., 2])
     dh = np.abs(got[..., 0] - want[..., 0])
     assert np.minimum(dh, 180 - dh).max() <= 1 and np.abs(got[..., 1] - want[..., 1]).max() <= 1
+
+
+def test_compiled_encoder_layers_match_the_numpy_pipeline(encoder, monkeypatch):
+    """compile_layers: every encoder layer through one torch.compile'd function (aot_eager backend here:
+    dynamo + AOT tracing, no compiler), inside the speculative staggered path; same decisions and tokens."""
+    monkeypatch.setattr(DevicePerceptionPipeline, 'compile_backend', 'aot_eager')
+    cfg = dict(pruning='spatial_coverage', keep_ratio=0.5, reuse_enabled=True, refresh='staggered',
+               keyframe_interval=4, static_shapes=True)
+    ref = PerceptionPipeline(encoder, PerceptionConfig(ops='numpy', **cfg))
+    dev = DevicePerceptionPipeline(encoder, PerceptionConfig(ops='torch', compile_layers=True, **cfg))
+    assert dev.compiled
+    for pipe in (ref, dev):
+        pipe.set_instruction('touch the red cube')
+    for frame in moving_object_sequence(6, size=encoder.image_size):
+        a, b = ref.process(frame), dev.process(frame)
+        np.testing.assert_array_equal(b.kept_indices, a.kept_indices)
+        assert b.reuse_ratio == pytest.approx(a.reuse_ratio)
+        np.testing.assert_allclose(b.tokens, a.tokens, atol=2e-5, rtol=1e-4)
+    assert encoder._compiled_layer.calls > 0 and not encoder._compiled_layer.failed

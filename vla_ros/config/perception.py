@@ -55,6 +55,9 @@ class PerceptionConfig:
                                            'graph sized by the recent recompute counts; the count is checked at '
                                            'the frame\'s one sync and an overflow reruns the encoder at the '
                                            'right bucket (one host sync per frame instead of two)')
+    compile_layers: bool = param(False, 'ops torch: run the encoder layers through torch.compile (inductor fusions '
+                                        'of norms, residuals, activations around the matmuls) inside the captured '
+                                        'graphs; meant for cuda, eager fallback logged')
     pinned_upload: bool = param(True, 'Upload camera frames from pinned host memory, non-blocking (cuda)')
     sync_slop_s: float = param(0.05, 'Max stamp difference for image/joint-state synchronisation',
                                range=(0.0, 10.0))

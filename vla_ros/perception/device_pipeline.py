@@ -68,6 +68,8 @@ class DeviceFeatureCache:
 
 
 class DevicePerceptionPipeline(PerceptionPipeline):
+    compile_backend = 'inductor'      # (tests: 'aot_eager', the same tracing without a C++/Triton compiler)
+
     def __init__(self, encoder: VisionEncoder, cfg: Optional[PerceptionConfig] = None):
         super().__init__(encoder, cfg)
         cfg = self.cfg
@@ -103,6 +105,8 @@ class DevicePerceptionPipeline(PerceptionPipeline):
         self._recent_counts: deque = deque(maxlen=3)
         self._spec_next: Optional[int] = None      # precapture: force the speculative bucket
         self.spec_overflows = 0
+        # torch.compile'd encoder layers inside the captured graphs (the encoder keeps one CompiledFn).
+        self.compiled = bool(cfg.compile_layers) and encoder.compile_layers(self.compile_backend)
 
     def set_instruction(self, text: str) -> None:
         super().set_instruction(text)
@@ -188,9 +192,9 @@ class DevicePerceptionPipeline(PerceptionPipeline):
             context = torch.cat([kept, torch.full((pad,), c.n, dtype=kept.dtype, device=self.device)])
             key_ok = torch.cat([real, static, torch.zeros(pad, dtype=torch.bool, device=self.device)])
             bias = torch.zeros(key_ok.shape, dtype=enc.dtype, device=self.device).masked_fill(~key_ok, -math.inf)
-            feats, kv = enc.forward_kv(hidden, c.kv[:, context], bias)
+            feats, kv = enc.forward_kv(hidden, c.kv[:, context], bias, compiled=self.compiled)
         else:
-            feats, kv = enc.forward_kv(hidden)
+            feats, kv = enc.forward_kv(hidden, compiled=self.compiled)
         c.features.index_copy_(0, rows, feats)
         c.kv.index_copy_(1, rows, kv)
         c.pixels.index_copy_(0, rows, pixels[positions])
@@ -205,7 +209,7 @@ class DevicePerceptionPipeline(PerceptionPipeline):
         return dict(tokens=tokens, tokens_f=tokens_f, scene=mean / (torch.linalg.vector_norm(mean) + 1e-12))
 
     def _encode_plain(self, embeddings, kept):
-        return self._publish(self.encoder.forward_kv(embeddings[kept])[0])
+        return self._publish(self.encoder.forward_kv(embeddings[kept], compiled=self.compiled)[0])
 
     def _select_encode(self, image, relevance, phase, budget: int, flags: tuple, r_bucket: int):
         """Speculative frame: selection + encoder at `r_bucket` + publish values, one graph."""
@@ -352,11 +356,12 @@ class DevicePerceptionPipeline(PerceptionPipeline):
                                 scene_embedding=host['scene'].numpy(), relevance=relevance_np)
 
     def _predict_bucket(self, k: int) -> int:
-        """Recompute bucket for a speculative frame: the bucket of the largest of the last few counts
-        (all of k with no history yet)."""
+        """Recompute bucket for a speculative frame: the bucket of the largest of the last few counts plus
+        10% (an overflow reruns the whole encoder; a bigger bucket costs little at batch 1), all of k with
+        no history yet."""
         if not self._recent_counts:
             return k
-        return bucket_up(max(self._recent_counts), k, self.cfg.recompute_buckets)
+        return bucket_up(int(math.ceil(1.1 * max(self._recent_counts))), k, self.cfg.recompute_buckets)
 
     def _copy_out(self, out, sel, spec: bool, dev_rel: bool, host=None) -> Dict[str, torch.Tensor]:
         pin = self.device.type == 'cuda'

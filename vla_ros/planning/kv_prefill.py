@@ -39,6 +39,31 @@ def _bucket(count: int, total: int, fractions: Sequence[float]) -> int:
     return next((s for s in sizes if s >= count), total)
 
 
+def lm_layer_pre(h, ln1, qkv_w, qkv_b, cos, sin, eps: float, heads: int, kv_heads: int, head_dim: int):
+    """RMSNorm, fused q/k/v matmul and RoPE of rows `h` [S, H] (cos/sin [S, hd] at their positions):
+    q [1, heads, S, hd], k and v [kv_heads, S, hd]. A plain function of tensors: one torch.compile
+    serves every layer."""
+    s = h.shape[0]
+    nq, nk = heads * head_dim, kv_heads * head_dim
+    x = F.rms_norm(h, (h.shape[-1],), ln1, eps)
+    qkv = F.linear(x, qkv_w, qkv_b)
+    qk = qkv[:, :nq + nk].reshape(s, heads + kv_heads, head_dim)
+    half = head_dim // 2
+    qk = qk * cos[:, None] + torch.cat([-qk[..., half:], qk[..., :half]], dim=-1) * sin[:, None]
+    q = qk[:, :heads].transpose(0, 1).unsqueeze(0)
+    k = qk[:, heads:].transpose(0, 1)
+    v = qkv[:, nq + nk:].reshape(s, kv_heads, head_dim).transpose(0, 1)
+    return q, k, v
+
+
+def lm_layer_post(h, attn, o_w, o_b, ln2, gate_up_w, down_w, eps: float):
+    """Output projection + residual, RMSNorm, SwiGLU MLP + residual; `attn` [1, heads, S, hd]."""
+    s = h.shape[0]
+    h = h + F.linear(attn[0].transpose(0, 1).reshape(s, -1), o_w, o_b)
+    gate, up = F.linear(F.rms_norm(h, (h.shape[-1],), ln2, eps), gate_up_w).chunk(2, dim=-1)
+    return h + F.linear(F.silu(gate) * up, down_w)
+
+
 @dataclass
 class _LayerWeights:
     ln1: torch.Tensor
@@ -67,7 +92,8 @@ class SlotKVPrefill:
     def __init__(self, lm, instruction_ids: torch.Tensor, vis_dim: int, num_patches: int,
                  decode_tokens: int = 8, cuda_graphs: bool = True, reuse: bool = True,
                  recompute_buckets: Sequence[float] = (0.0625, 0.125, 0.25, 0.5, 1.0),
-                 seed: int = 0, projector=None, quantize: str = 'none', speculate: bool = True):
+                 seed: int = 0, projector=None, quantize: str = 'none', speculate: bool = True,
+                 compile_layers: str = 'none'):
         if quantize not in ('none', 'int8'):
             raise ValueError(f"SlotKVPrefill: quantize must be 'none' or 'int8', not {quantize!r}")
         self.lm = lm.eval()
@@ -136,6 +162,13 @@ class SlotKVPrefill:
         self._recent: List[int] = []
         self._spec_next: Optional[int] = None
         self.spec_overflows = 0
+        # compile_layers='inductor': each layer's pointwise work fused by torch.compile around the
+        # matmuls (two compiled functions shared by every layer; cache writes and attention stay eager).
+        self.compiled = None
+        if compile_layers != 'none' and self.int8 is None:
+            from vla_ros.models.graphs import CompiledFn
+            self.compiled = (CompiledFn(lm_layer_pre, 'kv_prefill layer (pre)', compile_layers),
+                             CompiledFn(lm_layer_post, 'kv_prefill layer (post)', compile_layers))
 
     def reset(self) -> None:
         with torch.inference_mode():
@@ -156,6 +189,18 @@ class SlotKVPrefill:
         s = h.shape[0]
         nq, nk, hd = self.heads * self.head_dim, self.kv_heads * self.head_dim, self.head_dim
         group = self.heads // self.kv_heads
+        if self.compiled is not None:
+            pre, post = self.compiled
+            cos, sin = self.cos[slots], self.sin[slots]
+            for li, w in enumerate(self.layers):
+                q, k, v = pre(h, w.ln1, w.qkv, w.qkv_bias, cos, sin, self.eps, self.heads, self.kv_heads, hd)
+                self.k_cache[li].index_copy_(2, slots, k.unsqueeze(1).expand(self.kv_heads, group, s, hd))
+                self.v_cache[li].index_copy_(2, slots, v.unsqueeze(1).expand(self.kv_heads, group, s, hd))
+                out = F.scaled_dot_product_attention(q, self.k_cache[li].view(1, self.heads, self.slots, hd),
+                                                     self.v_cache[li].view(1, self.heads, self.slots, hd),
+                                                     attn_mask=bias)
+                h = post(h, out, w.o, w.o_bias, w.ln2, w.gate_up, w.down, self.eps)
+            return h
         for li, w in enumerate(self.layers):
             q8 = self.int8[li] if self.int8 is not None else None
             x = F.rms_norm(h, (self.hidden,), w.ln1, self.eps)
