@@ -323,7 +323,7 @@ class SlotKVPrefill:
         vis_in = tokens[rows]
         slots = [vis_slots, self.text_slots]
         positions = [vis_slots, self.text_slots - shift]
-        h = [self.projector(vis_in), self.instruction_embeds]
+        h = [self.projector(vis_in).to(self.dtype), self.instruction_embeds]
         if self.num_queries:
             slots.append(self.query_slots)
             positions.append(self.query_slots - shift - (self.decode_tokens if self.compact else 0))
