@@ -209,9 +209,9 @@ class SlotKVPrefill:
         return self.n - k if self.compact else 0
 
     # ------------------------------------------------------------------ the decoder over given rows
-    def _rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        cos = self.cos[positions][:, None]
-        sin = self.sin[positions][:, None]
+    @staticmethod
+    def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x [S, heads, hd] rotated by cos/sin [S, 1, hd] (gathered once per forward, not per layer)."""
         half = x.shape[-1] // 2
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin
@@ -243,13 +243,14 @@ class SlotKVPrefill:
             if grab == len(self.layers):
                 capture.append(F.rms_norm(h, (self.hidden,), self.final_norm, self.eps))
             return h
+        cos_p, sin_p = self.cos[positions][:, None], self.sin[positions][:, None]
         for li, w in enumerate(self.layers):
             if li == grab:
                 capture.append(h)
             q8 = self.int8[li] if self.int8 is not None else None
             x = F.rms_norm(h, (self.hidden,), w.ln1, self.eps)
             qkv = F.linear(x, w.qkv, w.qkv_bias) if q8 is None else int8_linear(x, q8['qkv'], w.qkv_bias)
-            qk = self._rope(qkv[:, :nq + nk].view(s, self.heads + self.kv_heads, hd), positions)
+            qk = self._rope(qkv[:, :nq + nk].view(s, self.heads + self.kv_heads, hd), cos_p, sin_p)
             k = qk[:, self.heads:].transpose(0, 1).unsqueeze(1).expand(self.kv_heads, group, s, hd)
             v = qkv[:, nq + nk:].view(s, self.kv_heads, hd).transpose(0, 1).unsqueeze(1).expand(
                 self.kv_heads, group, s, hd)
