@@ -117,6 +117,8 @@ def main(argv=None):
     parser.add_argument('--keyframe-interval', type=int, default=10)
     parser.add_argument('--decode-tokens', type=int, default=8)
     parser.add_argument('--settings', default=','.join(SETTINGS))
+    parser.add_argument('--decode', default='', help='comma list: only these settings run the plan decode '
+                        '(default: as SETTINGS says; the decode is untimed for the perception + prefill numbers)')
     parser.add_argument('--knob-frames', type=int, default=0, help='frames for the fp8 / drop-layers drift runs')
     parser.add_argument('--workdir', default='', help='where to save the random checkpoints (default: a temp dir)')
     parser.add_argument('--json', default='')
@@ -137,6 +139,10 @@ def main(argv=None):
     gen = torch.Generator().manual_seed(0)
     instruction_ids = torch.randint(10, lm.config.vocab_size, (TEXT_TOKENS,), generator=gen)
     names = [s for s in args.settings.split(',') if s]
+    if args.decode:
+        keep = set(args.decode.split(','))
+        for name in names:
+            SETTINGS[name] = dict(SETTINGS[name], decode=SETTINGS[name]['decode'] and name in keep)
     pipes, planners, caches = {}, {}, {}
     for name in names:
         spec = SETTINGS[name]
