@@ -43,9 +43,11 @@ class PlannerConfig:
                                       "generate + forward. Checked against transformers at load (one probe "
                                       "prompt): families or settings it does not reproduce fall back, logged",
                               choices=FAST_PREFILL_MODES)
-    kv_reuse: bool = param(True, 'fast_prefill: recompute only the visual tokens that changed since the last plan '
-                                 '(VLA-Cache-style: a later token keeps keys/values computed with the earlier '
-                                 'tokens of that plan, so close to, not equal to, a full prefill; off = exact)')
+    kv_reuse: bool = param(False, 'fast_prefill: recompute only the visual tokens that changed since the last plan '
+                                  '(VLA-Cache-style: an unchanged token keeps keys/values computed with the '
+                                  'earlier tokens of the plan that last computed it, so close to, not equal to, '
+                                  'a full prefill, and the drift grows while the scene keeps changing: see '
+                                  'bench/results/vlm_fast_cpu.json); off = the same plans as transformers')
     compile_layers: bool = param(False, 'fast_prefill: torch.compile the per-layer pointwise work (inductor) '
                                         'inside the graphs; meant for cuda, eager fallback logged')
     seed: int = param(0, 'Seed of the fixed projections (plan tokens must be reproducible)', range=(0, 2**31 - 1))
