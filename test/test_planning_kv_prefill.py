@@ -228,3 +228,27 @@ def test_compiled_layer_functions_equal_the_eager_decoder(lm):
         torch.testing.assert_close(b['logits'], a['logits'], atol=1e-4, rtol=1e-4)
         assert comp.decode(b).tolist() == eager.decode(a).tolist()
     assert not comp.compiled[0].failed and not comp.compiled[1].failed and comp.compiled[0].calls > 0
+
+
+def test_refresh_interval_bounds_the_age_of_reused_slots(lm):
+    """refresh_interval R: every prefill recomputes the slots p % R == count % R as well, so a scene that
+    keeps changing early tokens converges to the full prefill once every later slot got refreshed."""
+    planner = SlotKVPrefill(lm, _ids(), VIS, N, cuda_graphs=False, reuse=True, refresh_interval=3)
+    stale = SlotKVPrefill(lm, _ids(), VIS, N, cuda_graphs=False, reuse=True)
+    kept = _kept(18, 21)
+    vis = torch.randn(18, VIS, generator=torch.Generator().manual_seed(21))
+    for p in (planner, stale):
+        p.prefill(vis, kept)
+    vis = vis.clone()
+    vis[0] += 1.0                                    # the first token changes once; the rest never do
+    counts = []
+    for _ in range(4):
+        got, old = planner.prefill(vis, kept), stale.prefill(vis, kept)
+        counts.append(planner.last_recomputed)
+    phases = [(i % 3) for i in range(1, 5)]
+    want_counts = [int(((kept % 3) == ph).sum()) + (1 if i == 0 and int(kept[0]) % 3 != ph else 0)
+                   for i, ph in enumerate(phases)]
+    assert counts == want_counts
+    want, _ = _reference(lm, planner, kept, vis)
+    torch.testing.assert_close(got['logits'], want, atol=1e-4, rtol=1e-4)     # every slot recomputed since
+    assert not torch.allclose(old['logits'], want, atol=1e-4, rtol=1e-4)     # without refresh: still stale

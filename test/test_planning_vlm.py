@@ -135,7 +135,8 @@ def test_fast_prefill_plans_equal_the_transformers_path(checkpoints, family):
 
 def test_fast_prefill_kv_reuse_recomputes_only_changed_tokens(checkpoints):
     hf = make_planner(_cfg(checkpoints['idefics3'], fast_prefill='off'), visual_dim=VIS_DIM)
-    fast = make_planner(_cfg(checkpoints['idefics3'], fast_prefill='on', kv_reuse=True), visual_dim=VIS_DIM)
+    fast = make_planner(_cfg(checkpoints['idefics3'], fast_prefill='on', kv_reuse=True, kv_refresh_interval=0),
+                        visual_dim=VIS_DIM)
     req = PlanRequest('touch the red cube', SCENE_A)
     first = fast.plan(req)
     slot = next(iter(fast._fast.values()))
@@ -151,6 +152,14 @@ def test_fast_prefill_kv_reuse_recomputes_only_changed_tokens(checkpoints):
     assert slot.last_recomputed == 1
     assert got.subtask == want.subtask
     np.testing.assert_allclose(got.plan_tokens, want.plan_tokens, atol=2e-4, rtol=2e-4)
+    # kv_refresh_interval N: a slice of the tokens is recomputed on every plan even when nothing changed.
+    refresh = make_planner(_cfg(checkpoints['idefics3'], fast_prefill='on', kv_reuse=True, kv_refresh_interval=4),
+                           visual_dim=VIS_DIM)
+    counts = []
+    for _ in range(5):
+        refresh.plan(req)
+        counts.append(next(iter(refresh._fast.values())).last_recomputed)
+    assert counts == [30, 8, 7, 7, 8]               # all, then p % 4 == 1, 2, 3, 0 among positions 0..29
 
 
 def test_fast_prefill_falls_back_where_it_cannot_reproduce_transformers(checkpoints):

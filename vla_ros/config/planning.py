@@ -48,6 +48,9 @@ class PlannerConfig:
                                   'earlier tokens of the plan that last computed it, so close to, not equal to, '
                                   'a full prefill, and the drift grows while the scene keeps changing: see '
                                   'bench/results/vlm_fast_cpu.json); off = the same plans as transformers')
+    kv_refresh_interval: int = param(10, 'kv_reuse: each plan also recomputes the perception tokens p with '
+                                         'p % N == plan % N, so none keeps keys/values older than N plans '
+                                         '(0 = only the changed ones)', range=(0, 100000))
     compile_layers: bool = param(False, 'fast_prefill: torch.compile the per-layer pointwise work (inductor) '
                                         'inside the graphs; meant for cuda, eager fallback logged')
     seed: int = param(0, 'Seed of the fixed projections (plan tokens must be reproducible)', range=(0, 2**31 - 1))

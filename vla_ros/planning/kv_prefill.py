@@ -95,7 +95,7 @@ class SlotKVPrefill:
                  seed: int = 0, projector=None, quantize: str = 'none', speculate: bool = True,
                  compile_layers: str = 'none', prefix_ids: Optional[torch.Tensor] = None,
                  compact_positions: bool = False, query_embeds: Optional[torch.Tensor] = None,
-                 capture_layer: Optional[int] = None):
+                 capture_layer: Optional[int] = None, refresh_interval: int = 0):
         """Layout of the cache slots: [prefix text P | visual N | instruction T | decode | queries Q | trash].
         prefix_ids: static text before the visual tokens (computed once after each reset).
         compact_positions: the visual tokens are kept = 0..K-1 (in order) and everything after them sits
@@ -103,7 +103,9 @@ class SlotKVPrefill:
         default: position = slot (each patch at its own position, the instruction after all N).
         query_embeds [Q, H]: extra rows after the instruction (e.g. a planner's action queries) whose
         hidden states after `capture_layer` (0 = embeddings .. L = final-normed output, as transformers'
-        hidden_states) come back as 'query_hidden'; the plan decode never sees them."""
+        hidden_states) come back as 'query_hidden'; the plan decode never sees them.
+        refresh_interval R > 0 (with reuse): each prefill also recomputes the visual tokens at grid
+        indices p with p % R == prefill count % R, so no slot keeps keys/values older than R prefills."""
         if quantize not in ('none', 'int8'):
             raise ValueError(f"SlotKVPrefill: quantize must be 'none' or 'int8', not {quantize!r}")
         self.lm = lm.eval()
@@ -190,6 +192,9 @@ class SlotKVPrefill:
         self._recent: List[int] = []
         self._spec_next: Optional[int] = None
         self.spec_overflows = 0
+        self.refresh_interval = int(refresh_interval)
+        self._phase = torch.zeros((), dtype=torch.long, device=self.device)
+        self._prefills = 0
         # compile_layers='inductor': each layer's pointwise work fused by torch.compile around the
         # matmuls (two compiled functions shared by every layer; cache writes and attention stay eager).
         self.compiled = None
@@ -202,6 +207,7 @@ class SlotKVPrefill:
         with torch.inference_mode():
             self.slot_valid.zero_()
         self._recent = []
+        self._prefills = 0
         self._prefix_done = self.p == 0
 
     def _shift(self, k: int) -> int:
@@ -292,10 +298,12 @@ class SlotKVPrefill:
         return torch.where(allowed, zero, torch.full_like(zero, -math.inf))[None, None]
 
     # ------------------------------------------------------------------ graph bodies
-    def _changes(self, kept: torch.Tensor, tokens: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def _changes(self, kept: torch.Tensor, tokens: torch.Tensor, phase: torch.Tensor) -> Dict[str, torch.Tensor]:
         tokens = tokens.to(self.dtype)
         if self.reuse:
             changed = ~self.slot_valid[kept] | (self.slot_features[kept] != tokens).any(dim=-1)
+            if self.refresh_interval > 0:
+                changed = changed | (torch.remainder(kept, self.refresh_interval) == phase)
         else:
             changed = torch.ones(kept.shape[0], dtype=torch.bool, device=self.device)
         k = kept.shape[0]
@@ -349,8 +357,8 @@ class SlotKVPrefill:
         self._decoder(self.prefix_embeds, self.prefix_slots, self._bias(self.prefix_slots))
         self._prefix_done = True
 
-    def _spec_prefill(self, kept, tokens, r_bucket: int) -> Dict[str, torch.Tensor]:
-        ch = self._changes(kept, tokens)
+    def _spec_prefill(self, kept, tokens, phase, r_bucket: int) -> Dict[str, torch.Tensor]:
+        ch = self._changes(kept, tokens, phase)
         ok = ch['count'] <= r_bucket
         out = self._prefill(kept, tokens, ch['order'], ch['count'], r_bucket, ok=ok)
         return dict(out, count=ch['count'], ok=ok)
@@ -372,18 +380,21 @@ class SlotKVPrefill:
         if not self._prefix_done:
             self._fill_prefix()
         self._last_k = k
+        if self.refresh_interval > 0:
+            self._phase.fill_(self._prefills % self.refresh_interval)
+        self._prefills += 1
         if self.speculate:
             r = self._spec_next if self._spec_next is not None else (
                 _bucket(max(1, max(self._recent)), k, self.recompute_buckets) if self._recent else k)
             out = self.graphs.run(('spec', k, r), lambda **kw: self._spec_prefill(**kw, r_bucket=r),
-                                  dict(kept=kept, tokens=tokens))
+                                  dict(kept=kept, tokens=tokens, phase=self._phase))
             count, ok = torch.stack([out['count'], out['ok'].to(out['count'].dtype)]).tolist()   # the one read
             self._recent = (self._recent + [count])[-3:]
             if ok:
                 self.last_recomputed = count
                 return out
             self.spec_overflows += 1
-        ch = self.graphs.run(('changes', k), self._changes, dict(kept=kept, tokens=tokens))
+        ch = self.graphs.run(('changes', k), self._changes, dict(kept=kept, tokens=tokens, phase=self._phase))
         count = int(ch['count'])                       # the one host read: picks the bucket
         r_bucket = _bucket(count, k, self.recompute_buckets)
         self.last_recomputed = count
@@ -420,13 +431,13 @@ class SlotKVPrefill:
             sizes = sorted({_bucket(max(1, int(math.ceil(f * k))), k, self.recompute_buckets)
                             for f in self.recompute_buckets} | {0}) if self.reuse else [k]
             tokens = torch.randn(k, vis_dim, device=self.device, dtype=self.dtype)
-            ch = self.graphs.run(('changes', k), self._changes, dict(kept=kept, tokens=tokens))
+            ch = self.graphs.run(('changes', k), self._changes, dict(kept=kept, tokens=tokens, phase=self._phase))
             for r in sizes:
                 first = self.graphs.run(('prefill', k, r), lambda r=r, **kw: self._prefill(**kw, r_bucket=r),
                                         dict(kept=kept, tokens=tokens, order=ch['order'], count=ch['count']))
                 if self.speculate and r > 0:
                     self.graphs.run(('spec', k, r), lambda r=r, **kw: self._spec_prefill(**kw, r_bucket=r),
-                                    dict(kept=kept, tokens=tokens))
+                                    dict(kept=kept, tokens=tokens, phase=self._phase))
             if decode:
                 self.decode(first, k, steps=1)
         self.reset()

@@ -207,7 +207,8 @@ class VLMPlanner(Planner):
                 decode_tokens=max(self.cfg.max_new_tokens - 1, 0), cuda_graphs=self._on_cuda(),
                 reuse=self.cfg.kv_reuse, projector=_FnModule(self._project), prefix_ids=self._ids(before)[0],
                 compact_positions=True, query_embeds=self._queries, capture_layer=self.cfg.plan_layer,
-                compile_layers='inductor' if self.cfg.compile_layers else 'none')
+                compile_layers='inductor' if self.cfg.compile_layers else 'none',
+                refresh_interval=self.cfg.kv_refresh_interval if self.cfg.kv_reuse else 0)
             self._fast[key] = slot
         return slot
 
