@@ -18,6 +18,13 @@ Settings (each its own pipeline state, same frames, order rotated every frame):
   opt_pruned_kv   pruned + reuse with STAGGERED refresh (no keyframes) + the planner keeping its
                   keys/values per patch slot across frames: only changed visual tokens + the
                   instruction are prefilled (VLA-Cache-style)
+  opt_pruned_kv_r2  opt_pruned_kv as the second round left it: host colour relevance, a host read of
+                  the change count before the encoder graph and before the prefill graph (third
+                  round's opt_pruned_kv: relevance in the selection graph, selection + encoder one
+                  graph and change test + prefill one graph at a speculative bucket, one read each)
+  *_c             opt_full_fast / opt_pruned_kv with the encoder and decoder layers as torch.compile'd
+                  functions (inductor, default mode: norms, residuals, RoPE, activations fused around
+                  cuBLAS matmuls), still inside the per-bucket CUDA graphs
   *_int8          opt_full_fast / opt_pruned_kv with int8 weight-only decoder matmuls (planning/int8.py);
                   their ratio is reported against each other (like with like) and beside the bf16 rows
 Headline (top-level speedup_vs_*): opt_pruned_kv, p50 of perception + prefill on EVERY frame, vs
@@ -81,6 +88,17 @@ SETTINGS = {
                             kv_reuse=False),
     'opt_pruned_kv': dict(perception=dict(ops='torch', refresh='staggered', **PRUNED), graphs=True, decode=True,
                           planner='kv', kv_reuse=True),
+    # Third round: opt_pruned_kv as the second round left it (colour relevance on the host, two host
+    # syncs per stage: the change count read before each encoder / prefill graph), for the delta.
+    'opt_pruned_kv_r2': dict(perception=dict(ops='torch', refresh='staggered', device_relevance=False,
+                                             speculative_bucket=False, **PRUNED),
+                             graphs=True, decode=False, planner='kv', kv_reuse=True, speculate=False),
+    # Third round: the same two with torch.compile'd layer functions (inductor fusions inside the graphs).
+    'opt_full_fast_c': dict(perception=dict(ops='torch', pruning='none', keep_ratio=1.0, reuse_enabled=False,
+                                            compile_layers=True),
+                            graphs=True, decode=True, planner='kv', kv_reuse=False, compile='inductor'),
+    'opt_pruned_kv_c': dict(perception=dict(ops='torch', refresh='staggered', compile_layers=True, **PRUNED),
+                            graphs=True, decode=True, planner='kv', kv_reuse=True, compile='inductor'),
     # The same two with int8 weight-only decoder matmuls (compare these with each other: like with like).
     'opt_full_fast_int8': dict(perception=dict(ops='torch', pruning='none', keep_ratio=1.0, reuse_enabled=False),
                                graphs=True, decode=False, planner='kv', kv_reuse=False, quantize='int8'),
@@ -99,6 +117,8 @@ def main(argv=None):
     parser.add_argument('--keyframe-interval', type=int, default=10)
     parser.add_argument('--decode-tokens', type=int, default=8)
     parser.add_argument('--settings', default=','.join(SETTINGS))
+    parser.add_argument('--decode', default='', help='comma list: only these settings run the plan decode '
+                        '(default: as SETTINGS says; the decode is untimed for the perception + prefill numbers)')
     parser.add_argument('--knob-frames', type=int, default=0, help='frames for the fp8 / drop-layers drift runs')
     parser.add_argument('--workdir', default='', help='where to save the random checkpoints (default: a temp dir)')
     parser.add_argument('--json', default='')
@@ -119,6 +139,10 @@ def main(argv=None):
     gen = torch.Generator().manual_seed(0)
     instruction_ids = torch.randint(10, lm.config.vocab_size, (TEXT_TOKENS,), generator=gen)
     names = [s for s in args.settings.split(',') if s]
+    if args.decode:
+        keep = set(args.decode.split(','))
+        for name in names:
+            SETTINGS[name] = dict(SETTINGS[name], decode=SETTINGS[name]['decode'] and name in keep)
     pipes, planners, caches = {}, {}, {}
     for name in names:
         spec = SETTINGS[name]
@@ -130,7 +154,9 @@ def main(argv=None):
             planners[name] = SlotKVPrefill(lm, instruction_ids, encoder.hidden_size, n, args.decode_tokens,
                                            cuda_graphs=spec['graphs'], reuse=spec['kv_reuse'],
                                            recompute_buckets=cfg.recompute_buckets,
-                                           quantize=spec.get('quantize', 'none'))
+                                           quantize=spec.get('quantize', 'none'),
+                                           speculate=spec.get('speculate', True),
+                                           compile_layers=spec.get('compile', 'none'))
         else:
             planners[name] = PlannerPrefill(lm, instruction_ids, encoder.hidden_size, n, args.decode_tokens,
                                             cuda_graphs=spec['graphs'])
@@ -294,6 +320,9 @@ def main(argv=None):
     report = _report(args, stats, action, acc, names, n, pipes, planners, captured, build_s, encoder, lm)
     report['decision_selftest'] = _decision_selftest(encoder.grid_hw, args.device)
     report['perception_stage_profile_ms'] = _profile_stages(pipes, encoder, args)
+    report['speculative_bucket_overflows'] = {
+        name: dict(perception=getattr(pipes[name], 'spec_overflows', None),
+                   prefill=getattr(planners[name], 'spec_overflows', None)) for name in names}
     report['graph_captures_during_timed_frames'] = _captures(pipes, planners) - (captures_at_start or 0)
     from vla_ros.planning import int8 as int8_mod
     report['int8_kernel'] = dict(triton=int8_mod.triton_int8_available(args.device), failed=list(int8_mod._FAILED)[:2],

@@ -62,6 +62,13 @@ def _accuracy_fast(acc, outs):
             acc[tok_key].append(bool(int(outs[name][1].argmax()) == int(ff[1].argmax())))
             if cos_key:
                 acc[cos_key].append(cos(outs[name][1], ff[1]))
+    for name, base in (('opt_pruned_kv_c', 'opt_pruned_kv'), ('opt_full_fast_c', 'opt_full_fast'),
+                       ('opt_pruned_kv_c', 'opt_full_fast_c'), ('opt_pruned_kv_r2', 'opt_pruned_kv')):
+        # Compiled layers vs the same setting eager; compiled pruned+reuse vs compiled full.
+        if name in outs and base in outs and outs[name][1] is not None and outs[base][1] is not None:
+            acc.setdefault(f'next_token_{name}_vs_{base}', []).append(
+                bool(int(outs[name][1].argmax()) == int(outs[base][1].argmax())))
+            acc.setdefault(f'logit_cos_{name}_vs_{base}', []).append(cos(outs[name][1], outs[base][1]))
     for name, base in (('opt_pruned_kv_int8', 'opt_pruned_kv'), ('opt_full_fast_int8', 'opt_full_fast')):
         if name in outs and base in outs and outs[name][1] is not None and outs[base][1] is not None:
             acc.setdefault(f'int8_next_token_{name}_vs_bf16', []).append(
@@ -71,6 +78,16 @@ def _accuracy_fast(acc, outs):
     if full is not None and full[1] is not None:
         acc['next_token_full_fast_vs_full'].append(bool(int(full[1].argmax()) == int(ff[1].argmax())))
         acc['logit_cos_full_fast_vs_full'].append(cos(full[1], ff[1]))
+
+
+def _compile_failed(planner) -> str:
+    comp = getattr(planner, 'compiled', None)
+    return '; '.join(c.failed for c in comp if c.failed) if comp else ''
+
+
+def _compile_state(encoder):
+    comp = getattr(encoder, '_compiled_layer', None)
+    return None if comp is None else dict(failed=comp.failed, calls=comp.calls)
 
 
 def _report(args, stats, action, acc, names, n, pipes, planners, captured, build_s, encoder, lm):
@@ -91,12 +108,17 @@ def _report(args, stats, action, acc, names, n, pipes, planners, captured, build
             prefill_gflops=float(np.mean(s['prefill_flops']) / 1e9) if s['prefill_flops'] else 0.0,
             graphs=dict(perception=getattr(pipes[name], 'graphs', None) and pipes[name].graphs.stats(),
                         planner=planners[name].graphs.stats()))
-    headline = next((h for h in ('opt_pruned_kv', 'opt_plancache', 'opt_pruned') if h in names), names[-1])
+    enc_comp = _compile_state(encoder)
+    compile_ok = all(getattr(pipes[x], 'compiled', False) and not _compile_failed(planners[x])
+                     for x in ('opt_pruned_kv_c', 'opt_full_fast_c') if x in names) and \
+        not (enc_comp and enc_comp['failed'])
+    headline = next((h for h in ('opt_pruned_kv_c', 'opt_pruned_kv', 'opt_plancache', 'opt_pruned')
+                     if h in names and (compile_ok or not h.endswith('_c'))), names[-1])
     speed = {}
     for name in names:
         if name in ('opt_full', 'eager_full'):
             continue
-        for base in ('opt_full', 'eager_full', 'opt_full_fast', 'opt_full_fast_int8'):
+        for base in ('opt_full', 'eager_full', 'opt_full_fast', 'opt_full_fast_c', 'opt_full_fast_int8'):
             if base == name:
                 continue
             if base in settings:
@@ -115,6 +137,10 @@ def _report(args, stats, action, acc, names, n, pipes, planners, captured, build
                                  speedup_vs_optimised_full=speed.get('opt_pruned', {}).get('vs_opt_full', {}).get('p50'),
                                  speedup_vs_eager_full=speed.get('opt_pruned', {}).get('vs_eager_full', {}).get('p50')),
         speedup_vs_optimised_full_fast=speed.get(headline, {}).get('vs_opt_full_fast', {}).get('p50'),
+        speedup_vs_optimised_full_compiled=speed.get(headline, {}).get('vs_opt_full_fast_c', {}).get('p50'),
+        compiled_layers=dict(ok=compile_ok, encoder=enc_comp,
+                             planner={x: _compile_failed(planners[x]) for x in ('opt_pruned_kv_c', 'opt_full_fast_c')
+                                      if x in names}),
         int8=dict(setting='opt_pruned_kv_int8', note='int8 weight-only decoder matmuls; like with like = vs '
                   'opt_full_fast_int8; vs opt_full / eager_full mixes precisions',
                   speedup_vs_full_fast_int8=speed.get('opt_pruned_kv_int8', {}).get('vs_opt_full_fast_int8', {}).get('p50'),
@@ -140,7 +166,7 @@ def _profile_stages(pipes, encoder, args, frames=40):
     """Separate pass (a sync after every stage, so not part of the timed run): where perception's
     time goes, median ms per stage, for the optimised settings."""
     out = {}
-    for name in ('opt_full', 'opt_pruned', 'opt_pruned_kv'):
+    for name in ('opt_full', 'opt_pruned', 'opt_pruned_kv', 'opt_pruned_kv_r2'):
         pipe = pipes.get(name)
         if pipe is None or not hasattr(pipe, 'profile'):
             continue

@@ -123,8 +123,54 @@ def test_device_pipeline_matches_numpy_pipeline_on_the_same_frames(encoder, case
         assert b.is_keyframe == a.is_keyframe
         assert b.reuse_ratio == pytest.approx(a.reuse_ratio)
         np.testing.assert_allclose(b.tokens, a.tokens, atol=2e-5, rtol=1e-4)
+        if a.relevance is None:      # colour relevance: on the device (dev.device_relevance) or the host
+            assert b.relevance is None
+        else:
+            np.testing.assert_array_equal(b.relevance, a.relevance)
         reused += b.reuse_ratio > 0
     assert reused >= 5 if CASES[case]['reuse_enabled'] else reused == 0
+    assert dev.device_relevance == (case not in ('query+reuse', 'adaptive+reuse'))
+
+
+def test_device_hsv_matches_opencv_on_every_colour():
+    import cv2
+    every = np.arange(1 << 24, dtype=np.uint32)
+    rgb = np.stack([every >> 16, (every >> 8) & 255, every & 255], axis=-1).astype(np.uint8).reshape(4096, 4096, 3)
+    for rows in np.array_split(np.arange(4096), 8):
+        part = rgb[rows]
+        want = cv2.cvtColor(np.ascontiguousarray(part), cv2.COLOR_RGB2HSV)
+        got = torch.stack(torch_ops.rgb_to_hsv_u8(torch.from_numpy(part)), dim=-1).numpy()
+        np.testing.assert_array_equal(got, want)
+
+
+def test_device_colour_relevance_matches_host_on_frames():
+    from vla_ros.perception.relevance import MIN_SATURATION, MIN_VALUE, _hue_table, colour_relevance
+    for colours in (['red'], ['blue', 'green']):
+        table = torch.from_numpy(_hue_table(tuple(colours)).copy())
+        for frame in moving_object_sequence(3, size=72, seed=2):
+            for grid in ((8, 8), (9, 9), (5, 7)):
+                want = colour_relevance(frame, grid, colours)
+                got = torch_ops.colour_relevance(torch.from_numpy(frame), grid, table, MIN_SATURATION, MIN_VALUE)
+                np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_speculative_bucket_overflow_reruns_to_the_same_result(encoder):
+    cfg = dict(pruning='spatial_coverage', keep_ratio=0.5, reuse_enabled=True, refresh='staggered',
+               keyframe_interval=4, static_shapes=True, recompute_buckets=[0.125, 0.5, 1.0])
+    spec = DevicePerceptionPipeline(encoder, PerceptionConfig(ops='torch', **cfg))
+    plain = DevicePerceptionPipeline(encoder, PerceptionConfig(ops='torch', speculative_bucket=False, **cfg))
+    assert spec.speculate and not plain.speculate
+    for pipe in (spec, plain):
+        pipe.set_instruction('touch the red cube')
+    for i, frame in enumerate(moving_object_sequence(10, size=encoder.image_size)):
+        spec._spec_next = 4 if i % 2 else None        # every other frame: a bucket too small for the changes
+        a, b = plain.process(frame), spec.process(frame)
+        np.testing.assert_array_equal(b.kept_indices, a.kept_indices)
+        assert b.reuse_ratio == a.reuse_ratio and b.is_keyframe == a.is_keyframe
+        np.testing.assert_allclose(b.tokens, a.tokens, atol=1e-6)       # (another bucket: other padding)
+        np.testing.assert_allclose(b.scene_embedding, a.scene_embedding, atol=1e-6)
+        assert spec.syncs_last_frame <= plain.syncs_last_frame
+    assert spec.spec_overflows >= 2
 
 
 def test_static_shapes_pad_but_compute_the_same_features(encoder):
@@ -238,3 +284,22 @@ def test_numpy_hsv_fallback_is_within_one_of_opencv(monkeypatch):
     np.testing.assert_array_equal(got[..., 2], want[..., 2])
     dh = np.abs(got[..., 0] - want[..., 0])
     assert np.minimum(dh, 180 - dh).max() <= 1 and np.abs(got[..., 1] - want[..., 1]).max() <= 1
+
+
+def test_compiled_encoder_layers_match_the_numpy_pipeline(encoder, monkeypatch):
+    """compile_layers: every encoder layer through one torch.compile'd function (aot_eager backend here:
+    dynamo + AOT tracing, no compiler), inside the speculative staggered path; same decisions and tokens."""
+    monkeypatch.setattr(DevicePerceptionPipeline, 'compile_backend', 'aot_eager')
+    cfg = dict(pruning='spatial_coverage', keep_ratio=0.5, reuse_enabled=True, refresh='staggered',
+               keyframe_interval=4, static_shapes=True)
+    ref = PerceptionPipeline(encoder, PerceptionConfig(ops='numpy', **cfg))
+    dev = DevicePerceptionPipeline(encoder, PerceptionConfig(ops='torch', compile_layers=True, **cfg))
+    assert dev.compiled
+    for pipe in (ref, dev):
+        pipe.set_instruction('touch the red cube')
+    for frame in moving_object_sequence(6, size=encoder.image_size):
+        a, b = ref.process(frame), dev.process(frame)
+        np.testing.assert_array_equal(b.kept_indices, a.kept_indices)
+        assert b.reuse_ratio == pytest.approx(a.reuse_ratio)
+        np.testing.assert_allclose(b.tokens, a.tokens, atol=2e-5, rtol=1e-4)
+    assert encoder._compiled_layer.calls > 0 and not encoder._compiled_layer.failed

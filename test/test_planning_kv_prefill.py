@@ -186,3 +186,69 @@ def test_int8_triton_kernel_in_interpreter():
     if 'active drivers' in proc.stderr or 'InterpreterError' in proc.stderr:
         pytest.skip(f'Triton interpreter unavailable: {proc.stderr.strip().splitlines()[-1]}')
     assert proc.returncode == 0 and 'kernel ok' in proc.stdout, proc.stderr[-2000:]
+
+
+def test_speculative_bucket_overflow_equals_the_two_step_prefill(lm):
+    """Change test + prefill as one speculative step: a too-small bucket writes nothing and reruns at the
+    right one, so every frame equals the unspeculated two-step path."""
+    spec = SlotKVPrefill(lm, _ids(), VIS, N, cuda_graphs=False, reuse=True, recompute_buckets=(0.25, 0.5, 1.0))
+    plain = SlotKVPrefill(lm, _ids(), VIS, N, cuda_graphs=False, reuse=True, recompute_buckets=(0.25, 0.5, 1.0),
+                          speculate=False)
+    assert spec.speculate and not plain.speculate
+    kept = _kept(20, 11)
+    vis = torch.randn(20, VIS, generator=torch.Generator().manual_seed(11))
+    gen = torch.Generator().manual_seed(12)
+    for i in range(6):
+        if i:
+            changed = torch.randperm(20, generator=gen)[:[2, 12, 0, 7, 20][i - 1]]
+            vis = vis.clone()
+            vis[changed] += torch.randn(len(changed), VIS, generator=gen)
+        spec._spec_next = 5 if i in (2, 4) else None       # 12 and 7 changed tokens: too small a bucket
+        a, b = plain.prefill(vis, kept), spec.prefill(vis, kept)
+        assert spec.last_recomputed == plain.last_recomputed
+        torch.testing.assert_close(b['logits'], a['logits'], atol=1e-5, rtol=1e-5)
+        assert spec.decode(b).tolist() == plain.decode(a).tolist()
+    assert spec.spec_overflows == 2
+
+
+def test_compiled_layer_functions_equal_the_eager_decoder(lm):
+    """compile_layers: the same decoder through two torch.compile'd per-layer functions (traced here with
+    the aot_eager backend: dynamo + AOT tracing without a compiler), static then dynamic row counts."""
+    eager = SlotKVPrefill(lm, _ids(), VIS, N, decode_tokens=3, cuda_graphs=False, reuse=True)
+    comp = SlotKVPrefill(lm, _ids(), VIS, N, decode_tokens=3, cuda_graphs=False, reuse=True,
+                         compile_layers='aot_eager')
+    assert comp.compiled is not None
+    kept = _kept(20, 13)
+    vis = torch.randn(20, VIS, generator=torch.Generator().manual_seed(13))
+    for i in range(3):
+        if i:
+            vis = vis.clone()
+            vis[[i, 2 * i + 5]] += 1.0
+        a, b = eager.prefill(vis, kept), comp.prefill(vis, kept)
+        torch.testing.assert_close(b['logits'], a['logits'], atol=1e-4, rtol=1e-4)
+        assert comp.decode(b).tolist() == eager.decode(a).tolist()
+    assert not comp.compiled[0].failed and not comp.compiled[1].failed and comp.compiled[0].calls > 0
+
+
+def test_refresh_interval_bounds_the_age_of_reused_slots(lm):
+    """refresh_interval R: every prefill recomputes the slots p % R == count % R as well, so a scene that
+    keeps changing early tokens converges to the full prefill once every later slot got refreshed."""
+    planner = SlotKVPrefill(lm, _ids(), VIS, N, cuda_graphs=False, reuse=True, refresh_interval=3)
+    stale = SlotKVPrefill(lm, _ids(), VIS, N, cuda_graphs=False, reuse=True)
+    kept = _kept(18, 21)
+    vis = torch.randn(18, VIS, generator=torch.Generator().manual_seed(21))
+    for p in (planner, stale):
+        p.prefill(vis, kept)
+    vis = vis.clone()
+    vis[0] += 1.0                                    # the first token changes once; the rest never do
+    counts = []
+    for _ in range(4):
+        got, old = planner.prefill(vis, kept), stale.prefill(vis, kept)
+        counts.append(planner.last_recomputed)
+    phases = [(i % 3) for i in range(1, 5)]
+    want_counts = [int(((kept % 3) == ph).sum()) + (1 if i == 0 and int(kept[0]) % 3 != ph else 0)
+                   for i, ph in enumerate(phases)]
+    assert counts == want_counts
+    want, _ = _reference(lm, planner, kept, vis)
+    torch.testing.assert_close(got['logits'], want, atol=1e-4, rtol=1e-4)     # every slot recomputed since
+    assert not torch.allclose(old['logits'], want, atol=1e-4, rtol=1e-4)     # without refresh: still stale

@@ -62,6 +62,7 @@ class Harness:
         self.replan_pub = node.create_publisher(Empty, 'planner/replan', reliable_qos())
         self.params = AsyncParameterClient(node, f'{NS}/planner')
         self.scene = BASE_SCENE
+        self.noise = 0.01
         self.frame = 0
 
     def _on_diag(self, msg):
@@ -73,7 +74,7 @@ class Harness:
         self.frame += 1
         stamp = self.node.get_clock().now().to_msg()
         if tokens is None:
-            tokens = self.scene + 0.01 * RNG.standard_normal(self.scene.shape).astype(np.float32)
+            tokens = self.scene + self.noise * RNG.standard_normal(self.scene.shape).astype(np.float32)
         msg = tokens_to_msg(tokens, stamp=stamp, frame_id='cam', source='test', frame_counter=self.frame,
                             kept_indices=np.arange(tokens.shape[0]), grid_hw=(5, 8), keep_ratio=0.5)
         self.sent_stamps.add(stamp_to_ns(stamp))
@@ -195,6 +196,26 @@ def test_plans_cache_replan_instruction_and_runtime_switch(harness):
     assert vlm_plans[0].plan_id > red.plan_id
     got = h.call(h.params.get_parameters(['planner.type']))
     assert got.values[0].string_value == 'vlm'
+    assert h.run(lambda: any('prefill=transformers' in str(d.get('planner', '')) for d in h.diags), seconds=20)
+
+    # planner.fast_prefill=on (cpu: SlotKVPrefill eagerly, the CUDA code path without graphs): a reload,
+    # and its plan on the same tokens and instruction equals the transformers planner's.
+    def fresh_plan():
+        h.run(lambda: False, seconds=0.5)            # frames from before the noise change are consumed
+        n = len(h.plans)
+        h.replan_pub.publish(Empty())
+        assert h.run(lambda: any(not p.cache_hit and p.planner_type == 'vlm' for p in h.plans[n:]), seconds=60)
+        return next(p for p in h.plans[n:] if not p.cache_hit)
+
+    h.noise = 0.0
+    hf_plan = fresh_plan()
+    res = h.call(h.params.set_parameters([Parameter('planner.fast_prefill', value='on')]))
+    assert all(r.successful for r in res.results)
+    assert h.run(lambda: any('prefill=slot_kv' in str(d.get('planner', '')) for d in h.diags), seconds=60)
+    fast_plan = fresh_plan()
+    assert fast_plan.plan_id > hf_plan.plan_id and fast_plan.subtask == hf_plan.subtask
+    np.testing.assert_allclose(np.asarray(fast_plan.plan_tokens.data), np.asarray(hf_plan.plan_tokens.data),
+                               atol=2e-4, rtol=2e-4)
 
 
 def test_hostile_instruction_tokens_and_stamps_are_counted_drops(harness):

@@ -105,3 +105,70 @@ def test_vlm_planner_layer_drop_and_fp8_parameters(checkpoints):
     assert cos > 0.9                                                     # fp8: close to bf16/fp32
     with pytest.raises(VLMLoadError):
         make_planner(_cfg(checkpoints['idefics3'], drop_final_layers=2), visual_dim=VIS_DIM)
+
+
+@pytest.mark.parametrize('family', ['idefics3', 'qwen2_vl'])
+def test_fast_prefill_plans_equal_the_transformers_path(checkpoints, family):
+    """planner.fast_prefill=on on cpu: SlotKVPrefill eagerly (the CUDA path without graphs) gives the same
+    sub-task text and plan tokens as transformers generate + forward, over several requests."""
+    hf = make_planner(_cfg(checkpoints[family], fast_prefill='off', max_new_tokens=8), visual_dim=VIS_DIM)
+    fast = make_planner(_cfg(checkpoints[family], fast_prefill='on', kv_reuse=False, max_new_tokens=8),
+                        visual_dim=VIS_DIM)
+    assert not hf.fast and fast.fast, fast.fast_reason
+    shuffled = np.random.default_rng(3).permutation(30)
+    reqs = [PlanRequest('touch the red cube', SCENE_A), PlanRequest('touch the red cube', SCENE_B),
+            PlanRequest('touch the blue cube', SCENE_A),
+            PlanRequest('touch the red cube', SCENE_A[shuffled], kept_indices=shuffled),
+            PlanRequest('touch the red cube', np.zeros((0, VIS_DIM), np.float32))]
+    for req in reqs:
+        a, b = hf.plan(req), fast.plan(req)
+        assert b.subtask == a.subtask
+        np.testing.assert_allclose(b.plan_tokens, a.plan_tokens, atol=2e-4, rtol=2e-4)
+        with torch.inference_mode():
+            ids, _ = fast._plan_fast(req)
+            seq = hf._prompt_embeds(req)
+            want = hf.model.generate(inputs_embeds=seq, attention_mask=torch.ones(seq.shape[:2], dtype=torch.long),
+                                     max_new_tokens=8, do_sample=False).tolist()[0]
+        assert ids.tolist() == want                      # the generated token ids themselves
+    assert any(len(set(fast._fast)) for _ in [0]) and len(fast._fast) == 2    # one SlotKVPrefill per instruction
+
+
+def test_fast_prefill_kv_reuse_recomputes_only_changed_tokens(checkpoints):
+    hf = make_planner(_cfg(checkpoints['idefics3'], fast_prefill='off'), visual_dim=VIS_DIM)
+    fast = make_planner(_cfg(checkpoints['idefics3'], fast_prefill='on', kv_reuse=True, kv_refresh_interval=0),
+                        visual_dim=VIS_DIM)
+    req = PlanRequest('touch the red cube', SCENE_A)
+    first = fast.plan(req)
+    slot = next(iter(fast._fast.values()))
+    assert slot.last_recomputed == 30
+    again = fast.plan(PlanRequest('touch the red cube', SCENE_A.copy()))
+    assert slot.last_recomputed == 0                     # nothing changed: only instruction + queries
+    np.testing.assert_allclose(again.plan_tokens, first.plan_tokens, atol=1e-5)
+    # Only the last perception token changed: causally nothing before it depends on it, so reusing the
+    # others' keys/values is exact.
+    last = SCENE_A.copy()
+    last[-1] += 1.0
+    got, want = fast.plan(PlanRequest('touch the red cube', last)), hf.plan(PlanRequest('touch the red cube', last))
+    assert slot.last_recomputed == 1
+    assert got.subtask == want.subtask
+    np.testing.assert_allclose(got.plan_tokens, want.plan_tokens, atol=2e-4, rtol=2e-4)
+    # kv_refresh_interval N: a slice of the tokens is recomputed on every plan even when nothing changed.
+    refresh = make_planner(_cfg(checkpoints['idefics3'], fast_prefill='on', kv_reuse=True, kv_refresh_interval=4),
+                           visual_dim=VIS_DIM)
+    counts = []
+    for _ in range(5):
+        refresh.plan(req)
+        counts.append(next(iter(refresh._fast.values())).last_recomputed)
+    assert counts == [30, 8, 7, 7, 8]               # all, then p % 4 == 1, 2, 3, 0 among positions 0..29
+
+
+def test_fast_prefill_falls_back_where_it_cannot_reproduce_transformers(checkpoints):
+    gemma = make_planner(_cfg(checkpoints['paligemma'], fast_prefill='on'), visual_dim=VIS_DIM)
+    assert not gemma.fast and 'inputs_embeds' in gemma.fast_reason
+    last = make_planner(_cfg(checkpoints['idefics3'], fast_prefill='on', plan_token_source='last_positions'),
+                        visual_dim=VIS_DIM)
+    assert not last.fast and 'last_positions' in last.fast_reason
+    auto_cpu = make_planner(_cfg(checkpoints['idefics3'], fast_prefill='auto'), visual_dim=VIS_DIM)
+    assert not auto_cpu.fast                             # auto: cuda only
+    for planner in (gemma, last, auto_cpu):
+        assert planner.plan(PlanRequest('touch the red cube', SCENE_A)).plan_tokens.shape == (5, 12)

@@ -48,6 +48,16 @@ class PerceptionConfig:
     recompute_buckets: List[float] = param([0.0625, 0.125, 0.25, 0.5, 1.0],
                                            'static_shapes: recomputed-token count padded up to the nearest of '
                                            'these fractions of the kept tokens (padding rows are masked out)')
+    device_relevance: bool = param(True, 'ops torch: compute the colour relevance on the device from the uploaded '
+                                         'frame, inside the selection graph (OpenCV HSV arithmetic, same values; '
+                                         'not for pruning=query or adaptive_budget, which read it on the host)')
+    speculative_bucket: bool = param(True, 'static_shapes + reuse (ops torch): run selection and encoder as one '
+                                           'graph sized by the recent recompute counts; the count is checked at '
+                                           'the frame\'s one sync and an overflow reruns the encoder at the '
+                                           'right bucket (one host sync per frame instead of two)')
+    compile_layers: bool = param(False, 'ops torch: run the encoder layers through torch.compile (inductor fusions '
+                                        'of norms, residuals, activations around the matmuls) inside the captured '
+                                        'graphs; meant for cuda, eager fallback logged')
     pinned_upload: bool = param(True, 'Upload camera frames from pinned host memory, non-blocking (cuda)')
     sync_slop_s: float = param(0.05, 'Max stamp difference for image/joint-state synchronisation',
                                range=(0.0, 10.0))

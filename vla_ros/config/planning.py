@@ -5,6 +5,7 @@ from vla_ros.config.base import ConfigError, param
 
 PLANNER_TYPES = ('lightweight', 'vlm')
 PLAN_TOKEN_SOURCES = ('action_queries', 'last_positions')
+FAST_PREFILL_MODES = ('auto', 'on', 'off')
 
 
 @dataclass
@@ -35,6 +36,23 @@ class PlannerConfig:
     quantize: str = param('none', 'VLM language-model linears: none, or fp8 weights + per-token fp8 '
                                   'activations (Hopper/Ada GPUs; exact but slow dequantising path elsewhere)',
                           choices=('none', 'fp8'))
+    fast_prefill: str = param('auto', "VLM planner: 'on' = prompt prefill, plan decode and action-query states "
+                                      "through our own decoder forward with a per-slot KV cache (SlotKVPrefill: "
+                                      "CUDA graphs per token bucket, keys/values of unchanged visual tokens kept "
+                                      "across plans); 'auto' = on for device cuda, off on cpu; 'off' = transformers "
+                                      "generate + forward. Checked against transformers at load (one probe "
+                                      "prompt): families or settings it does not reproduce fall back, logged",
+                              choices=FAST_PREFILL_MODES)
+    kv_reuse: bool = param(False, 'fast_prefill: recompute only the visual tokens that changed since the last plan '
+                                  '(VLA-Cache-style: an unchanged token keeps keys/values computed with the '
+                                  'earlier tokens of the plan that last computed it, so close to, not equal to, '
+                                  'a full prefill, and the drift grows while the scene keeps changing: see '
+                                  'bench/results/vlm_fast_cpu.json); off = the same plans as transformers')
+    kv_refresh_interval: int = param(10, 'kv_reuse: each plan also recomputes the perception tokens p with '
+                                         'p % N == plan % N, so none keeps keys/values older than N plans '
+                                         '(0 = only the changed ones)', range=(0, 100000))
+    compile_layers: bool = param(False, 'fast_prefill: torch.compile the per-layer pointwise work (inductor) '
+                                        'inside the graphs; meant for cuda, eager fallback logged')
     seed: int = param(0, 'Seed of the fixed projections (plan tokens must be reproducible)', range=(0, 2**31 - 1))
     cache_enabled: bool = param(True, 'Reuse the last plan while instruction and scene are unchanged')
     cache_similarity: float = param(0.95, 'Scene-embedding cosine similarity needed for a cache hit',

@@ -104,3 +104,39 @@ class GraphCache:
     def stats(self) -> Dict[str, Any]:
         return dict(name=self.name, enabled=self.enabled, captures=self.captures, replays=self.replays,
                     eager_calls=self.eager_calls, failed={str(k): v for k, v in self.failed.items()})
+
+
+class CompiledFn:
+    """`torch.compile(fn)` (default inductor mode: pointwise/reduction fusions around cuBLAS matmuls,
+    no CUDA graphs of its own, so it runs inside GraphCache's captures), falling back to plain `fn`
+    for good, logged, the first time compiling or running it raises. dynamic=True: one compile
+    serves every bucket's row count (rows of 1, the decode step, get their own)."""
+
+    def __init__(self, fn: Callable, name: str, backend: str = 'inductor'):
+        self.fn = fn
+        self.name = name
+        self.failed = ''
+        self.calls = 0
+        try:
+            import torch._dynamo as dynamo
+            for knob in ('cache_size_limit', 'recompile_limit'):
+                if hasattr(dynamo.config, knob):
+                    setattr(dynamo.config, knob, max(int(getattr(dynamo.config, knob)), 64))
+            self.compiled = torch.compile(fn, backend=backend, fullgraph=True, dynamic=True)
+        except Exception as exc:  # noqa: BLE001 - no compiler: plain fn
+            self._fail(exc)
+
+    def __call__(self, *args, **kwargs):
+        if self.failed:
+            return self.fn(*args, **kwargs)
+        try:
+            out = self.compiled(*args, **kwargs)
+            self.calls += 1
+            return out
+        except Exception as exc:  # noqa: BLE001 - logged, plain fn from now on
+            self._fail(exc)
+            return self.fn(*args, **kwargs)
+
+    def _fail(self, exc):
+        self.failed = f'{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ""}'[:300]
+        LOG.warning('%s: torch.compile failed, running eagerly: %s', self.name, self.failed)

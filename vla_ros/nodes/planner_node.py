@@ -45,7 +45,8 @@ _LIVE_FIELDS = {'cache_enabled', 'cache_similarity', 'cache_timeout_s', 'rate_hz
                 'max_input_age_s', 'max_instruction_chars', 'max_token_abs'}
 # Only read by the VLM planner: changing them while the lightweight planner runs needs no reload.
 _VLM_ONLY_FIELDS = {'model_path', 'device', 'torch_threads', 'max_new_tokens', 'plan_token_source', 'plan_layer',
-                    'max_visual_tokens', 'prompt'}
+                    'max_visual_tokens', 'prompt', 'fast_prefill', 'kv_reuse', 'kv_refresh_interval',
+                    'compile_layers'}
 
 
 def model_path_problem(cfg: PlannerConfig) -> str:

@@ -51,6 +51,29 @@ def _find_vision_tower(model: torch.nn.Module) -> torch.nn.Module:
     raise EncoderLoadError(f'no SigLIP-style vision tower found in {type(model).__name__}')
 
 
+def siglip_layer(h, context_kv, bias, ln1_w, ln1_b, qkv_w, qkv_b, o_w, o_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w,
+                 fc2_b, eps1: float, eps2: float, heads: int, tanh: bool):
+    """One SigLIP encoder layer over rows `h` [R, D] (fused q/k/v weights), attending to its own rows
+    and `context_kv` [C, 2D] under `bias`; returns (h, own keys|values [R, 2D]). A plain function of
+    tensors, so one torch.compile serves every layer (VisionEncoder.forward_kv(compiled=...))."""
+    d = h.shape[-1]
+    x = F.layer_norm(h, (d,), ln1_w, ln1_b, eps1)
+    qkv = F.linear(x, qkv_w, qkv_b)
+    q, kv = qkv[:, :d], qkv[:, d:]
+    kv_all = kv if context_kv is None else torch.cat([kv, context_kv], dim=0)
+    hd = d // heads
+
+    def split(t):
+        return t.reshape(t.shape[0], heads, hd).transpose(0, 1).unsqueeze(0)
+
+    out = F.scaled_dot_product_attention(split(q), split(kv_all[:, :d]), split(kv_all[:, d:]), attn_mask=bias)
+    out = out[0].transpose(0, 1).reshape(h.shape[0], d)
+    h = h + F.linear(out, o_w, o_b)
+    x = F.linear(F.layer_norm(h, (d,), ln2_w, ln2_b, eps2), fc1_w, fc1_b)
+    x = F.gelu(x, approximate='tanh' if tanh else 'none')
+    return h + F.linear(x, fc2_w, fc2_b), kv
+
+
 class VisionEncoder:
     def __init__(self, tower: torch.nn.Module, image_mean=(0.5,) * 3, image_std=(0.5,) * 3,
                  device: str = 'cpu', name: str = 'vision', dtype: torch.dtype = torch.float32):
@@ -68,6 +91,8 @@ class VisionEncoder:
         self._std = np.asarray(image_std, np.float32).reshape(1, 1, 3)
         self._post_ln = getattr(tower, 'post_layernorm', None)
         self._fused = None                 # per-layer (qkv weight, bias) after fuse_qkv()
+        self._compiled_layer = None        # CompiledFn of siglip_layer (compile_layers())
+        self._layer_args = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -178,9 +203,41 @@ class VisionEncoder:
         self._fused = [fuse_linears([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj])
                        for l in self.layers]
 
+    def compile_layers(self, backend: str = 'inductor') -> bool:
+        """Prepare `forward_kv(compiled=True)`: every layer through one torch.compile'd `siglip_layer`
+        (fused q/k/v; layer norms, residuals, GELU fused by inductor). False (logged) where the layers
+        do not fit that function (activation other than GELU / tanh-GELU, no biases)."""
+        import logging
+        from vla_ros.models.graphs import CompiledFn
+        if self._compiled_layer is not None:
+            return not self._compiled_layer.failed
+        if self._fused is None:
+            self.fuse_qkv()
+        probe = torch.linspace(-4, 4, 101, device=self.device, dtype=torch.float32)
+        args = []
+        tanh = None
+        for li, layer in enumerate(self.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            act = mlp.activation_fn(probe)
+            kinds = [t for t, ref in ((True, F.gelu(probe, approximate='tanh')), (False, F.gelu(probe)))
+                     if torch.allclose(act, ref, atol=1e-6)]
+            biases = (self._fused[li][1], attn.out_proj.bias, mlp.fc1.bias, mlp.fc2.bias,
+                      layer.layer_norm1.bias, layer.layer_norm2.bias)
+            if not kinds or any(b is None for b in biases) or (tanh is not None and kinds[0] != tanh):
+                logging.getLogger(__name__).warning('%s: layers do not fit siglip_layer; compile_layers off', self.name)
+                return False
+            tanh = kinds[0]
+            args.append((layer.layer_norm1.weight, layer.layer_norm1.bias, self._fused[li][0], self._fused[li][1],
+                         attn.out_proj.weight, attn.out_proj.bias, layer.layer_norm2.weight, layer.layer_norm2.bias,
+                         mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias,
+                         float(layer.layer_norm1.eps), float(layer.layer_norm2.eps), self.num_heads, tanh))
+        self._layer_args = args
+        self._compiled_layer = CompiledFn(siglip_layer, f'{self.name} encoder layer', backend)
+        return not self._compiled_layer.failed
+
     @torch.inference_mode()
     def forward_kv(self, hidden: torch.Tensor, context_kv: Optional[torch.Tensor] = None,
-                   attn_bias: Optional[torch.Tensor] = None):
+                   attn_bias: Optional[torch.Tensor] = None, compiled: bool = False):
         """The layer loop every subset forward shares. `hidden` [R, D]; `context_kv` [L, C, 2D]
         (per-layer keys | values of tokens that are attended to but not recomputed); `attn_bias`
         [R + C] additive (0 or -inf) over the keys [own rows, context rows], or None.
@@ -190,6 +247,12 @@ class VisionEncoder:
         bias = None if attn_bias is None else attn_bias.to(hidden.dtype).view(1, 1, 1, -1)
         fused = self._fused
         h = hidden
+        if compiled and self._compiled_layer is not None:
+            for li, args in enumerate(self._layer_args):
+                h, kv = self._compiled_layer(h, None if context_kv is None else context_kv[li], bias, *args)
+                kv_rows.append(kv)
+            feats = self._post_ln(h) if self._post_ln is not None else h
+            return feats, torch.stack(kv_rows)
         for li, layer in enumerate(self.layers):
             attn = layer.self_attn
             x = layer.layer_norm1(h)

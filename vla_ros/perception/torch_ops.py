@@ -196,3 +196,56 @@ def reuse_static_mask(kept: torch.Tensor, pixels: torch.Tensor, cached_pixels: t
         order = descending_order(relevance[kept])[:n_rel]
         static = static.clone().index_fill_(0, order, False)
     return static
+
+
+# ---------------------------------------------------------------------- colour relevance on the device
+_HSV_SHIFT = 12
+
+
+@functools.lru_cache(maxsize=4)
+def _hsv_tables_cpu() -> Tuple[torch.Tensor, torch.Tensor]:
+    """OpenCV's fixed-point division tables for 8-bit RGB->HSV (hrange 180):
+    sdiv[i] = round((255 << 12) / i), hdiv[i] = round((180 << 12) / (6 i)), both 0 at i = 0."""
+    i = torch.arange(256, dtype=F64)
+    safe = torch.where(i > 0, i, torch.ones_like(i))
+    sdiv = torch.where(i > 0, torch.round((255 << _HSV_SHIFT) / safe), torch.zeros_like(i))
+    hdiv = torch.where(i > 0, torch.round((180 << _HSV_SHIFT) / (6.0 * safe)), torch.zeros_like(i))
+    return sdiv.to(torch.int32), hdiv.to(torch.int32)
+
+
+_HSV_DEVICE = {}
+
+
+def _hsv_tables(device) -> Tuple[torch.Tensor, torch.Tensor]:
+    key = str(device)
+    if key not in _HSV_DEVICE:
+        _HSV_DEVICE[key] = tuple(t.to(device) for t in _hsv_tables_cpu())
+    return _HSV_DEVICE[key]
+
+
+def rgb_to_hsv_u8(rgb: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[..., 3] uint8 RGB -> (h, s, v) int32 with OpenCV's COLOR_RGB2HSV integer arithmetic (H 0..180),
+    bit-exact (tested on all 2^24 colours against cv2)."""
+    x = rgb.to(torch.int32)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    v = torch.maximum(torch.maximum(r, g), b)
+    diff = v - torch.minimum(torch.minimum(r, g), b)
+    sdiv, hdiv = _hsv_tables(rgb.device)
+    half = 1 << (_HSV_SHIFT - 1)
+    s = torch.div(diff * sdiv[v] + half, 1 << _HSV_SHIFT, rounding_mode='floor')
+    h = torch.where(v == r, g - b, torch.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
+    h = torch.div(h * hdiv[diff] + half, 1 << _HSV_SHIFT, rounding_mode='floor')   # arithmetic >> 12
+    h = torch.where(h < 0, h + 180, h)
+    return h, s, v
+
+
+def colour_relevance(rgb: torch.Tensor, grid_hw: Tuple[int, int], hue_table: torch.Tensor,
+                     min_saturation: int, min_value: int) -> torch.Tensor:
+    """relevance.colour_relevance on the device: [S,S,3] uint8 image, hue_table [256] bool ->
+    [N] float32 fraction of each patch's pixels with a named hue (same values as the host path)."""
+    h, s, v = rgb_to_hsv_u8(rgb)
+    match = hue_table[h] & (s >= min_saturation) & (v >= min_value)
+    gh, gw = grid_hw
+    ph, pw = match.shape[0] // gh, match.shape[1] // gw
+    counts = match[:gh * ph, :gw * pw].reshape(gh, ph, gw, pw).sum(dim=(1, 3), dtype=torch.int64)
+    return (counts.to(F64) / float(ph * pw)).reshape(-1).to(torch.float32)
