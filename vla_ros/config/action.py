@@ -26,10 +26,14 @@ class SafetyConfig:
     stale_joint_state_timeout_s: float = param(0.5, 'Any commanded joint\'s position (by name, by stamp) older '
                                                'than this -> hold', range=(0.0, 3600.0))
     stale_behavior: str = param('hold', 'What to do on stale inputs', choices=('hold', 'decay'))
-    max_tracking_error: float = param(0.2, 'When a joint\'s last command is further than this (rad) from its '
-                                      'measured position (episode reset, obstruction), that joint restarts from the '
-                                      'measured position at rest; above the normal tracking lag (0 = off)',
+    max_tracking_error: float = param(0.2, 'When any joint\'s last command is further than this (rad) from its '
+                                      'measured position (episode reset, obstruction), the whole arm restarts from '
+                                      'the measured position at rest; above the normal tracking lag (0 = off)',
                                       range=(0.0, 100.0))
+    max_measured_jump: float = param(0.05, 'When a joint\'s measured position moves further than this (rad) plus '
+                                     'twice its max speed times the time between two joint states, the arm was '
+                                     'displaced (episode reset, a push): the whole arm restarts from the measured '
+                                     'position at rest (0 = off)', range=(0.0, 100.0))
 
 
 @dataclass
