@@ -30,10 +30,12 @@ class SafetyConfig:
                                       'measured position (episode reset, obstruction), the whole arm restarts from '
                                       'the measured position at rest; above the normal tracking lag (0 = off)',
                                       range=(0.0, 100.0))
-    max_measured_jump: float = param(0.05, 'When a joint\'s measured position moves further than this (rad) plus '
-                                     'twice its max speed times the time between two joint states, the arm was '
-                                     'displaced (episode reset, a push): the whole arm restarts from the measured '
-                                     'position at rest (0 = off)', range=(0.0, 100.0))
+    max_measured_jump: float = param(0.2, 'When a joint\'s measured position moves further than this (rad) plus '
+                                     'twice its max speed times the time between two joint states\' stamps, the arm '
+                                     'was displaced (episode reset, a push): the whole arm restarts from the measured '
+                                     'position at rest (0 = off). Above what the sim arm moves in one catch-up burst '
+                                     '(0.1 s of physics published at once after a stall); an arm whose driver stamps '
+                                     'each state when measured can use ~0.05', range=(0.0, 100.0))
 
 
 @dataclass
