@@ -202,6 +202,22 @@ def test_reset_restarts_the_whole_arm_not_only_the_joints_beyond_the_tolerance()
     assert np.max(np.abs(cmd2 - home)) <= 1.0 * DT + 1e-12, (cmd2 - home)
 
 
+def test_a_joint_without_tracking_tolerance_keeps_its_command_when_the_arm_restarts():
+    """A gripper squeezing a cube sits away from its command on purpose: restarting it at its measured
+    opening would loosen the grip (and step its command faster than its own speed limit)."""
+    f = SafetyFilter(_cfg(max_tracking_error=0.15, joint_max_tracking_error=[0.15, 0.15, 0.0],
+                          max_acceleration=1e4), DT)
+    q = np.array([0.5, 0.5, 0.3])
+    cmd, _ = f.filter(q, q, **FRESH)
+    for _ in range(10):                        # close the "gripper" onto an object it cannot pass
+        cmd, _ = f.filter(np.array([0.5, 0.5, 0.2]), np.array([0.5, 0.5, 0.3]), **FRESH)
+    squeeze = cmd[2]
+    assert squeeze < 0.3 - 0.05
+    cmd2, report = f.filter(np.array([0.5, 0.5, 0.2]), np.array([0.0, 0.5, 0.3]), **FRESH)   # arm joint 0 reset
+    assert report.reanchored and abs(cmd2[0]) <= 1.0 * DT + 1e-12
+    assert abs(cmd2[2] - squeeze) <= 1.0 * DT + 1e-12    # one ordinary step from its own command
+
+
 def test_a_measured_jump_within_the_tolerance_restarts_from_the_arm():
     """A reset that moved every joint less than max_tracking_error: the measured position jumped further
     between two joint states than the arm can move, so the stream restarts at rest from the arm."""

@@ -9,7 +9,8 @@ last command, unless the arm is not where the command stream left it: a joint fu
 `max_tracking_error` from its last command (episode reset, an obstruction), or a measured position
 that moved further between two joint states than the arm can move (`max_measured_jump` plus
 twice the max speed times their time apart: an episode reset that teleported the arm, a push).
-Then the WHOLE arm restarts from where it is, at rest: re-anchoring only the joints beyond the
+Then the WHOLE arm (every joint with a tracking tolerance > 0; not a gripper squeezing an object)
+restarts from where it is, at rest: re-anchoring only the joints beyond the
 tolerance left the others up to `max_tracking_error` from an arm at rest, and its servos closed
 that gap at actuator speed (the sim's wrist at 2.2 rad/s after an episode reset). The
 very first command, and the first after `reset()` or an e-stop release, is the measured
@@ -69,6 +70,9 @@ class SafetyFilter:
         # per-joint limits (a gripper joint has its own); scalars when no per-joint list is given
         self.max_velocity = self._per_joint(config.joint_max_velocity, config.max_velocity)
         self.max_acceleration = self._per_joint(config.joint_max_acceleration, config.max_acceleration)
+        # joints that restart with the arm when it is not where the command stream left it (tolerance > 0)
+        self.max_tracking_error = self._per_joint(config.joint_max_tracking_error, config.max_tracking_error)
+        self.tracked = self.max_tracking_error > 0
         self.max_step = self.max_velocity * self.dt
         self.max_dv = self.max_acceleration * self.dt
         self.last_command: Optional[np.ndarray] = None
@@ -158,16 +162,15 @@ class SafetyFilter:
             self._restart = False
         elif self.last_command is not None:
             ref = self.last_command
-            base_tol = float(self.config.max_tracking_error)
-            tol = np.full(self.lower.shape, base_tol)
-            if base_tol > 0 and joint_state_age_s is not None and math.isfinite(joint_state_age_s):
+            tol = self.max_tracking_error.copy()
+            if joint_state_age_s is not None and math.isfinite(joint_state_age_s):
                 # an old measurement may trail the arm by what it could travel since
                 tol = tol + self.max_velocity * max(float(joint_state_age_s), 0.0)
-            far = measured is not None and base_tol > 0 and bool(np.any(np.abs(ref - measured) > tol))
+            far = measured is not None and bool(np.any(self.tracked & (np.abs(ref - measured) > tol)))
             if far or jumped:                        # the whole arm restarts from rest where it IS
-                ref = np.clip(measured, self.lower, self.upper)
+                ref = np.where(self.tracked, np.clip(measured, self.lower, self.upper), ref)
                 report.reanchored = True
-                self.last_velocity = np.zeros_like(self.lower)
+                self.last_velocity = np.where(self.tracked, 0.0, self.last_velocity)
         elif measured is not None:
             ref = np.clip(measured, self.lower, self.upper)
             report.clamped_position = bool(np.any(ref != measured))
@@ -232,7 +235,7 @@ class SafetyFilter:
         if prev is None or t < prev[1]:
             return False
         reach = limit + _JUMP_SPEED_FACTOR * self.max_velocity * (t - prev[1])
-        return bool(np.any(np.abs(measured - prev[0]) > reach))
+        return bool(np.any(self.tracked & (np.abs(measured - prev[0]) > reach)))
 
     def _count(self, report: SafetyReport) -> None:
         for f in fields(report):
