@@ -131,6 +131,9 @@ def test_commands_chunks_stale_hold_and_estop(harness):
     assert list(stamped[-1].name) == JOINTS
     stamps = np.array([m.header.stamp.sec + 1e-9 * m.header.stamp.nanosec for m in stamped])
     assert np.all(np.diff(stamps) > 0) and 0.005 < np.median(np.diff(stamps)) < 0.02
+    # the safety filter's counters come from the control process, where the tick runs
+    assert h.run(3.0, until=lambda: int(h.diagnostics.get('safety_ticks', 0)) > 50), h.diagnostics
+    assert int(h.diagnostics['safety_reanchored']) >= 1 and h.diagnostics.get('control_alive') == 'True'
     moving = np.array(h.commands[-30:])
     assert np.ptp(moving, axis=0).max() > 1e-4        # random head drives the arm around
 
