@@ -202,6 +202,22 @@ def test_reset_restarts_the_whole_arm_not_only_the_joints_beyond_the_tolerance()
     assert np.max(np.abs(cmd2 - home)) <= 1.0 * DT + 1e-12, (cmd2 - home)
 
 
+def test_an_old_measurement_restarts_where_the_arm_can_be_now_nearest_the_command():
+    """Short fault run at load 10: the sim stalled, the command ran 0.38 rad ahead of a 67 ms old measured
+    wrist; restarting AT that old position commanded the arm 0.29 rad back from where the sim's catch-up had
+    carried it meanwhile (-4.1 rad/s). The arm can be up to max speed x age from an old measurement."""
+    f = SafetyFilter(_cfg(max_tracking_error=0.15, max_acceleration=1e4), DT)
+    q = np.array([0.0, 0.0, 0.1])
+    cmd, _ = f.filter(q, q, **FRESH)
+    for _ in range(40):                        # the command runs ahead at 1 rad/s of an arm that is not measured
+        cmd, _ = f.filter(np.array([0.9, 0.0, 0.1]), None, joint_state_age_s=0.1, **FRESH)
+    old = np.array([0.0, 0.0, 0.1])            # the last measurement, 0.1 s old: 0.4 rad behind
+    cmd2, report = f.filter(np.array([0.9, 0.0, 0.1]), old, joint_state_age_s=0.1, **FRESH)
+    assert report.reanchored
+    assert cmd2[0] == pytest.approx(0.0 + 1.0 * 0.1, abs=1.0 * DT + 1e-9)   # old + max speed x age
+    assert cmd2[1] == pytest.approx(0.0) and cmd2[2] == pytest.approx(0.1)
+
+
 def test_a_joint_without_tracking_tolerance_keeps_its_command_when_the_arm_restarts():
     """A gripper squeezing a cube sits away from its command on purpose: restarting it at its measured
     opening would loosen the grip (and step its command faster than its own speed limit)."""

@@ -162,13 +162,17 @@ class SafetyFilter:
             self._restart = False
         elif self.last_command is not None:
             ref = self.last_command
-            tol = self.max_tracking_error.copy()
+            travel = np.zeros_like(self.lower)
             if joint_state_age_s is not None and math.isfinite(joint_state_age_s):
                 # an old measurement may trail the arm by what it could travel since
-                tol = tol + self.max_velocity * max(float(joint_state_age_s), 0.0)
+                travel = self.max_velocity * max(float(joint_state_age_s), 0.0)
+            tol = self.max_tracking_error + travel
             far = measured is not None and bool(np.any(self.tracked & (np.abs(ref - measured) > tol)))
-            if far or jumped:                        # the whole arm restarts from rest where it IS
-                ref = np.where(self.tracked, np.clip(measured, self.lower, self.upper), ref)
+            if far or jumped:                        # the whole arm restarts from rest where it IS:
+                # within what it could travel since it was measured, nearest the last command (a stalled
+                # sim catching up moves on meanwhile; restarting at a 70 ms old position yanked it back)
+                here = np.clip(ref, measured - travel, measured + travel)
+                ref = np.where(self.tracked, np.clip(here, self.lower, self.upper), ref)
                 report.reanchored = True
                 self.last_velocity = np.where(self.tracked, 0.0, self.last_velocity)
         elif measured is not None:
