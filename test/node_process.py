@@ -20,3 +20,32 @@ def node_process(module: str, namespace: str, params_file, domain):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def nodes_under_test(modules, namespace: str, params_file, domain, client_name: str):
+    """Each of `modules` in its own process (node_process) plus a client rclpy node `client_name` in this
+    process, all in `namespace` on `domain`; yields (client node, [processes]) and tears everything down."""
+    import rclpy
+    from rclpy.node import Node
+    with contextlib.ExitStack() as stack:
+        procs = [stack.enter_context(node_process(m, namespace, params_file, domain)) for m in modules]
+        rclpy.init()
+        node = Node(client_name, namespace=namespace)
+        try:
+            yield node, procs
+        finally:
+            node.destroy_node()
+            rclpy.shutdown()
+
+
+def watch_diagnostics(node, status_name: str, on_values):
+    """Call `on_values({key: value})` for every /diagnostics status named `status_name` (fully qualified)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    def on_array(msg):
+        for status in msg.status:
+            if status.name == status_name:
+                on_values({kv.key: kv.value for kv in status.values})
+
+    return node.create_subscription(DiagnosticArray, '/diagnostics', on_array, 10)

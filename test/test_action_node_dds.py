@@ -5,14 +5,12 @@ import zlib
 
 import numpy as np
 import pytest
-from node_process import node_process
+from node_process import nodes_under_test, watch_diagnostics
 
 DOMAIN = str(1 + zlib.crc32(b'test_action_node_dds') % 200)
 os.environ['ROS_DOMAIN_ID'] = DOMAIN
 rclpy = pytest.importorskip('rclpy')
 from builtin_interfaces.msg import Time  # noqa: E402
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool, Float64MultiArray  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
@@ -50,15 +48,8 @@ PARAMS = f"""
 def harness(tmp_path_factory):
     params = tmp_path_factory.mktemp('action') / 'params.yaml'
     params.write_text(PARAMS)
-    with node_process('vla_ros.nodes.action_node', NS, params, DOMAIN):
-        rclpy.init()
-        node = Node('action_dds_test', namespace=NS)
-        h = Harness(node)
-        try:
-            yield h
-        finally:
-            node.destroy_node()
-            rclpy.shutdown()
+    with nodes_under_test(['vla_ros.nodes.action_node'], NS, params, DOMAIN, 'action_dds_test') as (node, _):
+        yield Harness(node)
 
 
 class Harness:
@@ -79,12 +70,10 @@ class Harness:
         self.js_names = ['extra'] + JOINTS
         self.token_stamp = None           # None = now; else a fixed (hostile) stamp for plan + tokens
         self.token_value = 0.5
-        node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, 10)
+        watch_diagnostics(node, f'{NS}/action', self._on_diag)
 
-    def _on_diag(self, msg):
-        for status in msg.status:
-            if status.name == f'{NS}/action':
-                self.diagnostics = {kv.key: kv.value for kv in status.values}
+    def _on_diag(self, values):
+        self.diagnostics = values
 
     def drops(self, key):
         return int(self.diagnostics.get(f'drop_{key}', 0))
@@ -142,6 +131,9 @@ def test_commands_chunks_stale_hold_and_estop(harness):
     assert list(stamped[-1].name) == JOINTS
     stamps = np.array([m.header.stamp.sec + 1e-9 * m.header.stamp.nanosec for m in stamped])
     assert np.all(np.diff(stamps) > 0) and 0.005 < np.median(np.diff(stamps)) < 0.02
+    # the safety filter's counters come from the control process, where the tick runs
+    assert h.run(3.0, until=lambda: int(h.diagnostics.get('safety_ticks', 0)) > 50), h.diagnostics
+    assert int(h.diagnostics['safety_reanchored']) >= 1 and h.diagnostics.get('control_alive') == 'True'
     moving = np.array(h.commands[-30:])
     assert np.ptp(moving, axis=0).max() > 1e-4        # random head drives the arm around
 

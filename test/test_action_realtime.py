@@ -194,4 +194,9 @@ def test_control_process_side_reads_inputs_and_exports_stats_through_slots():
     assert loop.chunk_count == 1 and sink.n == 3 and sink.chunk_ids == [11]
     out = stats_from_slot(stats, stats.buffers())
     assert out['mode'] == 'running' and out['commands_published'] >= 1 and out['chunks'] == 1
+    # the safety filter's counters come back too (they read 0 in the node's diagnostics before)
+    rt.export_stats()                          # the tick exports at most every stats period
+    out = stats_from_slot(stats, stats.buffers())
+    assert out['safety_ticks'] == loop.safety.counters['ticks'] >= 3
+    assert out['safety_reanchored'] == loop.safety.counters['reanchored'] >= 1     # the first command
     assert 0.0 <= out['control_heartbeat_age_s'] < 5.0

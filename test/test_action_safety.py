@@ -188,6 +188,79 @@ def test_episode_reset_restarts_from_the_measured_position_not_the_last_command(
     assert not report.reanchored and np.max(np.abs(cmd2 - cmd)) <= 1.0 * DT + 1e-12
 
 
+def test_reset_restarts_the_whole_arm_not_only_the_joints_beyond_the_tolerance():
+    """sigint_recording row: after an episode reset the joints that landed within max_tracking_error of
+    their last command kept it, and the sim's servo pulled the wrist there at 2.2 rad/s."""
+    f = SafetyFilter(_cfg(max_tracking_error=0.15, max_acceleration=1e4), DT)
+    q = np.array([0.5, 0.5, 0.25])
+    cmd, _ = f.filter(q, q, **FRESH)
+    for _ in range(20):
+        cmd, _ = f.filter(q + 0.3, cmd, **FRESH)
+    home = cmd + np.array([-0.5, 0.1, -0.1])   # joint 0 far, joints 1 and 2 within the tolerance
+    cmd2, report = f.filter(q + 0.3, home, **FRESH)
+    assert report.reanchored
+    assert np.max(np.abs(cmd2 - home)) <= 1.0 * DT + 1e-12, (cmd2 - home)
+
+
+def test_an_old_measurement_restarts_where_the_arm_can_be_now_nearest_the_command():
+    """Short fault run at load 10: the sim stalled, the command ran 0.38 rad ahead of a 67 ms old measured
+    wrist; restarting AT that old position commanded the arm 0.29 rad back from where the sim's catch-up had
+    carried it meanwhile (-4.1 rad/s). The arm can be up to max speed x age from an old measurement."""
+    f = SafetyFilter(_cfg(max_tracking_error=0.15, max_acceleration=1e4), DT)
+    q = np.array([0.0, 0.0, 0.1])
+    cmd, _ = f.filter(q, q, **FRESH)
+    for _ in range(40):                        # the command runs ahead at 1 rad/s of an arm that is not measured
+        cmd, _ = f.filter(np.array([0.9, 0.0, 0.1]), None, joint_state_age_s=0.1, **FRESH)
+    old = np.array([0.0, 0.0, 0.1])            # the last measurement, 0.1 s old: 0.4 rad behind
+    cmd2, report = f.filter(np.array([0.9, 0.0, 0.1]), old, joint_state_age_s=0.1, **FRESH)
+    assert report.reanchored
+    assert cmd2[0] == pytest.approx(0.0 + 1.0 * 0.1, abs=1.0 * DT + 1e-9)   # old + max speed x age
+    assert cmd2[1] == pytest.approx(0.0) and cmd2[2] == pytest.approx(0.1)
+
+
+def test_a_joint_without_tracking_tolerance_keeps_its_command_when_the_arm_restarts():
+    """A gripper squeezing a cube sits away from its command on purpose: restarting it at its measured
+    opening would loosen the grip (and step its command faster than its own speed limit)."""
+    f = SafetyFilter(_cfg(max_tracking_error=0.15, joint_max_tracking_error=[0.15, 0.15, 0.0],
+                          max_acceleration=1e4), DT)
+    q = np.array([0.5, 0.5, 0.3])
+    cmd, _ = f.filter(q, q, **FRESH)
+    for _ in range(10):                        # close the "gripper" onto an object it cannot pass
+        cmd, _ = f.filter(np.array([0.5, 0.5, 0.2]), np.array([0.5, 0.5, 0.3]), **FRESH)
+    squeeze = cmd[2]
+    assert squeeze < 0.3 - 0.05
+    cmd2, report = f.filter(np.array([0.5, 0.5, 0.2]), np.array([0.0, 0.5, 0.3]), **FRESH)   # arm joint 0 reset
+    assert report.reanchored and abs(cmd2[0]) <= 1.0 * DT + 1e-12
+    assert abs(cmd2[2] - squeeze) <= 1.0 * DT + 1e-12    # one ordinary step from its own command
+
+
+def test_a_measured_jump_within_the_tolerance_restarts_from_the_arm():
+    """A reset that moved every joint less than max_tracking_error: the measured position jumped further
+    between two joint states than the arm can move, so the stream restarts at rest from the arm."""
+    f = SafetyFilter(_cfg(max_tracking_error=0.15, max_measured_jump=0.05, max_acceleration=1e4), DT)
+    q = np.array([0.2, 0.2, 0.2])
+    t = 5.0
+    cmd, _ = f.filter(q, q, now=t, joint_state_age_s=0.0, **FRESH)
+    for _ in range(20):                        # arm follows one tick behind, measured every tick
+        t += DT
+        cmd_prev = cmd
+        cmd, report = f.filter(q + 0.5, cmd_prev, now=t, joint_state_age_s=0.0, **FRESH)
+        assert not report.reanchored
+    # the same measurement seen again on a later tick is no jump
+    t += DT
+    cmd, report = f.filter(q + 0.5, cmd_prev, now=t, joint_state_age_s=DT, **FRESH)
+    assert not report.reanchored
+    jumped = cmd - np.array([0.1, -0.1, 0.1])  # within 0.15 of the command, 0.1 rad in one sample
+    t += DT
+    cmd2, report = f.filter(q + 0.5, jumped, now=t, joint_state_age_s=0.0, **FRESH)
+    assert report.reanchored and np.max(np.abs(cmd2 - jumped)) <= 1.0 * DT + 1e-12
+    # slow drift of the same size over a long time is motion, not a jump
+    f2 = SafetyFilter(_cfg(max_tracking_error=0.15, max_measured_jump=0.05, max_acceleration=1e4), DT)
+    c, _ = f2.filter(q, q, now=0.0, joint_state_age_s=0.0, **FRESH)
+    c, report = f2.filter(q, q + 0.1, now=1.0, joint_state_age_s=0.0, **FRESH)
+    assert not report.reanchored
+
+
 def test_velocity_limit_applies_per_elapsed_time_when_ticks_bunch_up():
     """Audit finding 8: bunched ticks each took a full step, 2.5-16 rad/s in real time."""
     cfg = _cfg(max_acceleration=1e4, max_velocity=1.0)

@@ -27,9 +27,50 @@ def test_measured_speed_in_real_time_and_teleports_left_out():
     fast = fm.measured_violations(_js(lambda t: [3.0 * (t - 1) if t > 1 else 0.0, 0.0]), LIM)
     assert fast['velocity'] > 0 and fast['peak_speed'] == pytest.approx(3.0, rel=0.05)
     reset = fm.measured_violations(_js(lambda t: [0.5 * t if t < 1 else -1.0, 0.0]), LIM)   # teleported home
-    assert reset['teleports'] == 1 and reset['velocity'] == 0
+    assert reset['teleports'] == 1 and reset['velocity'] == 0 and reset['acceleration'] == 0
     out_of_range = fm.measured_violations(_js(lambda t: [0.0, 3.5]), LIM)
     assert out_of_range['position'] == 200
+
+
+def _reset_mid_motion(jump: float, v_before: float = -1.0):
+    """The arm moving at v_before until an episode ends at 1.0 s; the sim publishes the new episode's
+    first joint state 1 ms later, the arm teleported by `jump` (below TELEPORT_RAD) and at rest."""
+    t1, t2 = np.arange(0, 1.0001, 0.01), 1.001 + np.arange(0, 1.0, 0.01)
+    q1 = v_before * t1
+    t = np.r_[t1, t2]
+    q = np.stack([np.r_[q1, np.full_like(t2, q1[-1] + jump)], 0 * t], 1)
+    qvel = np.stack([np.r_[np.full_like(t1, v_before), 0 * t2], 0 * t], 1)
+    return fm.Series(t, (t * 1e9).astype(np.int64), q, qvel), [int(1.0005e9)]   # + the done status's stamp
+
+
+def test_episode_reset_below_the_teleport_threshold_is_no_acceleration():
+    """kill_action row: 1 sample at 39.8 rad/s^2 while the arm held and an episode reset fell in. The
+    acceleration was judged on wall-clock window speeds only, and windows spanned a 0.28 rad reset."""
+    js, resets = _reset_mid_motion(jump=0.28)
+    # the sim's own velocities (no speed across a teleport) clear it even without the done status ...
+    out = fm.measured_violations(js, LIM)
+    assert out['acceleration'] == 0 and out['velocity'] == 0 and out['teleports'] == 0, out
+    # ... and with it no window spans the reset at all
+    out = fm.measured_violations(js, LIM, resets_ns=resets)
+    assert out['acceleration'] == 0 and out['velocity'] == 0 and out['episode_resets'] == 1, out
+    assert out['peak_accel'] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_acceleration_judged_on_both_clocks():
+    """A catch-up burst (0.1 s of physics published within 2 ms after a 0.1 s stall) is a wall-clock
+    artefact; a slowed sim is a sim-clock artefact; a servo step (a real fling) shows on both."""
+    s = np.arange(0, 2.5, 0.01)                  # sim time
+    wall = np.where(s < 1.0, s, np.where(s < 1.1, 1.1 + (s - 1.0) * 0.02, s + 0.002))
+    burst = fm.Series(wall, (wall * 1e9).astype(np.int64), np.stack([1.2 * s, 0 * s], 1),
+                      np.stack([1.2 + 0 * s, 0 * s], 1))
+    out = fm.measured_violations(burst, LIM)
+    assert out['acceleration'] == 0 and out['peak_accel'] < 1.0, out
+    slowed = _js(lambda t: [0.5 * np.sin(2 * t), 0.0])
+    slowed.extra = slowed.extra * 40             # the sim's own velocities disagree wildly with the wall clock
+    assert fm.measured_violations(slowed, LIM)['acceleration'] == 0
+    step = _js(lambda t: [0.6 * (1 - np.exp(-(t - 1) / 0.04)) if t > 1 else 0.0, 0.0])
+    out = fm.measured_violations(step, LIM)
+    assert out['acceleration'] > 0 and out['velocity'] > 0 and out['peak_accel'] > 30, out
 
 
 def test_time_to_hold_and_recover():

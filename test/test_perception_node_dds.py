@@ -7,13 +7,11 @@ import zlib
 
 import numpy as np
 import pytest
-from node_process import node_process
+from node_process import nodes_under_test, watch_diagnostics
 
 DOMAIN = str(1 + zlib.crc32(b'test_perception_node_dds') % 200)
 os.environ['ROS_DOMAIN_ID'] = DOMAIN
 rclpy = pytest.importorskip('rclpy')
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
@@ -46,14 +44,8 @@ def harness(tmp_path_factory):
       torch_threads: 1
       joint_names: [a, b, c]
 """)
-    with node_process('vla_ros.nodes.perception_node', NS, params, DOMAIN):
-        rclpy.init()
-        node = Node('perception_dds_test', namespace=NS)
-        try:
-            yield Harness(node)
-        finally:
-            node.destroy_node()
-            rclpy.shutdown()
+    with nodes_under_test(['vla_ros.nodes.perception_node'], NS, params, DOMAIN, 'perception_dds_test') as (node, _):
+        yield Harness(node)
 
 
 class Harness:
@@ -61,7 +53,7 @@ class Harness:
         self.node = node
         self.tokens, self.diagnostics = [], {}
         node.create_subscription(LatentTokens, 'perception/tokens', self.tokens.append, reliable_qos(100))
-        node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, 10)
+        watch_diagnostics(node, f'{NS}/perception', self._on_diag)
         from sensor_msgs.msg import Image
         self.img_pub = node.create_publisher(Image, 'camera/image_raw', SENSOR_QOS)
         self.js_pub = node.create_publisher(JointState, 'joint_states', SENSOR_QOS)
@@ -69,10 +61,8 @@ class Harness:
         self.frames = moving_object_sequence(10_000, size=64)
         self.sent_stamps = {}
 
-    def _on_diag(self, msg):
-        for status in msg.status:
-            if status.name == f'{NS}/perception':
-                self.diagnostics = {kv.key: kv.value for kv in status.values}
+    def _on_diag(self, values):
+        self.diagnostics = values
 
     def publish(self, image_fn=None, offset_ns=0, names=('gripper', 'c', 'a', 'b')):
         stamp = ns_to_stamp(self.node.get_clock().now().nanoseconds + offset_ns)

@@ -6,13 +6,11 @@ import zlib
 
 import numpy as np
 import pytest
-from node_process import node_process
+from node_process import nodes_under_test, watch_diagnostics
 
 DOMAIN = str(1 + zlib.crc32(b'test_planning_node_dds') % 200)
 os.environ['ROS_DOMAIN_ID'] = DOMAIN
 rclpy = pytest.importorskip('rclpy')
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 from std_msgs.msg import Empty, String  # noqa: E402
@@ -40,15 +38,8 @@ def harness(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('planner')
     params = tmp / 'params.yaml'
     params.write_text(PARAMS)
-    with node_process('vla_ros.nodes.planner_node', NS, params, DOMAIN):
-        rclpy.init()
-        node = Node('planner_dds_test', namespace=NS)
-        h = Harness(node, tmp)
-        try:
-            yield h
-        finally:
-            node.destroy_node()
-            rclpy.shutdown()
+    with nodes_under_test(['vla_ros.nodes.planner_node'], NS, params, DOMAIN, 'planner_dds_test') as (node, _):
+        yield Harness(node, tmp)
 
 
 class Harness:
@@ -56,7 +47,7 @@ class Harness:
         self.node, self.tmp = node, tmp
         self.plans, self.diags, self.sent_stamps = [], [], set()
         node.create_subscription(Plan, 'planner/plan', self.plans.append, reliable_qos(100))
-        node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, 10)
+        watch_diagnostics(node, f'{NS}/planner', self.diags.append)
         self.tok_pub = node.create_publisher(LatentTokens, 'perception/tokens', reliable_qos())
         self.instr_pub = node.create_publisher(String, 'instruction', LATCHED_QOS)
         self.replan_pub = node.create_publisher(Empty, 'planner/replan', reliable_qos())
@@ -65,10 +56,6 @@ class Harness:
         self.noise = 0.01
         self.frame = 0
 
-    def _on_diag(self, msg):
-        for status in msg.status:
-            if status.name.endswith('planner'):
-                self.diags.append({kv.key: kv.value for kv in status.values})
 
     def publish_tokens(self, tokens=None):
         self.frame += 1

@@ -7,12 +7,11 @@ import zlib
 
 import numpy as np
 import pytest
-from node_process import node_process
+from node_process import nodes_under_test
 
 DOMAIN = str(1 + zlib.crc32(b'test_trajectory_interface_dds') % 200)
 os.environ['ROS_DOMAIN_ID'] = DOMAIN
 rclpy = pytest.importorskip('rclpy')
-from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
@@ -48,16 +47,10 @@ def _sec(t):
 def stack(tmp_path_factory):
     params = tmp_path_factory.mktemp('traj') / 'params.yaml'
     params.write_text(PARAMS)
-    with node_process('vla_ros.nodes.sim_arm_node', NS, params, DOMAIN) as sim, \
-            node_process('vla_ros.nodes.action_node', NS, params, DOMAIN) as action:
-        rclpy.init()
-        node = Node('traj_dds_test', namespace=NS)
-        try:
-            yield node
-            assert sim.poll() is None and action.poll() is None, 'a node died'
-        finally:
-            node.destroy_node()
-            rclpy.shutdown()
+    with nodes_under_test(['vla_ros.nodes.sim_arm_node', 'vla_ros.nodes.action_node'], NS, params, DOMAIN,
+                          'traj_dds_test') as (node, procs):
+        yield node
+        assert all(p.poll() is None for p in procs), 'a node died'
 
 
 def test_chunks_as_trajectories_drive_the_sim_arm_like_a_jtc(stack):

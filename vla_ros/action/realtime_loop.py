@@ -13,6 +13,7 @@ to CLOCK_MONOTONIC; the sink's ROS clock is sampled once per tick to stamp messa
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable, Dict, Optional, Protocol
 
@@ -22,6 +23,7 @@ from vla_ros.action.controller import ChunkResult, ControlLoop
 from vla_ros.action.inference_proc import ChunkInbox, InferenceChannels
 from vla_ros.action.shm import SeqSlot
 from vla_ros.action.rt import DeadlineLoop, GcPolicy
+from vla_ros.action.safety import SafetyReport
 from vla_ros.action.trajectory import TrajectoryFollower, chunk_trajectory
 from vla_ros.config.action import ActionConfig
 
@@ -33,6 +35,9 @@ STAT_KEYS = ('ticks', 'missed_deadlines', 'skipped_periods', 'tick_errors', 'gc_
              'worst_major_faults', 'inputs_max_ms', 'safety_max_ms', 'trajectory_max_ms', 'chunk_publish_max_ms',
              'commands_published', 'trajectories_sent', 'stop_trajectories_sent', 'chunks',
              'mode', 'realtime_granted', 'heartbeat')
+# The safety filter's counters (ticks on which it held, limited, re-anchored, ...), as the node reports them.
+SAFETY_KEYS = tuple(f'safety_{f.name}' for f in dataclasses.fields(SafetyReport)) + ('safety_ticks',)
+STAT_KEYS = STAT_KEYS + SAFETY_KEYS
 # Whole-run maxima of the tick's phases [ms]: shared-memory inputs + chunk commit, ControlLoop.tick
 # (staleness, safety filter), trajectory building + publishing, ActionChunk message publishing.
 PHASES = ('inputs', 'safety', 'trajectory', 'chunk_publish')
@@ -258,6 +263,7 @@ class RealtimeController:
         if self.deadline.last_error:
             out['last_tick_error'] = self.deadline.last_error
         out.update(chunks=self.loop.chunk_count)
+        out.update({f'safety_{k}': v for k, v in self.loop.safety.counters.items()})
         if self._trajectory:
             out.update(trajectories_sent=self.trajectories_sent, stop_trajectories_sent=self.stop_trajectories_sent)
         if self.backend is not None:
@@ -273,7 +279,7 @@ def stats_from_slot(slot: SeqSlot, out: Dict[str, np.ndarray]) -> Dict[str, obje
     stats: Dict[str, object] = {k: float(v[i]) for i, k in enumerate(STAT_KEYS)}
     for k in ('ticks', 'missed_deadlines', 'skipped_periods', 'tick_errors', 'gc_runs', 'commands_published',
               'run_gaps_over_5ms', 'worst_voluntary_csw', 'worst_involuntary_csw', 'worst_minor_faults',
-              'worst_major_faults', 'trajectories_sent', 'stop_trajectories_sent', 'chunks'):
+              'worst_major_faults', 'trajectories_sent', 'stop_trajectories_sent', 'chunks') + SAFETY_KEYS:
         stats[k] = int(stats[k])
     mode = int(stats.pop('mode'))
     stats['mode'] = MODES[mode] if 0 <= mode < len(MODES) else 'unknown'

@@ -5,10 +5,14 @@ differs from the previous command by at most max_velocity * elapsed time per joi
 elapsed time is the real time since the previous command (at most `_MAX_TICK_GAP` control
 periods): ticks that bunch up after a stall command proportionally smaller steps, so the
 commanded speed in real time never exceeds max_velocity. The reference of every step is the
-last command, unless that is further than `max_tracking_error` from the MEASURED position:
-when a joint is not where it was commanded (episode reset, an obstruction), that joint's
-commands restart from where it is, at rest, instead of pulling it towards a stale command at
-actuator speed. The
+last command, unless the arm is not where the command stream left it: a joint further than
+`max_tracking_error` from its last command (episode reset, an obstruction), or a measured position
+that moved further between two joint states than the arm can move (`max_measured_jump` plus
+twice the max speed times their time apart: an episode reset that teleported the arm, a push).
+Then the WHOLE arm (every joint with a tracking tolerance > 0; not a gripper squeezing an object)
+restarts from where it is, at rest: re-anchoring only the joints beyond the
+tolerance left the others up to `max_tracking_error` from an arm at rest, and its servos closed
+that gap at actuator speed (the sim's wrist at 2.2 rad/s after an episode reset). The
 very first command, and the first after `reset()` or an e-stop release, is the measured
 position clamped into the limits.
 
@@ -28,6 +32,9 @@ from vla_ros.config.action import SafetyConfig
 # A late tick moves at most this many control periods' worth: no catch-up after a stall, so no
 # command step ever exceeds max_velocity * control_dt (and early ticks move proportionally less).
 _MAX_TICK_GAP = 1.0
+# A measured joint moving faster than this many times its max speed between two joint states was
+# displaced, not driven (a position servo catching up its lag stays well below twice the speed).
+_JUMP_SPEED_FACTOR = 2.0
 
 
 @dataclass
@@ -63,12 +70,16 @@ class SafetyFilter:
         # per-joint limits (a gripper joint has its own); scalars when no per-joint list is given
         self.max_velocity = self._per_joint(config.joint_max_velocity, config.max_velocity)
         self.max_acceleration = self._per_joint(config.joint_max_acceleration, config.max_acceleration)
+        # joints that restart with the arm when it is not where the command stream left it (tolerance > 0)
+        self.max_tracking_error = self._per_joint(config.joint_max_tracking_error, config.max_tracking_error)
+        self.tracked = self.max_tracking_error > 0
         self.max_step = self.max_velocity * self.dt
         self.max_dv = self.max_acceleration * self.dt
         self.last_command: Optional[np.ndarray] = None
         self.last_velocity = np.zeros_like(self.lower)
         self.last_time: Optional[float] = None
         self._restart = False                 # next valid measurement re-seeds the command (e-stop release)
+        self._last_measured: Optional[Tuple[np.ndarray, float]] = None   # (position, its time on `now`'s clock)
         self._estop = False
         self.counters: Dict[str, int] = {f.name: 0 for f in fields(SafetyReport)}
         self.counters['ticks'] = 0
@@ -143,6 +154,7 @@ class SafetyFilter:
         self.counters['ticks'] += 1
         measured = self._valid(measured)
         dt = self._elapsed(now)
+        jumped = self._measured_jumped(measured, now, joint_state_age_s)
         if self.last_command is not None and self._restart and measured is not None and not self._estop:
             ref = np.clip(measured, self.lower, self.upper)
             report.reanchored = True
@@ -150,17 +162,19 @@ class SafetyFilter:
             self._restart = False
         elif self.last_command is not None:
             ref = self.last_command
-            base_tol = float(self.config.max_tracking_error)
-            tol = np.full(self.lower.shape, base_tol)
-            if base_tol > 0 and joint_state_age_s is not None and math.isfinite(joint_state_age_s):
+            travel = np.zeros_like(self.lower)
+            if joint_state_age_s is not None and math.isfinite(joint_state_age_s):
                 # an old measurement may trail the arm by what it could travel since
-                tol = tol + self.max_velocity * max(float(joint_state_age_s), 0.0)
-            if measured is not None and base_tol > 0:
-                far = np.abs(ref - measured) > tol
-                if np.any(far):                      # those joints restart from rest where the arm IS
-                    ref = np.where(far, np.clip(measured, self.lower, self.upper), ref)
-                    report.reanchored = True
-                    self.last_velocity = np.where(far, 0.0, self.last_velocity)
+                travel = self.max_velocity * max(float(joint_state_age_s), 0.0)
+            tol = self.max_tracking_error + travel
+            far = measured is not None and bool(np.any(self.tracked & (np.abs(ref - measured) > tol)))
+            if far or jumped:                        # the whole arm restarts from rest where it IS:
+                # within what it could travel since it was measured, nearest the last command (a stalled
+                # sim catching up moves on meanwhile; restarting at a 70 ms old position yanked it back)
+                here = np.clip(ref, measured - travel, measured + travel)
+                ref = np.where(self.tracked, np.clip(here, self.lower, self.upper), ref)
+                report.reanchored = True
+                self.last_velocity = np.where(self.tracked, 0.0, self.last_velocity)
         elif measured is not None:
             ref = np.clip(measured, self.lower, self.upper)
             report.clamped_position = bool(np.any(ref != measured))
@@ -209,6 +223,23 @@ class SafetyFilter:
             self.last_time = float(now)
         self._count(report)
         return command.copy(), report
+
+    def _measured_jumped(self, measured: Optional[np.ndarray], now: Optional[float],
+                         age: Optional[float]) -> bool:
+        """Did the measured arm move further since the previous measurement than it can move?
+
+        The measurement's time is `now - age` (the joint state's stamp); one repeated on later ticks
+        has the same time and never jumps. Without a clock or an age nothing is judged.
+        """
+        limit = float(self.config.max_measured_jump)
+        if measured is None or limit <= 0 or now is None or age is None or not math.isfinite(age):
+            return False
+        t = float(now) - float(age)
+        prev, self._last_measured = self._last_measured, (measured.copy(), t)
+        if prev is None or t < prev[1]:
+            return False
+        reach = limit + _JUMP_SPEED_FACTOR * self.max_velocity * (t - prev[1])
+        return bool(np.any(self.tracked & (np.abs(measured - prev[0]) > reach)))
 
     def _count(self, report: SafetyReport) -> None:
         for f in fields(report):

@@ -26,10 +26,20 @@ class SafetyConfig:
     stale_joint_state_timeout_s: float = param(0.5, 'Any commanded joint\'s position (by name, by stamp) older '
                                                'than this -> hold', range=(0.0, 3600.0))
     stale_behavior: str = param('hold', 'What to do on stale inputs', choices=('hold', 'decay'))
-    max_tracking_error: float = param(0.2, 'When a joint\'s last command is further than this (rad) from its '
-                                      'measured position (episode reset, obstruction), that joint restarts from the '
-                                      'measured position at rest; above the normal tracking lag (0 = off)',
+    max_tracking_error: float = param(0.2, 'When any joint\'s last command is further than this (rad) from its '
+                                      'measured position (episode reset, obstruction), the whole arm restarts from '
+                                      'the measured position at rest; above the normal tracking lag (0 = off)',
                                       range=(0.0, 100.0))
+    joint_max_tracking_error: List[float] = param([], 'Per-joint max_tracking_error, one per joint; empty = '
+                                                  'max_tracking_error for every joint. 0 = that joint never '
+                                                  'restarts with the arm (a gripper squeezing an object sits '
+                                                  'away from its command on purpose)')
+    max_measured_jump: float = param(0.2, 'When a joint\'s measured position moves further than this (rad) plus '
+                                     'twice its max speed times the time between two joint states\' stamps, the arm '
+                                     'was displaced (episode reset, a push): the whole arm restarts from the measured '
+                                     'position at rest (0 = off). Above what the sim arm moves in one catch-up burst '
+                                     '(0.1 s of physics published at once after a stall); an arm whose driver stamps '
+                                     'each state when measured can use ~0.05', range=(0.0, 100.0))
 
 
 @dataclass
@@ -122,7 +132,7 @@ class ActionConfig:
             raise ConfigError(f'action.action_dim={self.action_dim} but {n} joint_names')
         if len(self.safety.joint_lower) != n or len(self.safety.joint_upper) != n:
             raise ConfigError('safety.joint_lower/joint_upper need one value per joint')
-        for name in ('joint_max_velocity', 'joint_max_acceleration'):
+        for name in ('joint_max_velocity', 'joint_max_acceleration', 'joint_max_tracking_error'):
             values = getattr(self.safety, name)
             if values and (len(values) != n or min(values) < 0):
                 raise ConfigError(f'safety.{name} needs one non-negative value per joint (or none)')

@@ -38,6 +38,8 @@ TASK_PRESETS: Dict[str, Dict[str, object]] = {
         + [GRIPPER_MAX_VELOCITY],
         'action.safety.joint_max_acceleration': [_ARM_SAFETY.max_acceleration] * len(PANDA_JOINT_NAMES)
         + [GRIPPER_MAX_ACCELERATION],
+        # the gripper squeezes a cube with its command inside the fingers: it never restarts with the arm
+        'action.safety.joint_max_tracking_error': [_ARM_SAFETY.max_tracking_error] * len(PANDA_JOINT_NAMES) + [0.0],
     },
 }
 TASKS = ('touch',) + tuple(TASK_PRESETS)      # touch = the defaults (config/vla.yaml)

@@ -14,15 +14,16 @@ NODE_MODE_MARGIN_S = 1.5   # diagnostics come at 1 Hz: a hold still counts if re
 
 
 def judge(fault_name: str, probe, limits: fm.Limits, t0: float, t1: float, t_end: float,
-          diag_before, expect_hold: bool) -> dict:
-    js_rows, cmd_rows, _, _, diag_after = probe.snapshot()
+          diag_before, expect_hold: bool, sim_sample_period_s: float = fm.SIM_SAMPLE_PERIOD_S) -> dict:
+    js_rows, cmd_rows, status_rows, _, diag_after = probe.snapshot()
+    resets_ns = [s[4] for s in status_rows if s[2]]     # the sim resets the arm right after a done status
     joints = len(probe.joint_names)
     js = fm.Series.from_rows(js_rows, joints).window(t0, t_end)
     cmd = fm.Series.from_rows(cmd_rows, joints)
     hold = fm.time_to_hold(cmd, t0, t1 + 0.5) if expect_hold else None
     modes, token_times = probe.liveness()
     return {'fault': fault_name, 't0': t0, 't1': t1, 't_end': t_end, 'expect_hold': expect_hold,
-            'violations': fm.measured_violations(js, limits),
+            'violations': fm.measured_violations(js, limits, resets_ns, sim_sample_period_s),
             'commanded_peak_speed': fm.commanded_peak_speed(cmd.window(t0, t_end)),
             'time_to_hold_s': hold, 'time_to_recover_s': fm.time_to_recover(cmd, t1, t_end),
             # the action node's own account (1 Hz diagnostics) and whether perception still produced

@@ -1,8 +1,9 @@
 """Judging one fault from what a probe saw (plain numpy, no ROS).
 
-* limit violations are judged on the MEASURED arm state (sim joint_states: position, velocity,
-  and acceleration from consecutive velocities), with small tolerances for the simulator's
-  PD tracking; the commanded stream's own peak speed is reported beside them;
+* limit violations are judged on the MEASURED arm state (sim joint_states: position; velocity and
+  acceleration on the sim's clock AND the wall clock, see measured_violations), with small
+  tolerances for the simulator's PD tracking; the commanded stream's own peak speed is reported
+  beside them;
 * time to hold: from injection until the command stream stops changing (or stops) for
   `HOLD_S`; time to recover: from the end of the injection until commands move again;
 * bag completeness: every message the probe received on a reliable topic must be in the bag.
@@ -19,6 +20,7 @@ SPEED_WINDOW_S = 0.2    # measured speed = position change over this much wall-c
 #                         sim's largest physics catch-up burst, 0.1 s, which would otherwise read as speed)
 ACCEL_WINDOW_S = 0.1    # acceleration = change between consecutive speeds over this window
 TELEPORT_RAD = 0.3      # a joint moving this much between two joint states (10 ms) was reset, not moved
+SIM_SAMPLE_PERIOD_S = 0.01   # the sim arm's joint-state period in sim time (1 / sim.joint_state_rate_hz)
 MOVE_EPS = 1e-6         # rad: a command differing by more than this from the previous one moves
 RECOVER_STEPS = 3       # recovered = this many moving commands ...
 RECOVER_WINDOW_S = 0.5  # ... within this long (one re-anchoring step after an episode reset is no motion)
@@ -61,50 +63,70 @@ class Series:
         return Series(self.t[m], self.stamp_ns[m], self.values[m], None if self.extra is None else self.extra[m])
 
 
-def measured_violations(js: Series, limits: Limits) -> Dict[str, float]:
+def measured_violations(js: Series, limits: Limits, resets_ns: Sequence[int] = (),
+                        sim_sample_period_s: float = SIM_SAMPLE_PERIOD_S) -> Dict[str, float]:
     """Joint-state samples beyond position / velocity / acceleration limits, and the peaks.
 
-    A joint's speed over a window counts as the smaller of its wall-clock and its sim-time speed.
-    Speeds are judged in REAL time: position change over `SPEED_WINDOW_S` of header stamps (wall
-    clock), because the simulator's own velocities are in sim time, which falls behind the wall
-    clock on a loaded machine (and then catches up in bursts) and makes a 1.5 rad/s command look
-    faster; the sim-time peak is reported as 'peak_speed_sim'. Windows containing a
-    teleport (an episode reset moves the arm instantly: |dq| > TELEPORT_RAD between two samples)
-    are not motion and are left out (counted in 'teleports'). Acceleration is the change between
-    consecutive windows' speeds.
+    Which speed: the arm's motion is judged on two clocks and a window counts only when BOTH say
+    it was too fast (velocity and acceleration alike):
+    * sim time: the simulator's own joint velocities (its physics state). Speed of a window =
+      mean |qvel| of its samples; acceleration = change of the windows' mean qvel over the sim time
+      between them (samples x `sim_sample_period_s`: the sim publishes a joint state at most every
+      period of sim time, so this is an upper bound). An episode reset (teleport) has no velocity;
+      but when the sim falls behind the wall clock, a real-time command stream looks faster here;
+    * wall clock: position change over header stamps (`SPEED_WINDOW_S`, `ACCEL_WINDOW_S`), what a
+      real arm executing the same commands in real time would do; but a physics catch-up burst (up
+      to 0.1 s of physics published within a few ms) or a teleport looks faster here.
+    A real fling (a servo closing a position step) shows on both clocks; each artefact on one only.
+    Windows never span an episode reset: one starts at every reset the sim announced (TaskStatus
+    done, `resets_ns` = their stamps) and at any unannounced jump (> TELEPORT_RAD in one sample, a
+    restarted sim), counted in 'episode_resets' and 'teleports'. Peaks are of the judged (smaller) values;
+    'peak_speed_sim' is the largest instantaneous sim velocity.
     """
     out = {'position': 0, 'velocity': 0, 'acceleration': 0, 'peak_speed': 0.0, 'peak_accel': 0.0,
-           'peak_speed_sim': 0.0, 'teleports': 0}
+           'peak_speed_sim': 0.0, 'teleports': 0, 'episode_resets': 0}
     q = js.values
     if q.shape[0] == 0:
         return out
     out['position'] = int(np.sum(np.any((q < limits.lower - limits.position_tol) |
                                         (q > limits.upper + limits.position_tol), axis=1)))
-    if js.extra is not None and js.extra.shape == q.shape:
-        out['peak_speed_sim'] = float(np.abs(js.extra).max())
+    qvel = js.extra if js.extra is not None and js.extra.shape == q.shape else None
+    if qvel is not None:
+        out['peak_speed_sim'] = float(np.abs(qvel).max())
     t = js.stamp_ns / 1e9
-    jump = np.r_[False, np.abs(np.diff(q, axis=0)).max(axis=1) > TELEPORT_RAD] if q.shape[0] > 1 else np.zeros(1, bool)
-    out['teleports'] = int(jump.sum())
-    segment = np.cumsum(jump)
-    i, v = _window_speeds(t, q, segment, SPEED_WINDOW_S)
+    jump = np.zeros(q.shape[0], bool)
+    jump[1:] = np.abs(np.diff(q, axis=0)).max(axis=1) > TELEPORT_RAD
+    announced = np.zeros(q.shape[0], bool)
+    for stamp in resets_ns:                  # the first sample stamped after the reset starts a new episode
+        k = int(np.searchsorted(js.stamp_ns, int(stamp), side='right'))
+        if 0 < k < q.shape[0]:
+            announced[k] = True
+    out['teleports'] = int(np.sum(jump & ~announced))
+    out['episode_resets'] = int(announced.sum())
+    segment = np.cumsum(jump | announced)
+
+    i, j, v = _windows(t, q, segment, SPEED_WINDOW_S)
     if i.size:
         speed = np.abs(v)
-        if js.extra is not None and js.extra.shape == q.shape:
-            # ... and in sim time (mean |qvel| over the same window): a physics catch-up burst inflates
-            # only the first, a slowed-down sim only the second; a real fling shows in both.
-            csum = np.vstack([np.zeros((1, q.shape[1])), np.cumsum(np.abs(js.extra), axis=0)])
-            j = np.searchsorted(t, t[i] + SPEED_WINDOW_S)
-            sim_speed = (csum[j + 1] - csum[i]) / (j + 1 - i)[:, None]
-            speed = np.minimum(speed, sim_speed)
+        if qvel is not None:
+            speed = np.minimum(speed, _window_mean(np.abs(qvel), i, j))
         out['peak_speed'] = float(speed.max())
         out['velocity'] = int(np.sum(np.any(speed > limits.max_velocity * (1 + limits.velocity_tol), axis=1)))
-    i, v = _window_speeds(t, q, segment, ACCEL_WINDOW_S)
+
+    i, j, v = _windows(t, q, segment, ACCEL_WINDOW_S)
     if i.size:
-        k = np.searchsorted(t[i], t[i] + ACCEL_WINDOW_S)
+        k = np.searchsorted(t[i], t[i] + ACCEL_WINDOW_S)     # the next window (index into i)
         ok = k < i.size
-        dt = t[i][k[ok]] - t[i][ok]
-        good = (dt > 0) & (segment[i][k[ok]] == segment[i][ok])
-        acc = np.abs(v[k[ok]] - v[ok])[good] / dt[good, None]
+        a, b = np.nonzero(ok)[0], k[ok]
+        dt = t[i][b] - t[i][a]
+        good = (dt > 0) & (segment[i][b] == segment[i][a])
+        a, b, dt = a[good], b[good], dt[good]
+        acc = np.abs(v[b] - v[a]) / dt[:, None]
+        if qvel is not None and a.size:
+            v_sim = _window_mean(qvel, i, j)
+            centres = (i + j) / 2.0                          # in samples
+            dt_sim = (centres[b] - centres[a]) * sim_sample_period_s
+            acc = np.minimum(acc, np.abs(v_sim[b] - v_sim[a]) / dt_sim[:, None])
         if acc.size:
             out['peak_accel'] = float(acc.max())
             out['acceleration'] = int(np.sum(np.any(
@@ -112,15 +134,23 @@ def measured_violations(js: Series, limits: Limits) -> Dict[str, float]:
     return out
 
 
-def _window_speeds(t: np.ndarray, q: np.ndarray, segment: np.ndarray, window_s: float):
-    """(start indices, speeds [N, J]) over `window_s` of stamps, within one teleport-free segment."""
+def _windows(t: np.ndarray, q: np.ndarray, segment: np.ndarray, window_s: float):
+    """(start indices i, end indices j, wall-clock speeds [N, J]) of windows `window_s` of stamps
+    long, each within one reset-free segment."""
     i = np.arange(q.shape[0])
     j = np.searchsorted(t, t + window_s)
     ok = j < q.shape[0]
     i, j = i[ok], j[ok]
     ok = (segment[i] == segment[j]) & (t[j] > t[i])
     i, j = i[ok], j[ok]
-    return i, (q[j] - q[i]) / (t[j] - t[i])[:, None] if i.size else np.zeros((0, q.shape[1]))
+    v = (q[j] - q[i]) / (t[j] - t[i])[:, None] if i.size else np.zeros((0, q.shape[1]))
+    return i, j, v
+
+
+def _window_mean(x: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Mean of samples i..j (inclusive) of x [N, J], per window."""
+    csum = np.vstack([np.zeros((1, x.shape[1])), np.cumsum(x, axis=0)])
+    return (csum[j + 1] - csum[i]) / (j + 1 - i)[:, None]
 
 
 def commanded_peak_speed(cmd: Series) -> float:

@@ -45,7 +45,7 @@ class FaultProbe(Node):
         self._lock = threading.Lock()
         self.joint_states: List[tuple] = []     # (t, stamp_ns, positions, velocities)
         self.commands: List[tuple] = []         # (t, stamp_ns, positions)
-        self.status: List[tuple] = []           # (t, episode, done, success)
+        self.status: List[tuple] = []           # (t, episode, done, success, stamp_ns)
         self.keys: Dict[str, List[Tuple[float, tuple]]] = {t: [] for t in CHECKED_TOPICS}
         self.diagnostics: Dict[str, Dict[str, str]] = {}
         self.action_modes: List[Tuple[float, str]] = []   # (t, the action node's reported mode)
@@ -88,7 +88,8 @@ class FaultProbe(Node):
     def _on_status(self, msg: TaskStatus) -> None:
         self._key('task/status', msg)
         with self._lock:
-            self.status.append((time.monotonic(), int(msg.episode), bool(msg.done), bool(msg.success)))
+            self.status.append((time.monotonic(), int(msg.episode), bool(msg.done), bool(msg.success),
+                                stamp_to_ns(msg.header.stamp)))
 
     def _on_tokens(self, msg: LatentTokens) -> None:
         with self._lock:

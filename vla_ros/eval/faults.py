@@ -30,6 +30,7 @@ import yaml
 from vla_ros import stack
 from vla_ros.bringup import merge_params
 from vla_ros.config.action import ActionConfig
+from vla_ros.config.sim import SimConfig
 from vla_ros.eval import fault_metrics as fm
 from vla_ros.eval.fault_inject import CONSUMERS, Fault, RelayFault, select
 from vla_ros.eval.fault_judge import bag_check, episode_outcomes, failure_reasons, judge, markdown
@@ -184,6 +185,7 @@ def run(args) -> int:
     cfg = ActionConfig()
     limits = fm.Limits(np.array(cfg.safety.joint_lower), np.array(cfg.safety.joint_upper),
                        cfg.safety.max_velocity, cfg.safety.max_acceleration)
+    sim_period = 1.0 / SimConfig().joint_state_rate_hz    # the sim's joint-state period in sim time
 
     import rclpy
     from vla_ros.eval.fault_probe import FaultProbe
@@ -205,7 +207,8 @@ def run(args) -> int:
         t0 = time.monotonic()
         diag = probe.diagnostics_copy()
         time.sleep(BASELINE_S)
-        rows.append(judge('baseline', probe, limits, t0, t0, time.monotonic(), diag, expect_hold=False))
+        rows.append(judge('baseline', probe, limits, t0, t0, time.monotonic(), diag, expect_hold=False,
+                          sim_sample_period_s=sim_period))
         rows[-1]['load_average'] = [round(x, 2) for x in os.getloadavg()]
         for i, fault in enumerate(faults):
             log(f'[{i + 1}/{len(faults)}] {fault.name}: {fault.what}')
@@ -217,7 +220,8 @@ def run(args) -> int:
             limit = RECOVER_TIMEOUT_S.get(fault.action, DEFAULT_RECOVER_TIMEOUT_S)
             _wait_until(lambda: _moving_since(probe, t1), limit)
             time.sleep(SETTLE_S)
-            rows.append(judge(fault.name, probe, limits, t0, t1, time.monotonic(), diag, fault.expect_hold))
+            rows.append(judge(fault.name, probe, limits, t0, t1, time.monotonic(), diag, fault.expect_hold,
+                              sim_period))
             r = rows[-1]
             r['load_average'] = [round(x, 2) for x in os.getloadavg()]
             log(f'    hold {r["time_to_hold_s"]} s, recover {r["time_to_recover_s"]} s, '
@@ -237,7 +241,7 @@ def run(args) -> int:
                         js_t=[r[0] for r in js_rows], js_stamp=[r[1] for r in js_rows],
                         js_q=[r[2] for r in js_rows], js_v=[r[3] for r in js_rows],
                         cmd_t=[r[0] for r in cmd_rows], cmd_stamp=[r[1] for r in cmd_rows],
-                        cmd_q=[r[2] for r in cmd_rows], status=np.array(status_rows, float).reshape(-1, 4))
+                        cmd_q=[r[2] for r in cmd_rows], status=np.array(status_rows, float).reshape(-1, 5))
     bag_total = bag_check(rows, probe, bag_dir, args.namespace, t_recorder_stop or t_stop)
     episode_outcomes(rows, probe)
     table = fm.summarise(rows)
@@ -252,10 +256,9 @@ def run(args) -> int:
               'fastdds_builtin_transports': env.get('FASTDDS_BUILTIN_TRANSPORTS', 'DEFAULT (SHM + UDPv4)'),
               'link': hosts.link_stats, 'diagnostics_at_end': final_diagnostics,
               'short': args.short, 'load_average': [round(x, 2) for x in os.getloadavg()],
-              'load_average_at_start': load_at_start, 'limits': {'max_velocity': limits.max_velocity,
-                                              'max_acceleration': limits.max_acceleration,
-                                              'velocity_tol': limits.velocity_tol,
-                                              'acceleration_tol': limits.acceleration_tol}}
+              'load_average_at_start': load_at_start, 'sim_sample_period_s': sim_period,
+              'limits': {'max_velocity': limits.max_velocity, 'max_acceleration': limits.max_acceleration,
+                         'velocity_tol': limits.velocity_tol, 'acceleration_tol': limits.acceleration_tol}}
     with open(os.path.join(out, 'faults.json'), 'w') as fh:
         json.dump(result, fh, indent=1, default=float)
     with open(os.path.join(out, 'faults.txt'), 'w') as fh:

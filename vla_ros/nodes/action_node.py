@@ -167,29 +167,28 @@ class ActionNode(Node):
             return None
         return local_time_of_stamp(stamp_ns, now_ns, time.monotonic())
 
-    def _on_plan(self, msg: Plan) -> None:
+    def _accept(self, tokens_msg, stamp, gate: StampGate, what: str, ident: int) -> Optional[tuple]:
+        """(tokens, ident, stamp on the monotonic clock) of one plan or perception input, or None after
+        counting why it was dropped ('bad_<what>_tokens', '<what>_<stamp reason>')."""
         try:
-            tokens = msg_to_tokens(msg.plan_tokens, self.cfg.max_token_abs)
+            tokens = msg_to_tokens(tokens_msg, self.cfg.max_token_abs)
         except TokenDecodeError as exc:
-            self.drops.drop('bad_plan_tokens', str(exc))
-            return
-        t = self._stamp_time(msg.header.stamp, self._plan_gate, 'plan')
-        if t is None:
-            return
-        self._plan_cache = (tokens, int(msg.plan_id), t)
-        self._feed()
+            self.drops.drop(f'bad_{what}_tokens', str(exc))
+            return None
+        t = self._stamp_time(stamp, gate, what)
+        return None if t is None else (tokens, int(ident), t)
+
+    def _on_plan(self, msg: Plan) -> None:
+        cached = self._accept(msg.plan_tokens, msg.header.stamp, self._plan_gate, 'plan', msg.plan_id)
+        if cached is not None:
+            self._plan_cache = cached
+            self._feed()
 
     def _on_tokens(self, msg: LatentTokens) -> None:
-        try:
-            tokens = msg_to_tokens(msg, self.cfg.max_token_abs)
-        except TokenDecodeError as exc:
-            self.drops.drop('bad_perception_tokens', str(exc))
-            return
-        t = self._stamp_time(msg.header.stamp, self._tokens_gate, 'perception')
-        if t is None:
-            return
-        self._vis_cache = (tokens, int(msg.sequence), t)
-        self._feed()
+        cached = self._accept(msg, msg.header.stamp, self._tokens_gate, 'perception', msg.sequence)
+        if cached is not None:
+            self._vis_cache = cached
+            self._feed()
 
     def _feed(self) -> None:
         """Hand the newest tokens to the loop, building the head once both token widths are known."""
@@ -202,27 +201,29 @@ class ActionNode(Node):
             if loop is None:
                 return
         hc = loop.head.config
+        infer = self.infer
         try:
             if plan is not None:
                 self._plan_cache = None
-                tokens, plan_id, stamp_time = plan     # stamp_time: the plan's stamp on the monotonic clock
-                if tokens.shape[1] != hc.plan_dim:
-                    self.drops.drop('plan_dim', f'plan token dim {tokens.shape[1]} != head plan_dim {hc.plan_dim}')
-                else:
-                    if self.infer is not None:
-                        self.infer.update_plan(tokens, plan_id, stamp_time)
-                    loop.update_plan(tokens, plan_id, now=stamp_time)
+                self._hand_over('plan', plan, hc.plan_dim, loop.update_plan,
+                                None if infer is None else infer.update_plan)
             if vis is not None:
                 self._vis_cache = None
-                tokens, sequence, stamp_time = vis
-                if tokens.shape[1] != hc.vis_dim:
-                    self.drops.drop('perception_dim', f'token dim {tokens.shape[1]} != head vis_dim {hc.vis_dim}')
-                else:
-                    if self.infer is not None:
-                        self.infer.update_perception(tokens, sequence, stamp_time)
-                    loop.update_perception(tokens, sequence, now=stamp_time)
+                self._hand_over('perception', vis, hc.vis_dim, loop.update_perception,
+                                None if infer is None else infer.update_perception)
         except ValueError as exc:  # more tokens than action.max_tokens
             self.drops.drop('too_many_tokens', str(exc))
+
+    def _hand_over(self, what: str, cached: tuple, dim: int, to_loop, to_infer) -> None:
+        """One input's tokens to the inference process (if any) and the loop; a token width the head
+        was not built for is a drop ('<what>_dim')."""
+        tokens, ident, stamp_time = cached     # stamp_time: the input's stamp on the monotonic clock
+        if tokens.shape[1] != dim:
+            self.drops.drop(f'{what}_dim', f'{what} token dim {tokens.shape[1]} != head {dim}')
+            return
+        if to_infer is not None:
+            to_infer(tokens, ident, stamp_time)
+        to_loop(tokens, ident, now=stamp_time)
 
     def _on_joint_state(self, msg: JointState) -> None:
         """Joints are taken BY NAME from any publisher; their age is that of the oldest arm joint's stamp."""
@@ -297,7 +298,8 @@ class ActionNode(Node):
                        smoothing=self.cfg.smoothing)
             if loop.last_error:
                 out['last_inference_error'] = loop.last_error
-            out.update({f'safety_{k}': v for k, v in loop.safety.counters.items()})
+            if self.ctrl is None:    # else the control process's filter counts (its stats, above)
+                out.update({f'safety_{k}': v for k, v in loop.safety.counters.items()})
         out.update({f'drop_{k}': v for k, v in sorted(self.drops.counts.items())})
         out['stamp_gate_resets'] = self._plan_gate.resets + self._tokens_gate.resets
         return out

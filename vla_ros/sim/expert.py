@@ -14,24 +14,17 @@ from typing import Optional
 import numpy as np
 
 from vla_ros.sim.arm_env import HOME_Q, ArmEnv
-from vla_ros.sim.kinematics import ArmKinematics
+from vla_ros.sim.kinematics import ArmKinematics, ChunkIKConfig
 
 DOWN = np.array([0.0, 0.0, -1.0])
 
 
 @dataclass
-class ExpertConfig:
-    action_dt: float = 0.05          # seconds between chunk steps (ActionConfig.action_dt)
-    horizon: int = 16                # steps per chunk (ActionConfig.horizon)
+class ExpertConfig(ChunkIKConfig):   # + chunk grid and IK settings (orientation = "point down")
     max_speed: float = 0.35          # fingertip Cartesian speed limit (m/s)
-    max_joint_speed: float = 1.2     # per-joint speed limit (rad/s), below the safety filter's 1.5
     hover_height: float = 0.10       # approach height above the cube top (m)
     touch_height: float = 0.008      # final fingertip height above the cube top (m)
     funnel_slope: float = 2.0        # allowed height above touch per metre of horizontal error
-    damping: float = 0.05            # DLS damping (lambda)
-    orientation_weight: float = 0.5  # weight of the "point down" error relative to position
-    posture_gain: float = 0.1        # null-space pull towards the home posture
-    ik_iterations: int = 2           # IK refinements per chunk step
 
 
 class TouchExpert:

@@ -1,10 +1,23 @@
 """Kinematic rollouts of the sim arm for the scripted experts (never touching the live sim state)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Tuple
 
 import mujoco
 import numpy as np
+
+
+@dataclass
+class ChunkIKConfig:
+    """What every scripted expert shares: the chunk grid it plans on and the IK that rolls the arm along it."""
+    action_dt: float = 0.05          # seconds between chunk steps (ActionConfig.action_dt)
+    horizon: int = 16                # steps per chunk (ActionConfig.horizon)
+    max_joint_speed: float = 1.2     # per-joint speed limit (rad/s), below the safety filter's 1.5
+    damping: float = 0.05            # DLS damping (lambda)
+    orientation_weight: float = 0.5  # weight of the orientation error relative to position
+    posture_gain: float = 0.1        # null-space pull towards the home posture
+    ik_iterations: int = 2           # IK refinements per chunk step
 
 
 class ArmKinematics:

@@ -17,18 +17,15 @@ import numpy as np
 
 from vla_ros.sim.arm_env import GRIPPER_JOINT, GRIPPER_OPEN, HOME_Q, ArmEnv
 from vla_ros.sim.expert import DOWN
-from vla_ros.sim.kinematics import ArmKinematics
+from vla_ros.sim.kinematics import ArmKinematics, ChunkIKConfig
 
 GRIPPER_CLOSED = 0.0
 PHASES = ('reach', 'close', 'carry', 'release', 'retreat')
 
 
 @dataclass
-class PickPlaceExpertConfig:
-    action_dt: float = 0.05          # seconds between chunk steps (ActionConfig.action_dt)
-    horizon: int = 16                # steps per chunk (ActionConfig.horizon)
+class PickPlaceExpertConfig(ChunkIKConfig):   # + chunk grid and IK settings
     max_speed: float = 0.3           # fingertip Cartesian speed limit (m/s)
-    max_joint_speed: float = 1.2     # per-joint speed limit (rad/s), below the safety filter's 1.5
     gripper_speed: float = 0.1       # finger speed assumed by the rollout (m/s), = the gripper safety limit
     grasp_height: float = 0.015      # fingertip (ee site) height above the table when closing (m)
     hover_height: float = 0.09       # approach / carry height above the grasp / place pose (m)
@@ -40,10 +37,6 @@ class PickPlaceExpertConfig:
     place_drop: float = 0.002        # lower the cube this far below its resting height (m)
     release_tolerance: float = 0.006 # cube centre within this of its place pose -> open
     retreat_height: float = 0.16     # fingertip height after releasing (m)
-    damping: float = 0.05            # DLS damping
-    orientation_weight: float = 0.5  # weight of the orientation error relative to position
-    posture_gain: float = 0.1        # null-space pull towards the home posture
-    ik_iterations: int = 2
 
 
 def _yaw_of(axis: np.ndarray) -> float:
