@@ -126,10 +126,10 @@ def test_bad_images_are_dropped_and_node_keeps_working(harness):
         img.data = bytes(img.data[:100])
         return img
 
-    bad = ('drops.unsupported_encoding', 'drops.non_finite', 'drops.size_mismatch')
-    for fn in (wrong_encoding, nan_depth, truncated):
-        h.run(1.0, until=lambda: False, image_fn=fn)
-    assert h.run(10.0, until=lambda: all(int(h.diagnostics.get(k, 0)) > 0 for k in bad)), h.diagnostics
+    # Best-effort (sensor QoS) images may be lost on the way: each kind is sent until its drop is counted.
+    for fn, key in ((wrong_encoding, 'drops.unsupported_encoding'), (nan_depth, 'drops.non_finite'),
+                    (truncated, 'drops.size_mismatch')):
+        assert h.run(15.0, until=lambda: int(h.diagnostics.get(key, 0)) > 0, image_fn=fn), (key, h.diagnostics)
     bad_stamps = {s for s, kind in h.sent_stamps.items() if kind == 'bad'}
     assert not any(stamp_to_ns(m.header.stamp) in bad_stamps for m in h.tokens)
     # Still alive: good frames produce tokens again.
@@ -142,10 +142,13 @@ def test_one_pair_from_the_future_does_not_wedge_perception(harness):
     h = harness
     n = len(h.tokens)
     assert h.run(60.0, until=lambda: len(h.tokens) > n)      # the node is up and processing
-    h.publish(offset_ns=3600 * 1_000_000_000)
-    end = time.monotonic() + 1.0
-    while time.monotonic() < end:               # nothing newer: the worker really processes this pair
-        rclpy.spin_once(h.node, timeout_sec=0.01)
+    for _ in range(5):      # best-effort sensor QoS may lose half of the pair: then the next one (a jumped
+        h.publish(offset_ns=3600 * 1_000_000_000)       # clock stamps every message ahead, not only one)
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:           # nothing newer: the node really handles this pair
+            rclpy.spin_once(h.node, timeout_sec=0.01)
+        if int(h.diagnostics.get('drops.future_stamp', 0)) >= 1:
+            break
     start = len(h.tokens)
     assert h.run(20.0, until=lambda: len(h.tokens) >= start + 5 and
                  int(h.diagnostics.get('drops.future_stamp', 0)) >= 1), (len(h.tokens) - start, h.diagnostics)
@@ -156,11 +159,13 @@ def test_one_pair_from_the_future_does_not_wedge_perception(harness):
 def test_hostile_instruction_and_duplicate_joint_names_are_counted_drops(harness):
     h = harness
     h.instr_pub.publish(String(data='x' * 100_000))
-    for _ in range(5):
-        h.publish(names=('a', 'b', 'b', 'c'))
-        h.run(0.2, until=lambda: False, period=10.0)
-    assert h.run(10.0, until=lambda: int(h.diagnostics.get('drops.instruction_too_long', 0)) >= 1 and
-                 int(h.diagnostics.get('drops.bad_joint_state', 0)) >= 1), h.diagnostics
+    counted = lambda key: int(h.diagnostics.get(key, 0)) >= 1  # noqa: E731
+    deadline = time.monotonic() + 20.0
+    while not counted('drops.bad_joint_state') and time.monotonic() < deadline:
+        h.publish(names=('a', 'b', 'b', 'c'))     # best-effort sensor QoS: sent until one arrives and is counted
+        h.run(0.5, until=lambda: counted('drops.bad_joint_state'), period=10.0)
+    assert h.run(10.0, until=lambda: counted('drops.instruction_too_long') and
+                 counted('drops.bad_joint_state')), h.diagnostics
     assert h.diagnostics['instruction'] == 'touch the red cube'
     bad = {s for s, kind in h.sent_stamps.items() if kind == 'bad'}
     assert not any(stamp_to_ns(m.header.stamp) in bad for m in h.tokens)

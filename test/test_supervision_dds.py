@@ -112,9 +112,25 @@ def test_action_holds_while_perception_is_down(supervised_run):
     events = supervised_run['events']
     # from the stale-perception timeout after the kill until perception is back: a hold
     t0 = events['kill_perception'] + cfg.safety.stale_perception_timeout_s + 0.5
-    held = [c for t, c in supervised_run['commands'] if t0 <= t <= events['respawned'] + STARTUP_S]
+    held = [(t, c) for t, c in supervised_run['commands'] if t0 <= t <= events['respawned'] + STARTUP_S]
     assert len(held) > 20, f'{len(held)} commands while perception was down'
-    assert np.ptp(np.stack(held), axis=0).max() < 1e-6
+    # A hold does not move; the only change allowed is a restart at the measured arm (an episode reset
+    # teleported the sim arm while perception was down).
+    values = np.stack([c for _, c in held])
+    for i in np.flatnonzero(np.abs(np.diff(values, axis=0)).max(axis=1) >= 1e-6):
+        gap, allowed = _restart_gap(supervised_run, cfg, held[i + 1][0], values[i + 1], np.ones(len(values[i]), bool))
+        assert gap <= allowed, f'hold moved by {np.abs(values[i + 1] - values[i]).max():.3f} rad, not to the arm'
+
+
+def _restart_gap(run, cfg, stamp, command, joints):
+    """(distance of `command`'s `joints` from the last measured arm before `stamp`, what a restart may leave):
+    a restart from a measurement `age` s old lands within max_velocity * age of it (vla_ros.action.safety)."""
+    times = np.array([t for t, _ in run['measured']])
+    k = np.searchsorted(times, stamp) - 1
+    assert k >= 0, 'command step before any joint state'
+    q = np.array([run['measured'][k][1][n] for n in cfg.joint_names])
+    age = max(0.0, stamp - times[k])
+    return float(np.abs(command - q)[joints].max()), 0.1 + cfg.safety.max_velocity * age
 
 
 def test_no_command_beyond_the_limits(supervised_run):
@@ -128,14 +144,10 @@ def test_no_command_beyond_the_limits(supervised_run):
     # unless the command restarts at the arm's measured position (after an episode reset moved the arm)
     steps = np.abs(np.diff(values, axis=0))
     allowed = cfg.safety.max_velocity * (np.diff(stamps) + 1.0 / cfg.control_rate_hz) + 1e-9
-    times = np.array([t for t, _ in supervised_run['measured']])
     for i in np.flatnonzero((steps > allowed[:, None]).any(axis=1)):
-        fast = steps[i] > allowed[i]
-        k = np.searchsorted(times, stamps[i + 1]) - 1
-        assert k >= 0, f'step {steps[i].max():.3f} rad before any joint state'
-        q = np.array([supervised_run['measured'][k][1][n] for n in cfg.joint_names])
-        gap = np.abs(values[i + 1] - q)[fast].max()      # the fast joints restarted at the measured position
-        assert gap <= 0.1, f'step {steps[i].max():.3f} rad to a command {gap:.3f} rad from the measured arm'
+        fast = steps[i] > allowed[i]            # the fast joints restarted at the measured position
+        gap, limit = _restart_gap(supervised_run, cfg, stamps[i + 1], values[i + 1], fast)
+        assert gap <= limit, f'step {steps[i].max():.3f} rad to a command {gap:.3f} rad from the measured arm'
 
 
 def test_required_node_exit_shuts_the_stack_down(supervised_run):

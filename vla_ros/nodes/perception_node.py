@@ -86,11 +86,49 @@ class PerceptionNode(Node):
             self._cond.notify()
 
     def _on_pair(self, image, joint_state) -> None:
+        # Checked on arrival, in arrival order: a bad or mis-stamped pair is a counted drop even when a newer
+        # pair would have superseded it before the worker got to it, and it never supersedes a good one.
+        try:
+            checked = self._check(image, joint_state)
+        except Exception as exc:  # never let one message kill the input callbacks
+            self.drops.drop('input_error', repr(exc))
+            return
+        if checked is None:
+            return
         with self._cond:
             if self._pending is not None:
                 self.superseded += 1          # only the newest frame matters
-            self._pending = (image, joint_state)
+            self._pending = checked
             self._cond.notify()
+
+    def _check(self, image, joint_state) -> Optional[tuple]:
+        """(image, rgb, proprio) of a valid pair, or None after counting the drop with its reason."""
+        stamp_ns = stamp_to_ns(image.header.stamp)
+        reason = self.gate.check(stamp_ns, self.get_clock().now().nanoseconds)
+        if reason is not None:
+            self.drops.drop(reason, f'image stamp {stamp_ns}')
+            return None
+        cfg = self.cfg
+        if (cfg.expected_width and image.width != cfg.expected_width) or \
+                (cfg.expected_height and image.height != cfg.expected_height):
+            self.drops.drop('wrong_size', f'{image.width}x{image.height}, expected '
+                                          f'{cfg.expected_width}x{cfg.expected_height}')
+            return None
+        try:
+            rgb = image_msg_to_rgb(image, cfg.depth_max_m)
+        except ImageConversionError as exc:
+            self.drops.drop(exc.reason, str(exc))
+            return None
+        try:  # proprioception BY NAME, in perception.joint_names order
+            proprio = positions_by_name(joint_state.name, joint_state.position,
+                                        self.cfg.joint_names).astype(np.float32)
+        except ValueError as exc:
+            self.drops.drop('bad_joint_state', str(exc))
+            return None
+        if not np.all(np.isfinite(proprio)):
+            self.drops.drop('bad_joint_state', f'non-finite positions {proprio.tolist()}')
+            return None
+        return image, rgb, proprio
 
     # ------------------------------------------------------------------ worker
     def _run_worker(self) -> None:
@@ -125,32 +163,7 @@ class PerceptionNode(Node):
         self.pipeline.reset()                 # new task: next frame is a keyframe
         self.get_logger().info(f'instruction: {text!r}')
 
-    def _process(self, image, joint_state) -> None:
-        stamp_ns = stamp_to_ns(image.header.stamp)
-        reason = self.gate.check(stamp_ns, self.get_clock().now().nanoseconds)
-        if reason is not None:
-            self.drops.drop(reason, f'image stamp {stamp_ns}')
-            return
-        cfg = self.cfg
-        if (cfg.expected_width and image.width != cfg.expected_width) or \
-                (cfg.expected_height and image.height != cfg.expected_height):
-            self.drops.drop('wrong_size', f'{image.width}x{image.height}, expected '
-                                          f'{cfg.expected_width}x{cfg.expected_height}')
-            return
-        try:
-            rgb = image_msg_to_rgb(image, cfg.depth_max_m)
-        except ImageConversionError as exc:
-            self.drops.drop(exc.reason, str(exc))
-            return
-        try:  # proprioception BY NAME, in perception.joint_names order
-            proprio = positions_by_name(joint_state.name, joint_state.position,
-                                        self.cfg.joint_names).astype(np.float32)
-        except ValueError as exc:
-            self.drops.drop('bad_joint_state', str(exc))
-            return
-        if not np.all(np.isfinite(proprio)):
-            self.drops.drop('bad_joint_state', f'non-finite positions {proprio.tolist()}')
-            return
+    def _process(self, image, rgb, proprio) -> None:
         result = self.pipeline.process(rgb)
         self.frames += 1
         msg = tokens_to_msg(result.tokens, stamp=image.header.stamp, frame_id=image.header.frame_id,
