@@ -134,7 +134,8 @@ def test_commands_chunks_stale_hold_and_estop(harness):
     # the safety filter's counters come from the control process, where the tick runs
     assert h.run(3.0, until=lambda: int(h.diagnostics.get('safety_ticks', 0)) > 50), h.diagnostics
     assert int(h.diagnostics['safety_reanchored']) >= 1 and h.diagnostics.get('control_alive') == 'True'
-    moving = np.array(h.commands[-30:])
+    moving = np.array(h.commands[-100:])     # 1 s: the fake arm never follows, so the whole-arm restart (tracking
+    # error > 0.2 rad) brings the command back to it at rest now and then
     assert np.ptp(moving, axis=0).max() > 1e-4        # random head drives the arm around
 
     # Plan + perception stop (joint states continue): after the 0.5 s watchdog the node holds.

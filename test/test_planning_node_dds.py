@@ -110,7 +110,14 @@ def test_plans_cache_replan_instruction_and_runtime_switch(harness):
     bad = tokens_to_msg(np.ones((3, 16), np.float32), stamp=h.node.get_clock().now().to_msg(), frame_id='cam',
                         source='test')
     bad.data = bad.data[:-1]
-    h.tok_pub.publish(bad)
+    dropped = lambda: any(int(d.get('drop_bad_perception_tokens', 0)) >= 1 for d in h.diags)  # noqa: E731
+    deadline = time.monotonic() + 20.0
+    while not dropped() and time.monotonic() < deadline:
+        h.tok_pub.publish(bad)      # a newer frame may replace it in the node's queue before it is taken: resend
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end and not dropped():     # no good frames meanwhile
+            rclpy.spin_once(h.node, timeout_sec=0.01)
+    assert dropped(), {k: v for k, v in (h.diags[-1] if h.diags else {}).items() if 'drop' in k}
 
     # Replan request: next plan is freshly generated.
     n = len(h.plans)
@@ -134,7 +141,6 @@ def test_plans_cache_replan_instruction_and_runtime_switch(harness):
     red = next(p for p in h.plans[n:] if p.instruction == 'touch the red cube')
     assert not red.cache_hit and red.subtask == 'touch the red cube'
 
-    assert h.run(lambda: any(int(d.get('drop_bad_perception_tokens', 0)) >= 1 for d in h.diags))
     assert any(float(d.get('cache_hit_rate', 0)) > 0 for d in h.diags)
 
     # Runtime switch: a path without a checkpoint is refused, the lightweight planner keeps serving.

@@ -119,7 +119,7 @@ def test_publishes_camera_joint_states_and_instruction(harness):
 
 def test_moves_when_commanded(harness):
     q0 = harness.latest_q()
-    goal = q0 + np.array([0.25, 0.0, 0.0, 0.0, 0.0, 0.0, -0.3])
+    goal = q0 + np.array([0.25, 0.0, 0.0, 0.0, 0.0, 0.0, -0.25])  # inside sim.max_command_jump (0.3)
     harness.cmd_pub.publish(Float64MultiArray(data=goal.tolist()))
     assert harness.spin_until(lambda: np.abs(harness.latest_q() - goal).max() < 0.02, 20), \
         f'arm did not reach the command: {harness.latest_q()} vs {goal}'
