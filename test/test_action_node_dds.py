@@ -132,11 +132,11 @@ def test_commands_chunks_stale_hold_and_estop(harness):
     stamps = np.array([m.header.stamp.sec + 1e-9 * m.header.stamp.nanosec for m in stamped])
     assert np.all(np.diff(stamps) > 0) and 0.005 < np.median(np.diff(stamps)) < 0.02
     # the safety filter's counters come from the control process, where the tick runs
-    assert h.run(3.0, until=lambda: int(h.diagnostics.get('safety_ticks', 0)) > 50), h.diagnostics
+    assert h.run(10.0, until=lambda: int(h.diagnostics.get('safety_ticks', 0)) > 50), h.diagnostics
     assert int(h.diagnostics['safety_reanchored']) >= 1 and h.diagnostics.get('control_alive') == 'True'
-    moving = np.array(h.commands[-100:])     # 1 s: the fake arm never follows, so the whole-arm restart (tracking
-    # error > 0.2 rad) brings the command back to it at rest now and then
-    assert np.ptp(moving, axis=0).max() > 1e-4        # random head drives the arm around
+    # The random head drives the arm around (the fake arm never follows, so the whole-arm restart on
+    # tracking error > 0.2 rad brings the command back to it at rest now and then).
+    assert _moving(h)
 
     # Plan + perception stop (joint states continue): after the 0.5 s watchdog the node holds.
     h.run(1.5, tokens=False)
@@ -166,9 +166,7 @@ def test_commands_chunks_stale_hold_and_estop(harness):
     future = client.call_async(SetBool.Request(data=False))
     rclpy.spin_until_future_complete(h.node, future, timeout_sec=10.0)
     assert future.result().success
-    start = len(h.commands)
-    h.run(1.5)
-    assert np.ptp(np.array(h.commands[start:]), axis=0).max() > 1e-4
+    assert _moving(h)
     _assert_safe(h.commands)
 
 

@@ -168,7 +168,8 @@ class SafetyFilter:
                 travel = self.max_velocity * max(float(joint_state_age_s), 0.0)
             tol = self.max_tracking_error + travel
             far = measured is not None and bool(np.any(self.tracked & (np.abs(ref - measured) > tol)))
-            if far or jumped:                        # the whole arm restarts from rest where it IS:
+            # (not while the e-stop is latched: the command holds still; the release restarts from the arm)
+            if (far or jumped) and not self._estop:  # the whole arm restarts from rest where it IS:
                 # within what it could travel since it was measured, nearest the last command (a stalled
                 # sim catching up moves on meanwhile; restarting at a 70 ms old position yanked it back)
                 here = np.clip(ref, measured - travel, measured + travel)

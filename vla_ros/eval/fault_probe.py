@@ -60,7 +60,9 @@ class FaultProbe(Node):
         self.create_subscription(LatentTokens, 'perception/tokens', self._on_tokens, reliable_qos(10))
         self.fault_pub = self.create_publisher(String, CONTROL_TOPIC, reliable_qos())
         self.estop_pub = self.create_publisher(Bool, 'estop', reliable_qos())
-        self._instruction_pub = None
+        # Created now, empty: matched with the nodes long before the hostile instruction is sent (a writer
+        # created at the fault could be withdrawn by forget_instruction before discovery delivered it).
+        self._instruction_pub = self.create_publisher(String, 'instruction', LATCHED_QOS)
 
     def _key(self, topic: str, msg) -> None:
         with self._lock:
