@@ -173,18 +173,23 @@ def test_speculative_bucket_overflow_reruns_to_the_same_result(encoder):
     assert spec.spec_overflows >= 2
 
 
+def _assert_same_on_frames(ref, other, size, frames=6):
+    """Both pipelines, one instruction, the same moving frames: same kept tokens, reuse and features."""
+    for pipe in (ref, other):
+        pipe.set_instruction('touch the red cube')
+    for frame in moving_object_sequence(frames, size=size):
+        a, b = ref.process(frame), other.process(frame)
+        np.testing.assert_array_equal(b.kept_indices, a.kept_indices)
+        assert b.reuse_ratio == pytest.approx(a.reuse_ratio)
+        np.testing.assert_allclose(b.tokens, a.tokens, atol=2e-5, rtol=1e-4)
+
+
 def test_static_shapes_pad_but_compute_the_same_features(encoder):
     cfg = dict(pruning='spatial_coverage', keep_ratio=0.5, reuse_enabled=True, keyframe_interval=0)
     exact = DevicePerceptionPipeline(encoder, PerceptionConfig(ops='torch', **cfg))
     padded = DevicePerceptionPipeline(encoder, PerceptionConfig(ops='torch', static_shapes=True,
                                                                recompute_buckets=[0.5, 1.0], **cfg))
-    for pipe in (exact, padded):
-        pipe.set_instruction('touch the red cube')
-    for frame in moving_object_sequence(6, size=encoder.image_size):
-        a, b = exact.process(frame), padded.process(frame)
-        np.testing.assert_array_equal(b.kept_indices, a.kept_indices)
-        assert b.reuse_ratio == pytest.approx(a.reuse_ratio)
-        np.testing.assert_allclose(b.tokens, a.tokens, atol=2e-5, rtol=1e-4)
+    _assert_same_on_frames(exact, padded, encoder.image_size)
     # A keep bucket rounds the adaptive budget up: more tokens, never fewer, and a bucket size.
     adaptive = dict(cfg, adaptive_budget=True, adaptive_mass=0.3)
     exact = DevicePerceptionPipeline(encoder, PerceptionConfig(ops='torch', **adaptive))
@@ -295,11 +300,5 @@ def test_compiled_encoder_layers_match_the_numpy_pipeline(encoder, monkeypatch):
     ref = PerceptionPipeline(encoder, PerceptionConfig(ops='numpy', **cfg))
     dev = DevicePerceptionPipeline(encoder, PerceptionConfig(ops='torch', compile_layers=True, **cfg))
     assert dev.compiled
-    for pipe in (ref, dev):
-        pipe.set_instruction('touch the red cube')
-    for frame in moving_object_sequence(6, size=encoder.image_size):
-        a, b = ref.process(frame), dev.process(frame)
-        np.testing.assert_array_equal(b.kept_indices, a.kept_indices)
-        assert b.reuse_ratio == pytest.approx(a.reuse_ratio)
-        np.testing.assert_allclose(b.tokens, a.tokens, atol=2e-5, rtol=1e-4)
+    _assert_same_on_frames(ref, dev, encoder.image_size)
     assert encoder._compiled_layer.calls > 0 and not encoder._compiled_layer.failed
