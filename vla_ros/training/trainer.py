@@ -157,13 +157,14 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
                                          head.normalize_actions(t['actions'][idx]), return_memory=True)
                 flow_loss = loss.detach()
                 if cfg.target_aux_weight > 0:
+                    # MSE over the rows with ground truth (NaN rows weigh 0), without a host sync per step
                     targets = (t['targets'][idx] - target_mean) / target_std
-                    rows = ~torch.isnan(targets).any(dim=1)
-                    if bool(rows.any()):
-                        pred = policy.target_probe(memory[:, -1].float())
-                        target_loss = torch.nn.functional.mse_loss(pred[rows], targets[rows])
-                        loss = loss + cfg.target_aux_weight * target_loss
-                        running_target += float(target_loss.detach())
+                    rows = (~torch.isnan(targets).any(dim=1)).float()[:, None]
+                    pred = policy.target_probe(memory[:, -1].float())
+                    squared = (pred - torch.nan_to_num(targets)) ** 2 * rows
+                    target_loss = squared.sum() / (rows.sum() * targets.shape[1]).clamp_min(1.0)
+                    loss = loss + cfg.target_aux_weight * target_loss
+                    running_target += target_loss.detach()
                 if cfg.colour_aux_weight > 0:
                     colour_target = torch.gather(t['colours'][idx].float(), 2,
                                                  kept[:, None, :].expand(-1, t['colours'].shape[1], -1)
@@ -180,7 +181,7 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
             done += 1
             running += float(flow_loss)
         losses.append(running / max(1, done))
-        target_losses.append(running_target / max(1, done))
+        target_losses.append(float(running_target) / max(1, done))
         bar.set_postfix(loss=f'{losses[-1]:.4f}', samples=n)
         if not cfg.progress:
             aux = f' target-aux {target_losses[-1]:.4f}' if cfg.target_aux_weight > 0 else ''
