@@ -144,7 +144,7 @@ def test_commands_chunks_stale_hold_and_estop(harness):
     h.run(0.5, tokens=False)
     held = np.array(h.commands[start:])
     assert len(held) > 10
-    assert np.ptp(held, axis=0).max() == 0.0
+    assert _holds(held), held
     _assert_safe(h.commands)
 
     # Inputs resume -> moves again; e-stop latches a hold even though inputs keep flowing.
@@ -176,7 +176,23 @@ def _held_after(h, settle_s, window_s):
     start = len(h.commands)
     h.run(window_s)
     held = np.array(h.commands[start:])
-    return len(held) > 10 and np.ptp(held, axis=0).max() == 0.0
+    return len(held) > 10 and _holds(held)
+
+
+ARM = np.array([0.1, 0.2, 0.3])      # where the fake arm reports j1..j3, always
+
+
+def _holds(held):
+    """The command stands still; at most one step, the whole-arm restart onto the measured arm.
+
+    The fake arm never follows, so a held command more than 0.2 rad from it trips the tracking-error restart:
+    the hold then continues from the arm (within max speed x the age of the reading), and stays there.
+    """
+    steps = np.flatnonzero(np.abs(np.diff(held, axis=0)).max(axis=1) > 0.0)
+    if len(steps) == 0:
+        return True
+    after = held[steps[0] + 1:]
+    return len(steps) == 1 and np.abs(after[0] - ARM).max() < 0.05
 
 
 def _moving(h):
