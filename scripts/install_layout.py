@@ -9,13 +9,17 @@ what `colcon build` would install besides the code, so `ros2 launch vla_ros ...`
   ament resource-index marker share/ament_index/resource_index/packages/vla_ros;
 * lib/vla_ros/<executable> for every console script (what setup.cfg's install_scripts gives colcon);
 * with --venv-hook: the prefix on AMENT_PREFIX_PATH for every Python started from the venv (a .pth
-  file) and in bin/activate, as `source install/setup.bash` does for a colcon workspace.
+  file) and in bin/activate, as `source install/setup.bash` does for a colcon workspace;
+* with --symlink: the share/vla_ros files are links into the source tree, as colcon's
+  --symlink-install makes them. The README's venv uses it: copies went stale when a new checkpoint
+  was trained into checkpoints/ (the stack kept loading the old one until the setup ran again).
 
-    python scripts/install_layout.py --prefix .venv --venv-hook
+    python scripts/install_layout.py --prefix .venv --venv-hook --symlink
 """
 import argparse
 import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 
@@ -25,12 +29,29 @@ HOOK_MARK = '# vla_ros: venv as a ROS prefix'
 PTH_NAME = 'vla_ros_ament_prefix.pth'
 
 
-def install_data(prefix: str) -> None:
+def install_data(prefix: str, symlink: bool = False) -> int:
+    """setup.py's data_files into `prefix`; with `symlink`, each installed file then becomes a link to its
+    source (colcon build --symlink-install): a checkpoint trained or a config edited in the source tree is
+    what the installed package loads, without reinstalling. Returns the number of links made."""
+    share = os.path.join(prefix, 'share', PACKAGE)
+    if os.path.isdir(share):     # ours entirely; a copy onto earlier links would write through them
+        shutil.rmtree(share)
     result = subprocess.run([sys.executable, 'setup.py', '-q', 'install_data', '--install-dir', prefix],
                             cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         sys.stderr.write(result.stdout + result.stderr)
         raise SystemExit(f'install_data into {prefix} failed')
+    links = 0
+    if symlink:
+        for root, _dirs, files in os.walk(share):
+            for name in files:
+                path = os.path.join(root, name)
+                source = os.path.join(ROOT, os.path.relpath(path, share))
+                if os.path.isfile(source) and not os.path.islink(path):
+                    os.remove(path)
+                    os.symlink(source, path)
+                    links += 1
+    return links
 
 
 def install_executables(prefix: str) -> list:
@@ -68,13 +89,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--prefix', required=True)
     parser.add_argument('--venv-hook', action='store_true', help='the prefix is this venv: put it on AMENT_PREFIX_PATH')
+    parser.add_argument('--symlink', action='store_true',
+                        help='link the installed data files to the source tree (colcon --symlink-install)')
     args = parser.parse_args(argv)
     prefix = os.path.abspath(args.prefix)
-    install_data(prefix)
+    links = install_data(prefix, args.symlink)
     names = install_executables(prefix)
     if args.venv_hook:
         install_venv_hook(prefix)
-    print(f'[install_layout] {prefix}: share/{PACKAGE}, resource index, lib/{PACKAGE}/{{{",".join(names)}}}')
+    linked = f' ({links} files linked to the source tree)' if args.symlink else ''
+    print(f'[install_layout] {prefix}: share/{PACKAGE}{linked}, resource index, lib/{PACKAGE}/{{{",".join(names)}}}')
     return 0
 
 

@@ -13,7 +13,7 @@ STAMP="$VENV/.vla_ros_setup.sha"
 BUILD_DIR="$ROOT/build/vla_ros_msgs"
 
 inputs_hash() {
-  # installed files (share/vla_ros: launch, config, models, checkpoints) are copies: hash them too
+  # installed files (share/vla_ros: launch, config, models, checkpoints) link to these; an added file needs a re-run
   { cat "$ROOT/requirements.txt" "$ROOT/scripts/setup_env.sh" "$ROOT/scripts/install_layout.py" "$ROOT/setup.py" \
       "$ROOT/setup.cfg" "$ROOT/package.xml" \
       "$ROOT"/vla_ros_msgs/CMakeLists.txt "$ROOT"/vla_ros_msgs/package.xml "$ROOT"/vla_ros_msgs/msg/*.msg
@@ -69,8 +69,10 @@ log "installing vla_ros (editable)"
 "$PY" -c "import vla_ros_msgs.msg, vla_ros" || { echo "[setup] vla_ros install failed" >&2; exit 1; }
 # What colcon installs besides the code (share/vla_ros, ament index marker, lib/vla_ros/<node>), and the
 # venv on AMENT_PREFIX_PATH, so ros2 launch / get_package_share_directory('vla_ros') find the package.
+# --symlink: the installed data files link to the source tree (colcon --symlink-install), so a checkpoint
+# retrained into checkpoints/ is the one the stack loads, as the editable install does for the code.
 log "installing the ROS package layout into $VENV (share/vla_ros, lib/vla_ros)"
-"$PY" "$ROOT/scripts/install_layout.py" --prefix "$VENV" --venv-hook
+"$PY" "$ROOT/scripts/install_layout.py" --prefix "$VENV" --venv-hook --symlink
 "$PY" -c "from ament_index_python.packages import get_package_share_directory as g; g('vla_ros')" \
   || { echo "[setup] vla_ros is not in the ament index after install" >&2; exit 1; }
 

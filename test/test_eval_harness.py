@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from vla_ros.eval.harness import (ABLATIONS, SMOOTHING_ROWS, bringup_command, main, parse_args, parse_episode_lines,
-                                  plan_jobs, summarise)
+from vla_ros.eval.harness import (ABLATIONS, SMOOTHING_ROWS, bringup_command, main, markdown, parse_args,
+                                  parse_episode_lines, plan_jobs, summarise)
 from vla_ros.eval.stats import wilson_interval
 
 
@@ -31,6 +31,29 @@ def test_episode_lines_parse_and_missing_episodes_are_counted():
     row = summarise('full', 4, eps)
     assert row['episodes'] == 3 and row['missing'] == 1 and row['successes'] == 2
     assert row['time_to_success_mean_s'] == 3.75
+    assert row['sim_realtime_factor_mean'] is None            # no sim log lines here
+
+
+def test_the_sims_real_time_factor_is_reported_per_episode():
+    text = ('episode 0: SUCCESS in 6.3s (put the red cube on the purple pad)\n'
+            '[INFO] [1.0] [vla.sim_arm]: episode 0 SUCCESS after 6.27s (put the red cube on the purple pad); '
+            'sim 0.96x real time\n'
+            'episode 1: fail in 20.0s (move the green cube onto the yellow pad)\n'
+            '[INFO] [2.0] [vla.sim_arm]: episode 1 timeout after 20.01s (move the green cube onto the yellow pad); '
+            'sim 0.67x real time\n')
+    eps = parse_episode_lines(text, seed=10)
+    assert [e['sim_realtime_factor'] for e in eps] == [0.96, 0.67]
+    row = summarise('full', 2, eps)
+    assert row['sim_realtime_factor_mean'] == 0.815 and row['sim_realtime_factor_min'] == 0.67
+    table = markdown([row], [dict(e, row='full') for e in eps])
+    assert '| 0.81 / 0.67 |' in table or '| 0.82 / 0.67 |' in table
+    assert '| full | 11 | no | 20.0 | 0.67 | move the green cube onto the yellow pad |' in table
+
+
+def test_stacks_run_one_process_per_node_unless_asked():
+    job = plan_jobs(['full'], 1, 1, 5)[0]
+    assert '--processes' in bringup_command(job, parse_args([]))
+    assert '--processes' not in bringup_command(job, parse_args(['--in-process']))
 
 
 def test_jobs_cover_every_seed_once_per_row():
@@ -80,3 +103,4 @@ def test_parallel_stacks_on_separate_domains_report_every_episode(tmp_path, monk
         env.reset(seed=ep['seed'])
         assert ep['instruction'] == env.instruction
     assert (tmp_path / 'episodes.md').read_text().count('| full |') == 3   # summary + 2 episode rows
+    assert all(0.0 < ep['sim_realtime_factor'] <= 1.5 for ep in report['per_episode'])

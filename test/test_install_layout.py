@@ -40,6 +40,9 @@ def test_the_readme_setup_installs_the_package_into_the_venv():
     share, encoder = _share_dir_seen_by(sys.prefix)     # no AMENT_PREFIX_PATH set: the venv's hook adds it
     assert share == os.path.join(sys.prefix, 'share', 'vla_ros')
     assert encoder == os.path.join(share, 'checkpoints', 'vision_encoder')
+    # linked, not copied (install_layout.py --symlink): never a stale checkpoint
+    head = os.path.join(share, 'checkpoints', 'pick_place', 'action_head.pt')
+    assert os.path.realpath(head) == os.path.join(ROOT, 'checkpoints', 'pick_place', 'action_head.pt')
 
 
 def test_install_into_a_temporary_prefix(tmp_path):
@@ -50,6 +53,24 @@ def test_install_into_a_temporary_prefix(tmp_path):
     share, encoder = _share_dir_seen_by(str(prefix), {'AMENT_PREFIX_PATH': str(prefix)})
     assert share == str(prefix / 'share' / 'vla_ros')
     assert encoder.startswith(share)
+
+
+def test_symlink_install_follows_the_source_tree(tmp_path):
+    """--symlink (the README's venv): installed data files are links into the source tree, so a checkpoint
+    retrained into checkpoints/ is what the stack loads; a copy install over it replaces the links, never
+    writing through them."""
+    prefix = tmp_path / 'install'
+    script = os.path.join(ROOT, 'scripts', 'install_layout.py')
+    subprocess.run([sys.executable, script, '--prefix', str(prefix), '--symlink'], check=True, capture_output=True)
+    assert_ros_layout(str(prefix))
+    share = prefix / 'share' / 'vla_ros'
+    for rel in ('checkpoints/pick_place/action_head.pt', 'config/tasks/pick_place.yaml', 'launch/vla.launch.py'):
+        assert os.path.islink(share / rel) and os.path.realpath(share / rel) == os.path.join(ROOT, rel), rel
+    before = os.path.getmtime(os.path.join(ROOT, 'package.xml'))
+    subprocess.run([sys.executable, script, '--prefix', str(prefix)], check=True, capture_output=True)
+    assert not os.path.islink(share / 'checkpoints' / 'pick_place' / 'action_head.pt')
+    assert os.path.getmtime(os.path.join(ROOT, 'package.xml')) == before
+    assert_ros_layout(str(prefix))
 
 
 @pytest.mark.skipif(shutil.which('colcon') is None and not os.path.exists(os.path.join(sys.prefix, 'bin', 'colcon')),

@@ -106,3 +106,27 @@ def test_eval_loop_succeeds_with_expert_actions(perception):
     assert result.successes == [True, True], result.summary()
     assert all(d < env.config.success_threshold_m for d in result.final_distances)
     assert all(t < 8.0 for t in result.elapsed_s)
+
+
+def test_observation_delay_holds_the_arm_until_the_first_frame_arrives(perception):
+    """observation_delay_s: a frame's tokens reach the loop that much later (sim time); the arm holds until
+    the first chunk, then the (proprio-driven) expert still gets there."""
+    pipeline, planner = perception
+    env = ArmEnv(SimConfig(episode_timeout_s=1.5), seed=0)
+    seen = {}
+    try:
+        for delay in (0.0, 0.5):
+            frames = []
+            evaluate_policy(env, pipeline, planner, _OracleHead(TouchExpert(env)), ActionConfig(), [30],
+                            on_perceive=lambda image, q: frames.append(np.array(q)), observation_delay_s=delay)
+            seen[delay] = np.array(frames)
+        with pytest.raises(ValueError):
+            evaluate_policy(env, pipeline, planner, _OracleHead(TouchExpert(env)), ActionConfig(), [30],
+                            observation_delay_s=-0.1)
+    finally:
+        env.close()
+    # frames every 0.1 s: the delayed loop has not moved by the frame at 0.5 s, the ideal one has by 0.2 s
+    moved = {d: np.abs(f - f[0]).max(axis=1) for d, f in seen.items()}
+    assert moved[0.0][2] > 1e-3, moved[0.0][:6]
+    assert moved[0.5][:6].max() < 1e-4, moved[0.5][:6]
+    assert moved[0.5][8] > 1e-3, moved[0.5][:10]

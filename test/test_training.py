@@ -66,6 +66,23 @@ def test_sampled_subsets_keep_the_instruction_relevant_patches():
     assert torch.equal(sample_kept(relevance, 64, gen)[0], torch.arange(64))
 
 
+def test_observation_index_lags_within_the_episode():
+    from vla_ros.training.trainer import observation_index
+
+    gen = torch.Generator().manual_seed(0)
+    # two episodes: 10 decisions 0.05 s apart, then 5 decisions of unknown spacing (no lag)
+    step = torch.cat([torch.arange(10), torch.arange(5)])
+    dt = torch.cat([torch.full((10,), 0.05), torch.zeros(5)])
+    idx = torch.arange(15).repeat(400)
+    obs = observation_index(idx, step, dt, 0.2, gen)
+    lag = idx - obs
+    assert int(lag.min()) == 0 and int(lag.max()) == 4          # 0.2 s / 0.05 s = up to 4 decisions back
+    assert torch.all(lag <= step[idx])                          # never into the previous episode
+    assert torch.all(lag[idx >= 10] == 0)                       # dt unknown: the sample's own frame
+    assert set(lag[idx == 9].tolist()) == {0, 1, 2, 3, 4}       # uniform over whole decisions
+    assert torch.equal(observation_index(idx, step, dt, 0.0, gen), idx)
+
+
 def test_config_flags_round_trip():
     cfg = config_from_args(['--episodes', '7', '--noise-levels', '0,0.05', '--keep-tokens', '32,64',
                             '--progress', 'false'])
@@ -84,7 +101,8 @@ def test_tiny_training_run_ships_loadable_checkpoints(tmp_path):
     cfg = TrainConfig(out_dir=str(tmp_path / 'ckpt'), work_dir=str(tmp_path / 'work'), device='cpu', workers=1,
                       episodes=2, max_steps=30, epochs=2, batch_size=16, dagger_rounds=1, dagger_episodes=1,
                       dagger_epochs=1, eval_episodes=1, episode_timeout_s=1.5, progress=False, head_hidden=32,
-                      head_layers=1, head_memory_layers=1, target_aux_weight=1.0, checkpoint_every_s=1e-6, **SMALL)
+                      head_layers=1, head_memory_layers=1, target_aux_weight=1.0, checkpoint_every_s=1e-6,
+                      observation_lag_s=0.1, rollout_observation_delay_s=0.1, **SMALL)
     saves = []
     import vla_ros.training.cli as cli
     real_save = cli.save_policy
@@ -110,3 +128,12 @@ def test_tiny_training_run_ships_loadable_checkpoints(tmp_path):
     saved = json.loads((tmp_path / 'ckpt' / 'train_metrics.json').read_text())
     assert saved['checkpoint']['bytes'] == report['checkpoint']['bytes'] > 0
     assert os.path.getsize(tmp_path / 'ckpt' / 'action_head.pt') < 30e6
+    assert report['eval']['observation_delay_s'] == 0.1
+    # --eval-only: no demos, no training; the checkpoint's own training report stays as it was.
+    import dataclasses
+    again = run(dataclasses.replace(cfg, eval_only=True, init_from=cfg.out_dir, out_dir=str(tmp_path / 'ev'),
+                                    eval_episodes=2))
+    assert 'expert' not in again and 'train' not in again
+    assert again['eval']['episodes'] == 2 and again['eval']['model_dir'] == os.path.abspath(cfg.out_dir)
+    assert json.loads((tmp_path / 'ev' / 'eval_metrics.json').read_text())['eval']['episodes'] == 2
+    assert json.loads((tmp_path / 'ckpt' / 'train_metrics.json').read_text())['eval']['episodes'] == 1

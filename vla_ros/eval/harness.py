@@ -53,6 +53,9 @@ SMOOTHING_ROWS: Dict[str, Dict[str, object]] = {
 HELD_OUT_SEED = 200000
 # Not anchored at the line end: another process' log line can land between the text and its newline.
 EPISODE_LINE = re.compile(r'episode (\d+): (SUCCESS|fail) in ([0-9.]+)s \(([^()\n]*)\)')
+# The sim's own end-of-episode log: its achieved real-time factor (below 1: the machine is overloaded).
+REALTIME_LINE = re.compile(r'episode (\d+) (?:SUCCESS|timeout) after [0-9.]+s \([^()\n]*\); sim ([0-9.]+)x real time')
+CORES_PER_STACK = 2     # one stack (sim, perception, planner, action + inference, recorder) keeps real time on ~2
 
 
 @dataclass
@@ -83,6 +86,10 @@ def parse_episode_lines(text: str, seed: int) -> List[dict]:
             ep = int(m.group(1))
             out[ep] = {'episode': ep, 'seed': seed + ep, 'success': m.group(2) == 'SUCCESS',
                        'elapsed_s': float(m.group(3)), 'instruction': m.group(4)}
+    for line in text.splitlines():       # the sim's achieved real-time factor, where it logged one
+        m = REALTIME_LINE.search(line)
+        if m and int(m.group(1)) in out and 'sim_realtime_factor' not in out[int(m.group(1))]:
+            out[int(m.group(1))]['sim_realtime_factor'] = float(m.group(2))
     return [out[k] for k in sorted(out)]
 
 
@@ -107,9 +114,11 @@ def plan_jobs(rows: Sequence[str], episodes: int, workers: int, seed: int, chunk
 
 
 def bringup_command(job: Job, args) -> List[str]:
-    cmd = [sys.executable, '-m', 'vla_ros.bringup', '--episodes', str(job.episodes),
-           '--task', getattr(args, 'task', 'touch'),
-           '--set', f'sim.seed={job.seed}', '--set', f'sim.episode_timeout_s={float(args.episode_timeout_s)}']
+    cmd = [sys.executable, '-m', 'vla_ros.bringup', '--episodes', str(job.episodes)]
+    if not getattr(args, 'in_process', False):
+        cmd.append('--processes')          # one process per node, as ros2 launch runs them
+    cmd += ['--task', getattr(args, 'task', 'touch'),
+            '--set', f'sim.seed={job.seed}', '--set', f'sim.episode_timeout_s={float(args.episode_timeout_s)}']
     if args.encoder_path:
         cmd += ['--encoder-path', os.path.abspath(args.encoder_path)]
     if args.checkpoint:
@@ -170,24 +179,32 @@ def summarise(label: str, requested: int, episodes: List[dict]) -> dict:
     n = len(episodes)
     lo, hi = wilson_interval(wins, n)
     times = [e['elapsed_s'] for e in episodes if e['success']]
+    rtf = [e['sim_realtime_factor'] for e in episodes if 'sim_realtime_factor' in e]
     return {'row': label, 'requested': requested, 'episodes': n, 'missing': requested - n, 'successes': wins,
             'success_rate': wins / n if n else float('nan'), 'wilson95': [round(lo, 4), round(hi, 4)],
             'time_to_success_mean_s': float(np.mean(times)) if times else None,
-            'time_to_success_median_s': float(np.median(times)) if times else None}
+            'time_to_success_median_s': float(np.median(times)) if times else None,
+            'sim_realtime_factor_mean': round(float(np.mean(rtf)), 3) if rtf else None,
+            'sim_realtime_factor_min': round(float(np.min(rtf)), 3) if rtf else None}
 
 
 def markdown(rows: List[dict], per_episode: List[dict]) -> str:
-    lines = ['| row | episodes | successes | success rate | Wilson 95% CI | time to success (mean / median s) | missing |',
-             '| --- | --- | --- | --- | --- | --- | --- |']
+    lines = ['| row | episodes | successes | success rate | Wilson 95% CI | time to success (mean / median s) | missing '
+             '| sim x real time (mean / min) |',
+             '| --- | --- | --- | --- | --- | --- | --- | --- |']
     for r in rows:
         t = (f"{r['time_to_success_mean_s']:.2f} / {r['time_to_success_median_s']:.2f}"
              if r['time_to_success_mean_s'] is not None else 'n/a')
+        rtf = (f"{r['sim_realtime_factor_mean']:.2f} / {r['sim_realtime_factor_min']:.2f}"
+               if r.get('sim_realtime_factor_mean') is not None else 'n/a')
         lines.append(f"| {r['row']} | {r['episodes']} | {r['successes']} | {r['success_rate']:.3f} | "
-                     f"[{r['wilson95'][0]:.3f}, {r['wilson95'][1]:.3f}] | {t} | {r['missing']} |")
-    lines += ['', '| row | seed | success | time (s) | instruction |', '| --- | --- | --- | --- | --- |']
+                     f"[{r['wilson95'][0]:.3f}, {r['wilson95'][1]:.3f}] | {t} | {r['missing']} | {rtf} |")
+    lines += ['', '| row | seed | success | time (s) | sim x real time | instruction |',
+              '| --- | --- | --- | --- | --- | --- |']
     for e in per_episode:
+        rtf = f"{e['sim_realtime_factor']:.2f}" if 'sim_realtime_factor' in e else 'n/a'
         lines.append(f"| {e['row']} | {e['seed']} | {'yes' if e['success'] else 'no'} | {e['elapsed_s']:.1f} | "
-                     f"{e['instruction']} |")
+                     f"{rtf} | {e['instruction']} |")
     return '\n'.join(lines) + '\n'
 
 
@@ -270,6 +287,10 @@ def parse_args(argv=None):
                    help='every row: each action-head inference takes this much longer '
                    '(action.inject_inference_delay_s, an eval knob)')
     p.add_argument('--set', action='append', metavar='PREFIX.NAME=VALUE', help='override for every row')
+    p.add_argument('--in-process', action='store_true',
+                   help='run each stack as one process (bringup without --processes); the default is one process '
+                   'per node as ros2 launch runs them: in one process the nodes share a GIL, and on a 2-core '
+                   'machine the sim then falls to ~0.7x real time')
     p.add_argument('--encoder-path', default='', help='perception.encoder_path (default: the bringup default)')
     p.add_argument('--checkpoint', default='', help='action.checkpoint_path (default: the bringup default)')
     p.add_argument('--domain-base', type=int, default=int(os.environ.get('VLA_EVAL_DOMAIN_BASE', 40)),
@@ -289,6 +310,11 @@ def parse_args(argv=None):
         p.error('--inference-delay-s must be >= 0')
     if args.workers + args.domain_base > 232:
         p.error('ROS_DOMAIN_ID must stay <= 232')
+    cores = os.cpu_count() or 1
+    if args.workers * CORES_PER_STACK > cores:
+        print(f'[harness] warning: {args.workers} stacks at once on {cores} CPU cores (each needs about '
+              f'{CORES_PER_STACK}): the sims will fall behind real time while control runs on the wall clock; '
+              'check the "sim x real time" column', file=sys.stderr)
     return args
 
 

@@ -213,8 +213,10 @@ class SimArmNode(Node):
         self.counters['episodes_done'] += 1
         self.counters['successes'] += int(env.success())
         self._publish_status(done=True)
+        # the achieved real-time factor tells whether this machine kept the sim in step with the stack's
+        # wall-clock control (vla_eval_episodes reports it per episode)
         self.get_logger().info(f'episode {env.episode} {"SUCCESS" if env.success() else "timeout"} '
-                               f'after {env.elapsed_s:.2f}s ({env.instruction})')
+                               f'after {env.elapsed_s:.2f}s ({env.instruction}); sim {self._rtf:.2f}x real time')
         if self.cfg.max_episodes and self.counters['episodes_done'] >= self.cfg.max_episodes:
             self._finished = True
             self.get_logger().info(f'{self.cfg.max_episodes} episodes done; holding the arm, no more resets')

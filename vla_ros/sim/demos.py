@@ -7,8 +7,9 @@ exactly the token distribution the ROS closed loop feeds it.
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Deque, Dict, List, Optional
 
 import numpy as np
 
@@ -125,22 +126,39 @@ class EvalResult:
                                                           self.elapsed_s, self.instructions)]}
 
 
-def evaluate_policy(env: ArmEnv, pipeline, planner, head, action_cfg, seeds, perception_rate_hz: float = 10.0,
+PERCEPTION_RATE_HZ = 10.0     # evaluate_policy's perception and chunk-inference rate (the stack's chunk_rate_hz)
+
+
+def perception_period_s(action_cfg, perception_rate_hz: float = PERCEPTION_RATE_HZ) -> float:
+    """Sim seconds between two frames `evaluate_policy` perceives (a whole number of control ticks)."""
+    control_dt = 1.0 / action_cfg.control_rate_hz
+    return max(1, int(round(1.0 / (perception_rate_hz * control_dt)))) * control_dt
+
+
+def evaluate_policy(env: ArmEnv, pipeline, planner, head, action_cfg, seeds, perception_rate_hz: float = PERCEPTION_RATE_HZ,
                     plan_rate_hz: float = 2.0, progress: Optional[Callable] = None,
-                    on_perceive: Optional[Callable] = None) -> EvalResult:
+                    on_perceive: Optional[Callable] = None, observation_delay_s: float = 0.0) -> EvalResult:
     """Closed loop on simulated time, no ROS: the same ControlLoop (chunk buffer + RTC/ensembling +
     safety filter) the action node runs, driven at control rate; perception and chunk inference at
-    `perception_rate_hz`, planning at `plan_rate_hz`. Inference latency is not simulated (zero).
+    `perception_rate_hz`, planning at `plan_rate_hz`.
 
-    `on_perceive(image, joint_positions)`, if given, sees every frame the policy perceives (DAgger
-    records the policy's own states through it).
+    `observation_delay_s` models the stack's latency from camera exposure to chunk (perception,
+    transport, waiting for the inference tick): the tokens and plan of a frame reach the control loop
+    that much later (sim time), and the chunk is inferred then, from them and the joint positions of
+    that moment (the action node's proprioception is always the latest). 0 = the ideal loop.
+
+    `on_perceive(image, joint_positions)`, if given, sees every frame the policy perceives, at its
+    capture (DAgger records the policy's own states through it).
     """
     from vla_ros.action.controller import ControlLoop
     from vla_ros.planning.base import PlanRequest
 
     control_dt = 1.0 / action_cfg.control_rate_hz
-    perceive_every = max(1, int(round(1.0 / (perception_rate_hz * control_dt))))
+    perceive_every = int(round(perception_period_s(action_cfg, perception_rate_hz) / control_dt))
     plan_every = max(1, int(round(1.0 / (plan_rate_hz * control_dt))))
+    if not (observation_delay_s >= 0.0):
+        raise ValueError(f'observation_delay_s must be >= 0, got {observation_delay_s}')
+    delay_ticks = int(round(observation_delay_s / control_dt))
     result = EvalResult([], [], [], [], [])
     for seed in seeds:
         env.reset(seed=int(seed))
@@ -149,6 +167,7 @@ def evaluate_policy(env: ArmEnv, pipeline, planner, head, action_cfg, seeds, per
         pipeline.reset()
         pipeline.set_instruction(env.instruction)
         tick = 0
+        in_flight: Deque[tuple] = deque()    # (tick it arrives, frame tick, capture time, tokens, plan tokens)
         while not env.done():
             now = env.elapsed_s
             clock_now[0] = now
@@ -159,12 +178,22 @@ def evaluate_policy(env: ArmEnv, pipeline, planner, head, action_cfg, seeds, per
                 if on_perceive is not None:
                     on_perceive(image, q)
                 perceived = pipeline.process(image)
-                loop.update_perception(perceived.tokens, frame_id=tick, now=now)
+                plan_tokens = None
                 if tick % plan_every == 0:
                     plan = planner.plan(PlanRequest(instruction=env.instruction, visual_tokens=perceived.tokens,
                                                     kept_indices=perceived.kept_indices,
                                                     grid_hw=tuple(perceived.grid_hw), proprio=q, frame_id=tick))
-                    loop.update_plan(plan.plan_tokens, plan_id=tick, now=now)
+                    plan_tokens = plan.plan_tokens
+                in_flight.append((tick + delay_ticks, tick, now, perceived.tokens, plan_tokens))
+            arrived = False
+            while in_flight and in_flight[0][0] <= tick:
+                _, frame, captured, tokens, plan_tokens = in_flight.popleft()
+                # ages count from the capture, as the action node's do (header stamps)
+                loop.update_perception(tokens, frame_id=frame, now=captured)
+                if plan_tokens is not None:
+                    loop.update_plan(plan_tokens, plan_id=frame, now=captured)
+                arrived = True
+            if arrived:
                 loop.infer_chunk(now=now, active_from=now)
             command, _status = loop.tick(now)
             env.step_to(command if command is not None else q, control_dt)

@@ -12,7 +12,8 @@ Stages (each with a progress bar):
   4. evaluate       closed loop without ROS on --eval-episodes seeds from --eval-seed (never trained on).
 
 Writes <out-dir>/vision_encoder/ (save_pretrained: what perception.encoder_path loads),
-<out-dir>/action_head.pt (action.checkpoint_path) and <out-dir>/train_metrics.json.
+<out-dir>/action_head.pt (action.checkpoint_path) and <out-dir>/train_metrics.json. `--eval-only` evaluates
+--init-from (else --out-dir) into <out-dir>/eval_metrics.json, e.g. with `--rollout-observation-delay-s 0.25`.
 """
 from __future__ import annotations
 
@@ -48,17 +49,19 @@ def save_policy(policy, out_dir: str) -> dict:
 
 
 def evaluate_checkpoint(model_dir: str, seeds: List[int], workers: int, timeout_s: float,
-                        progress: bool = True, desc: str = 'closed-loop eval', task: str = 'touch') -> dict:
+                        progress: bool = True, desc: str = 'closed-loop eval', task: str = 'touch',
+                        observation_delay_s: float = 0.0) -> dict:
     """Closed-loop success (no ROS) of a saved checkpoint on `seeds`, with a Wilson 95% interval."""
     from vla_ros.training.rollouts import policy_episode, run_jobs
     from vla_ros.eval.stats import wilson_interval
 
-    results = run_jobs(policy_episode, [{'seed': s, 'model_dir': model_dir} for s in seeds], workers, timeout_s,
-                       desc=desc, progress=progress, task=task)
+    jobs = [{'seed': s, 'model_dir': model_dir, 'delay': observation_delay_s} for s in seeds]
+    results = run_jobs(policy_episode, jobs, workers, timeout_s, desc=desc, progress=progress, task=task)
     wins = sum(r['success'] for r in results)
     lo, hi = wilson_interval(wins, len(results))
     times = [r['elapsed_s'] for r in results if r['success']]
     return {'episodes': len(results), 'successes': wins, 'success_rate': wins / max(1, len(results)),
+            'observation_delay_s': observation_delay_s,
             'wilson95': [round(lo, 4), round(hi, 4)],
             'mean_time_to_success_s': float(np.mean(times)) if times else None,
             'per_episode': [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
@@ -79,6 +82,8 @@ def run(cfg) -> dict:
     report = {'config': cfg.to_dict(), 'device': device,
               'torch_device_name': torch.cuda.get_device_name(0) if device == 'cuda' else 'cpu'}
     t0 = time.perf_counter()
+    if cfg.eval_only:
+        return _evaluate(cfg, os.path.abspath(cfg.init_from or cfg.out_dir), report, t0)
 
     jobs = [{'seed': cfg.seed + i, 'noise': cfg.noise_levels[i % len(cfg.noise_levels)], 'grid': grid,
              'hold_steps': cfg.hold_steps, 'max_steps': cfg.max_steps} for i in range(cfg.episodes)]
@@ -117,8 +122,8 @@ def run(cfg) -> dict:
         save_policy(policy, round_dir)
         policy.to(device)
         first = cfg.dagger_seed + r * cfg.dagger_episodes
-        jobs = [{'seed': first + i, 'model_dir': os.path.abspath(round_dir), 'record': True}
-                for i in range(cfg.dagger_episodes)]
+        jobs = [{'seed': first + i, 'model_dir': os.path.abspath(round_dir), 'record': True,
+                 'delay': cfg.rollout_observation_delay_s} for i in range(cfg.dagger_episodes)]
         t1 = time.perf_counter()
         rollouts = run_jobs(policy_episode, jobs, cfg.workers, cfg.episode_timeout_s, desc=f'DAgger round {r + 1}',
                             progress=cfg.progress, task=cfg.task)
@@ -136,10 +141,18 @@ def run(cfg) -> dict:
     report['checkpoint'] = save_policy(policy, cfg.out_dir)
     report['train_seconds_total'] = round(time.perf_counter() - t0, 1)
     _write_metrics(cfg, report)          # already there if the evaluation is cut short
+    return _evaluate(cfg, os.path.abspath(cfg.out_dir), report, t0)
+
+
+def _evaluate(cfg, model_dir: str, report: dict, t0: float) -> dict:
+    """Held-out closed-loop evaluation of `model_dir` into the report (out_dir/train_metrics.json, or
+    eval_metrics.json with --eval-only)."""
     if cfg.eval_episodes > 0:
         seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))
-        report['eval'] = evaluate_checkpoint(os.path.abspath(cfg.out_dir), seeds, cfg.workers, cfg.episode_timeout_s,
-                                             progress=cfg.progress, task=cfg.task)
+        report['eval'] = evaluate_checkpoint(model_dir, seeds, cfg.workers, cfg.episode_timeout_s,
+                                             progress=cfg.progress, task=cfg.task,
+                                             observation_delay_s=cfg.rollout_observation_delay_s)
+        report['eval']['model_dir'] = model_dir
         summary = {k: v for k, v in report['eval'].items() if k != 'per_episode'}
         print(json.dumps({'eval': summary}), flush=True)
     report['total_seconds'] = round(time.perf_counter() - t0, 1)
@@ -148,7 +161,8 @@ def run(cfg) -> dict:
 
 
 def _write_metrics(cfg, report: dict) -> None:
-    with open(os.path.join(cfg.out_dir, 'train_metrics.json'), 'w') as fh:
+    name = 'eval_metrics.json' if cfg.eval_only else 'train_metrics.json'   # never overwrite a training report
+    with open(os.path.join(cfg.out_dir, name), 'w') as fh:
         json.dump(report, fh, indent=1, default=float)
 
 

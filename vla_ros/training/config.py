@@ -49,6 +49,11 @@ class TrainConfig:
                                                      'default perception config, 64 = pruning off)'})
     plan_staleness: int = field(default=40, metadata={'help': 'plan tokens come from a frame up to N decisions '
                                                       'earlier (the planner runs slower and caches plans)'})
+    observation_lag_s: float = field(default=0.0, metadata={'help': 'visual tokens come from a frame up to this many '
+                                                         'seconds older (uniform) than the joint positions and '
+                                                         'the expert labels of a sample: in the ROS stack '
+                                                         'perception and transport lag the proprioception '
+                                                         '(0 = the frame of the decision)'})
     # ---- optimisation
     epochs: int = field(default=30, metadata={'help': 'epochs on the expert data'})
     batch_size: int = field(default=256, metadata={'help': 'samples per step'})
@@ -65,6 +70,12 @@ class TrainConfig:
     # ---- closed-loop evaluation (no ROS) on held-out seeds
     eval_episodes: int = field(default=100, metadata={'help': 'held-out closed-loop episodes after training'})
     eval_seed: int = field(default=100000, metadata={'help': 'first held-out seed (never used in training)'})
+    rollout_observation_delay_s: float = field(default=0.0, metadata={'help': 'observation delay (sim s) of the '
+                                                                   'DAgger rollouts and the closed-loop '
+                                                                   'evaluation: a frame reaches the control loop '
+                                                                   'this much later (evaluate_policy)'})
+    eval_only: bool = field(default=False, metadata={'help': 'no demos, no training: evaluate the checkpoint in '
+                                                     '--init-from (else --out-dir) on the held-out seeds'})
     episode_timeout_s: float = field(default=20.0, metadata={'help': 'closed-loop episode timeout (sim s)'})
     train_budget_s: float = field(default=0.0, metadata={'help': 'wall-clock cap on training on the expert data '
                                                          '(0 = epochs only)'})
@@ -88,6 +99,8 @@ class TrainConfig:
             raise ValueError(f'keep_tokens must be in 1..{grid}')
         if self.episodes < 1 or self.epochs < 0 or self.batch_size < 1:
             raise ValueError('episodes and batch_size must be positive, epochs >= 0')
+        if self.observation_lag_s < 0 or self.rollout_observation_delay_s < 0:
+            raise ValueError('observation_lag_s and rollout_observation_delay_s must be >= 0')
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

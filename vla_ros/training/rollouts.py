@@ -58,7 +58,7 @@ def expert_episode(job: dict) -> dict:
     colours = np.stack([colour_maps(img, grid, _STATE['task']) for img in ep.images])
     return {'seed': ep.seed, 'instruction': ep.instruction, 'images': ep.images, 'proprio': ep.proprio,
             'actions': ep.chunks, 'relevance': relevance.astype(np.float16), 'colours': colours.astype(np.float16),
-            'targets': ep.targets, 'success': ep.success,
+            'targets': ep.targets, 'success': ep.success, 'decision_dt': float(expert.config.action_dt),
             'steps_to_success': ep.steps_to_success}
 
 
@@ -96,10 +96,11 @@ def _load_policy(model_dir: str) -> dict:
 
 def policy_episode(job: dict) -> dict:
     """One closed-loop policy episode (no ROS); with job['record'] also the perceived states,
-    each labelled with the expert's chunk from that state (DAgger)."""
+    each labelled with the expert's chunk from that state (DAgger). job['delay'] (s): the observation
+    delay of `evaluate_policy` (frames are recorded at capture, with the joints of that moment)."""
     import torch
 
-    from vla_ros.sim.demos import evaluate_policy
+    from vla_ros.sim.demos import evaluate_policy, perception_period_s
     from vla_ros.training.policy import colour_maps, relevance_of
 
     env, expert = _STATE['env'], _STATE['expert']
@@ -114,9 +115,11 @@ def policy_episode(job: dict) -> dict:
 
     with torch.no_grad():
         res = evaluate_policy(env, policy['pipeline'], policy['planner'], policy['head'], _STATE['action_cfg'],
-                              [job['seed']], on_perceive=record if job.get('record') else None)
+                              [job['seed']], on_perceive=record if job.get('record') else None,
+                              observation_delay_s=float(job.get('delay', 0.0)))
     out = {'seed': job['seed'], 'instruction': res.instructions[0], 'success': bool(res.successes[0]),
-           'elapsed_s': float(res.elapsed_s[0]), 'final_distance_m': float(res.final_distances[0])}
+           'elapsed_s': float(res.elapsed_s[0]), 'final_distance_m': float(res.final_distances[0]),
+           'decision_dt': perception_period_s(_STATE['action_cfg'])}
     if job.get('record') and images:
         grid = tuple(policy['pipeline'].encoder.grid_hw)
         out.update(images=np.stack(images), proprio=np.stack(proprio), actions=np.stack(actions),

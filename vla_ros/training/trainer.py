@@ -3,7 +3,8 @@
 The dataset lives on the training device as uint8 frames + joint data, one sample per decision;
 each step augments the frames, runs the encoder on a pruning-like token subset, builds the plan
 tokens from an earlier frame of the same episode (the planner is slower than the head and caches
-plans) and takes a flow-matching step through head and encoder together.
+plans) and takes a flow-matching step through head and encoder together. With observation_lag_s
+the visual tokens also come from an earlier frame than the joints and labels (the stack's latency).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ class EpisodeData:
         self.instructions: List[str] = []
         self._parts: Dict[str, List[np.ndarray]] = {k: [] for k in
                                                      ('images', 'proprio', 'actions', 'relevance', 'colours', 'step',
-                                                      'instr', 'targets')}
+                                                      'instr', 'targets', 'dt')}
         self.tensors: Dict[str, torch.Tensor] = {}
         self.episodes = 0
 
@@ -46,6 +47,8 @@ class EpisodeData:
             self._parts['targets'].append(np.asarray(targets, np.float32) if targets is not None
                                           else np.full((n, 6), np.nan, np.float32))
             self._parts['step'].append(np.arange(n, dtype=np.int64))
+            # seconds between the episode's decisions (0 = unknown: no observation lag for it)
+            self._parts['dt'].append(np.full(n, float(ep.get('decision_dt', 0.0)), np.float32))
             self._parts['instr'].append(np.full(n, self.instructions.index(ep['instruction']), np.int64))
             self.episodes += 1
         self.tensors = {k: torch.from_numpy(np.concatenate(v)).to(self.device) for k, v in self._parts.items()}
@@ -57,6 +60,20 @@ class EpisodeData:
         proprio = self.tensors['proprio'].double()
         actions = self.tensors['actions'].double().reshape(-1, self.tensors['actions'].shape[-1])
         return (proprio.mean(0).cpu(), proprio.std(0).cpu(), actions.mean(0).cpu(), actions.std(0).cpu())
+
+
+def observation_index(idx: torch.Tensor, step: torch.Tensor, dt: torch.Tensor, lag_s: float,
+                      gen: torch.Generator) -> torch.Tensor:
+    """Sample indices of the frames the visual tokens come from: up to `lag_s` seconds (uniform in whole
+    decisions of the sample's episode, `dt` s apart) before each sample in `idx`, never before the
+    episode's first decision (`step` = decision number in its episode). dt <= 0 (unknown) or lag_s = 0:
+    the sample's own frame."""
+    if lag_s <= 0:
+        return idx
+    d = dt[idx]
+    max_lag = torch.where(d > 0, torch.floor(lag_s / d.clamp_min(1e-6) + 1e-4), torch.zeros_like(d))
+    max_lag = torch.minimum(max_lag, step[idx].to(d.dtype))
+    return idx - (torch.rand(idx.shape, device=idx.device, generator=gen) * (max_lag + 1)).long()
 
 
 class Policy(torch.nn.Module):
@@ -142,12 +159,13 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
                 break
             idx = perm[s * batch:(s + 1) * batch]
             keep = int(cfg.keep_tokens[cpu_gen.integers(len(cfg.keep_tokens))])
+            obs_idx = observation_index(idx, t['step'], t['dt'], cfg.observation_lag_s, gen)
             lag = (torch.rand(idx.shape, device=device, generator=gen)
-                   * (torch.clamp(t['step'][idx], max=cfg.plan_staleness) + 1).float()).long()
-            plan_idx = idx - lag                       # same episode: step >= lag
+                   * (torch.clamp(t['step'][obs_idx], max=cfg.plan_staleness) + 1).float()).long()
+            plan_idx = obs_idx - lag                   # same episode: step >= lag
             with autocast:
-                kept = sample_kept(t['relevance'][idx], keep, gen)
-                vis = encode_subset(policy.encoder, augment(t['images'][idx], cfg, gen), kept)
+                kept = sample_kept(t['relevance'][obs_idx], keep, gen)
+                vis = encode_subset(policy.encoder, augment(t['images'][obs_idx], cfg, gen), kept)
                 with torch.no_grad():
                     plan_vis = encode_subset(policy.encoder, augment(t['images'][plan_idx], cfg, gen),
                                              sample_kept(t['relevance'][plan_idx], keep, gen))
@@ -166,7 +184,7 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
                     loss = loss + cfg.target_aux_weight * target_loss
                     running_target += target_loss.detach()
                 if cfg.colour_aux_weight > 0:
-                    colour_target = torch.gather(t['colours'][idx].float(), 2,
+                    colour_target = torch.gather(t['colours'][obs_idx].float(), 2,
                                                  kept[:, None, :].expand(-1, t['colours'].shape[1], -1)
                                                  ).transpose(1, 2)
                     aux = torch.nn.functional.binary_cross_entropy_with_logits(
