@@ -69,3 +69,29 @@ def test_pick_place_stack_commands_the_gripper_over_dds():
     measured = np.array([s.position[7] for s in states])
     # MuJoCo joint limits are soft: a fast close onto nothing may pass 0 by a few millimetres
     assert np.all((measured > -0.005) & (measured < 0.045)), (measured.min(), measured.max())
+
+
+# Held-out seeds (the trainer's evaluation seeds: never demos or DAgger) on which the shipped policy puts the
+# named cube on the named pad in the no-ROS loop in about 4-7 s at every observation delay from 0 to 0.3 s
+# (bench/results/pick_place_observation_delay.json). The policy succeeds on about a fifth of all layouts, so
+# these were chosen, not drawn: the test shows the stack does not lose what the policy can do.
+PICK_PLACE_SEEDS = (100002, 100022, 100027)
+
+
+def test_pick_place_policy_succeeds_through_the_stack_on_fixed_held_out_seeds():
+    """Each seed is one `vla_bringup --processes --task pick_place` over DDS (as the evaluation harness runs
+    it); the sim's own check (cube resting on the named pad, fingers off) must report SUCCESS. The flow
+    head's noise and DDS timing vary between runs, so 2 of the 3 are required."""
+    import argparse
+
+    from vla_ros.eval.harness import Job, run_job
+
+    args = argparse.Namespace(task='pick_place', encoder_path='', checkpoint='', set=[], episode_timeout_s=15.0,
+                              episode_margin_s=30.0, startup_timeout_s=180.0)
+    results = [run_job(Job('full', {}, seed, 1), 217, args) for seed in PICK_PLACE_SEEDS]
+    for seed, r in zip(PICK_PLACE_SEEDS, results):
+        assert r.returncode == 0 and [e['seed'] for e in r.episodes] == [seed], r.log_tail
+    won = [r.episodes[0] for r in results if r.episodes[0]['success']]
+    assert len(won) >= 2, [(r.episodes[0]['seed'], r.episodes[0]['success'], r.episodes[0]['elapsed_s'],
+                            r.episodes[0].get('sim_realtime_factor')) for r in results]
+    assert all(0.0 < e['elapsed_s'] < 15.0 for e in won)

@@ -189,8 +189,8 @@ def summarise(label: str, requested: int, episodes: List[dict]) -> dict:
 
 
 def markdown(rows: List[dict], per_episode: List[dict]) -> str:
-    lines = ['| row | episodes | successes | success rate | Wilson 95% CI | time to success (mean / median s) | missing '
-             '| sim x real time (mean / min) |',
+    lines = ['| row | episodes | successes | success rate | Wilson 95% CI | time to success (mean / median s) '
+             '| missing | sim x real time (mean / min) |',
              '| --- | --- | --- | --- | --- | --- | --- | --- |']
     for r in rows:
         t = (f"{r['time_to_success_mean_s']:.2f} / {r['time_to_success_median_s']:.2f}"

@@ -135,9 +135,9 @@ def perception_period_s(action_cfg, perception_rate_hz: float = PERCEPTION_RATE_
     return max(1, int(round(1.0 / (perception_rate_hz * control_dt)))) * control_dt
 
 
-def evaluate_policy(env: ArmEnv, pipeline, planner, head, action_cfg, seeds, perception_rate_hz: float = PERCEPTION_RATE_HZ,
-                    plan_rate_hz: float = 2.0, progress: Optional[Callable] = None,
-                    on_perceive: Optional[Callable] = None, observation_delay_s: float = 0.0) -> EvalResult:
+def evaluate_policy(env: ArmEnv, pipeline, planner, head, action_cfg, seeds,
+                    perception_rate_hz: float = PERCEPTION_RATE_HZ, plan_rate_hz: float = 2.0,
+                    progress: Optional[Callable] = None, on_perceive: Optional[Callable] = None, observation_delay_s: float = 0.0) -> EvalResult:
     """Closed loop on simulated time, no ROS: the same ControlLoop (chunk buffer + RTC/ensembling +
     safety filter) the action node runs, driven at control rate; perception and chunk inference at
     `perception_rate_hz`, planning at `plan_rate_hz`.
