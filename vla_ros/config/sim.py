@@ -7,6 +7,7 @@ from vla_ros.config.base import ConfigError, param
 PANDA_JOINT_NAMES = ['joint1', 'joint2', 'joint3', 'joint4', 'joint5', 'joint6', 'joint7']
 GRIPPER_JOINT_NAME = 'finger_joint1'
 SIM_TASKS = ('touch', 'pick_place')
+TASK_TARGETS_DIM = 6    # ArmEnv.task_targets(): the named cube's centre (3) + the goal position (3), m
 
 
 @dataclass

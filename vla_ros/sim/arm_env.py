@@ -202,8 +202,9 @@ class ArmEnv:
         return self.task.goal_position()
 
     def task_targets(self) -> np.ndarray:
-        """[6] float32: the named cube's centre and the goal position (m, base frame). Ground truth the
-        policy must find in the image: training uses it as an auxiliary target, never at run time."""
+        """[TASK_TARGETS_DIM = 6] float32 (vla_ros.config.sim): the named cube's centre and the goal
+        position (m, base frame). Ground truth the policy must find in the image: training uses it as an
+        auxiliary target, never at run time."""
         return np.concatenate([self.cube_position(self.target_cube), self.goal_position()]).astype(np.float32)
 
     def distance_to_goal(self) -> float:

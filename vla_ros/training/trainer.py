@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from vla_ros.config.sim import TASK_TARGETS_DIM
 from vla_ros.training.config import TrainConfig
 from vla_ros.training.policy import PlanTokens, augment, build_encoder, build_head, encode_subset, sample_kept
 
@@ -45,7 +46,7 @@ class EpisodeData:
             self._parts['colours'].append(np.asarray(ep['colours'], np.float16))
             targets = ep.get('targets')          # sim ground truth; NaN (no auxiliary loss) where absent
             self._parts['targets'].append(np.asarray(targets, np.float32) if targets is not None
-                                          else np.full((n, 6), np.nan, np.float32))
+                                          else np.full((n, TASK_TARGETS_DIM), np.nan, np.float32))
             self._parts['step'].append(np.arange(n, dtype=np.int64))
             # seconds between the episode's decisions (0 = unknown: no observation lag for it)
             self._parts['dt'].append(np.full(n, float(ep.get('decision_dt', 0.0)), np.float32))
@@ -99,7 +100,7 @@ class Policy(torch.nn.Module):
         self.colour_probe = torch.nn.Linear(cfg.encoder_hidden, len(task_colours(cfg.task)))
         # Training-only probe: the named cube's and the goal's position from the head's proprio token.
         self.target_probe = torch.nn.Sequential(torch.nn.Linear(cfg.head_hidden, cfg.head_hidden), torch.nn.GELU(),
-                                                torch.nn.Linear(cfg.head_hidden, 6))
+                                                torch.nn.Linear(cfg.head_hidden, TASK_TARGETS_DIM))
 
 
 def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: int, desc: str = 'train',
@@ -126,8 +127,10 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
     warmup = max(1, int(0.03 * total))
     t_start = time.perf_counter()
     known = ~torch.isnan(t['targets']).any(dim=1)
-    target_mean = t['targets'][known].mean(0) if bool(known.any()) else torch.zeros(6, device=device)
-    target_std = t['targets'][known].std(0).clamp_min(1e-3) if int(known.sum()) > 1 else torch.ones(6, device=device)
+    target_mean = (t['targets'][known].mean(0) if bool(known.any())
+                   else torch.zeros(TASK_TARGETS_DIM, device=device))
+    target_std = (t['targets'][known].std(0).clamp_min(1e-3) if int(known.sum()) > 1
+                  else torch.ones(TASK_TARGETS_DIM, device=device))
 
     def fraction(step: int) -> float:
         frac = step / total
