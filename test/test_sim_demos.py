@@ -130,3 +130,33 @@ def test_observation_delay_holds_the_arm_until_the_first_frame_arrives(perceptio
     assert moved[0.0][2] > 1e-3, moved[0.0][:6]
     assert moved[0.5][:6].max() < 1e-4, moved[0.5][:6]
     assert moved[0.5][8] > 1e-3, moved[0.5][:10]
+
+
+def test_plan_cache_answers_plan_requests_while_the_scene_holds(perception):
+    """plan_cache: as the planner node's runner, a cache hit answers instead of the planner; cleared per episode."""
+    from vla_ros.planning.plan_cache import PlanCache
+
+    pipeline, planner = perception
+
+    class Counting:
+        calls = 0
+
+        def plan(self, request):
+            Counting.calls += 1
+            return planner.plan(request)
+
+    env = ArmEnv(SimConfig(episode_timeout_s=2.0), seed=0)
+    try:
+        calls = {}
+        for name, cache in (('off', None), ('loose', PlanCache(-1.0, 0.0)), ('strict', PlanCache(1.01, 0.0))):
+            Counting.calls = 0
+            evaluate_policy(env, pipeline, Counting(), _OracleHead(TouchExpert(env)), ActionConfig(), [30, 31],
+                            plan_cache=cache)
+            calls[name] = Counting.calls
+            if cache is not None:
+                assert cache.stats.hits + cache.stats.misses == calls['off']
+    finally:
+        env.close()
+    assert calls['off'] >= 6                      # 2 Hz over 2 episodes
+    assert calls['loose'] == 2                    # any scene is a hit: one plan per episode (cleared at reset)
+    assert calls['strict'] == calls['off']        # nothing is similar enough: every request plans

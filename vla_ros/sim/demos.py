@@ -137,7 +137,8 @@ def perception_period_s(action_cfg, perception_rate_hz: float = PERCEPTION_RATE_
 
 def evaluate_policy(env: ArmEnv, pipeline, planner, head, action_cfg, seeds,
                     perception_rate_hz: float = PERCEPTION_RATE_HZ, plan_rate_hz: float = 2.0,
-                    progress: Optional[Callable] = None, on_perceive: Optional[Callable] = None, observation_delay_s: float = 0.0) -> EvalResult:
+                    progress: Optional[Callable] = None, on_perceive: Optional[Callable] = None,
+                    observation_delay_s: float = 0.0, plan_cache=None) -> EvalResult:
     """Closed loop on simulated time, no ROS: the same ControlLoop (chunk buffer + RTC/ensembling +
     safety filter) the action node runs, driven at control rate; perception and chunk inference at
     `perception_rate_hz`, planning at `plan_rate_hz`.
@@ -149,7 +150,12 @@ def evaluate_policy(env: ArmEnv, pipeline, planner, head, action_cfg, seeds,
 
     `on_perceive(image, joint_positions)`, if given, sees every frame the policy perceives, at its
     capture (DAgger records the policy's own states through it).
+
+    `plan_cache` (a `PlanCache`, cleared per episode): plan requests go through it as in the planner
+    node (`AsyncPlanner`): while instruction and scene embedding hold, the cached plan answers. None =
+    every request plans.
     """
+    from vla_ros.planning.plan_cache import scene_embedding
     from vla_ros.action.controller import ControlLoop
     from vla_ros.planning.base import PlanRequest
 
@@ -166,6 +172,8 @@ def evaluate_policy(env: ArmEnv, pipeline, planner, head, action_cfg, seeds,
         loop = ControlLoop(head, action_cfg, clock=lambda: clock_now[0], seed=int(seed))
         pipeline.reset()
         pipeline.set_instruction(env.instruction)
+        if plan_cache is not None:
+            plan_cache.clear()
         tick = 0
         in_flight: Deque[tuple] = deque()    # (tick it arrives, frame tick, capture time, tokens, plan tokens)
         while not env.done():
@@ -180,9 +188,14 @@ def evaluate_policy(env: ArmEnv, pipeline, planner, head, action_cfg, seeds,
                 perceived = pipeline.process(image)
                 plan_tokens = None
                 if tick % plan_every == 0:
-                    plan = planner.plan(PlanRequest(instruction=env.instruction, visual_tokens=perceived.tokens,
-                                                    kept_indices=perceived.kept_indices,
-                                                    grid_hw=tuple(perceived.grid_hw), proprio=q, frame_id=tick))
+                    emb = scene_embedding(perceived.tokens) if plan_cache is not None else None
+                    plan = None if plan_cache is None else plan_cache.lookup(env.instruction, emb, now)
+                    if plan is None:
+                        plan = planner.plan(PlanRequest(instruction=env.instruction, visual_tokens=perceived.tokens,
+                                                        kept_indices=perceived.kept_indices,
+                                                        grid_hw=tuple(perceived.grid_hw), proprio=q, frame_id=tick))
+                        if plan_cache is not None:
+                            plan_cache.store(env.instruction, emb, plan, now)
                     plan_tokens = plan.plan_tokens
                 in_flight.append((tick + delay_ticks, tick, now, perceived.tokens, plan_tokens))
             arrived = False

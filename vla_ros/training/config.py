@@ -74,6 +74,9 @@ class TrainConfig:
                                                                    'DAgger rollouts and the closed-loop '
                                                                    'evaluation: a frame reaches the control loop '
                                                                    'this much later (evaluate_policy)'})
+    rollout_plan_cache: bool = field(default=False, metadata={'help': 'DAgger rollouts and the closed-loop evaluation '
+                                                            'plan through the plan cache, as the planner node '
+                                                            "does (PlannerConfig's cache settings)"})
     eval_only: bool = field(default=False, metadata={'help': 'no demos, no training: evaluate the checkpoint in '
                                                      '--init-from (else --out-dir) on the held-out seeds'})
     episode_timeout_s: float = field(default=20.0, metadata={'help': 'closed-loop episode timeout (sim s)'})

@@ -113,10 +113,16 @@ def policy_episode(job: dict) -> dict:
         proprio.append(np.asarray(q, np.float32))
         actions.append(expert.chunk(q).astype(np.float32))
 
+    cache = None
+    if job.get('plan_cache'):                 # as the planner node: PlannerConfig's cache settings
+        from vla_ros.config import PlannerConfig
+        from vla_ros.planning.plan_cache import PlanCache
+        planner_cfg = PlannerConfig()
+        cache = PlanCache(planner_cfg.cache_similarity, planner_cfg.cache_timeout_s)
     with torch.no_grad():
         res = evaluate_policy(env, policy['pipeline'], policy['planner'], policy['head'], _STATE['action_cfg'],
                               [job['seed']], on_perceive=record if job.get('record') else None,
-                              observation_delay_s=float(job.get('delay', 0.0)))
+                              observation_delay_s=float(job.get('delay', 0.0)), plan_cache=cache)
     out = {'seed': job['seed'], 'instruction': res.instructions[0], 'success': bool(res.successes[0]),
            'elapsed_s': float(res.elapsed_s[0]), 'final_distance_m': float(res.final_distances[0]),
            'decision_dt': perception_period_s(_STATE['action_cfg'])}
