@@ -42,7 +42,7 @@ def test_the_readme_setup_installs_the_package_into_the_venv():
     assert encoder == os.path.join(share, 'checkpoints', 'vision_encoder')
     # linked, not copied (install_layout.py --symlink): never a stale checkpoint
     head = os.path.join(share, 'checkpoints', 'pick_place', 'action_head.pt')
-    assert os.path.realpath(head) == os.path.join(ROOT, 'checkpoints', 'pick_place', 'action_head.pt')
+    assert os.path.realpath(head) == os.path.realpath(os.path.join(ROOT, 'checkpoints', 'pick_place', 'action_head.pt'))
 
 
 def test_install_into_a_temporary_prefix(tmp_path):
@@ -65,7 +65,8 @@ def test_symlink_install_follows_the_source_tree(tmp_path):
     assert_ros_layout(str(prefix))
     share = prefix / 'share' / 'vla_ros'
     for rel in ('checkpoints/pick_place/action_head.pt', 'config/tasks/pick_place.yaml', 'launch/vla.launch.py'):
-        assert os.path.islink(share / rel) and os.path.realpath(share / rel) == os.path.join(ROOT, rel), rel
+        assert os.path.islink(share / rel), rel
+        assert os.path.realpath(share / rel) == os.path.realpath(os.path.join(ROOT, rel)), rel
     before = os.path.getmtime(os.path.join(ROOT, 'package.xml'))
     subprocess.run([sys.executable, script, '--prefix', str(prefix)], check=True, capture_output=True)
     assert not os.path.islink(share / 'checkpoints' / 'pick_place' / 'action_head.pt')
