@@ -197,7 +197,10 @@ def test_sigint_right_after_the_last_message_still_records_it(tmp_path):
                PYTHONUNBUFFERED='1')
     proc = subprocess.Popen([sys.executable, '-m', 'vla_ros.nodes.recorder_node', '--ros-args',
                              '-r', f'__ns:=/{NAMESPACE}', '-p', f'recorder.output_dir:={bag_dir}',
-                             '-p', 'recorder.discovery_period_s:=0.1'],
+                             '-p', 'recorder.discovery_period_s:=0.1',
+                             # a burst can overflow a UDP socket buffer; reliable repairs then wait for the
+                             # writer's next heartbeat (Fast DDS: every 3 s), so drain longer than that
+                             '-p', 'recorder.drain_quiet_s:=3.5', '-p', 'recorder.drain_timeout_s:=8.0'],
                             env=env, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     rclpy.init()
     node = Node('recorder_sigint_publisher', namespace=NAMESPACE)

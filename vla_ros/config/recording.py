@@ -24,7 +24,9 @@ class RecorderConfig:
                                       range=(0.01, 60.0))
     drain_timeout_s: float = param(2.0, 'At shutdown, keep taking messages DDS still holds for at most this long',
                                    range=(0.0, 60.0))
-    drain_quiet_s: float = param(0.3, 'At shutdown, stop taking messages once none arrived for this long',
+    drain_quiet_s: float = param(0.3, 'At shutdown, stop taking messages once none arrived for this long. '
+                                 'A burst that overflowed a socket buffer is repaired at the writer\'s next '
+                                 'heartbeat (Fast DDS: 3 s): set this (and drain_timeout_s) above that to keep it',
                                  range=(0.001, 60.0))
     receive_time: str = param('dds', 'Log time of each recorded message: dds = when DDS received it (the reception '
                               "timestamp its receive thread takes, like ros2 bag; independent of this Python "
