@@ -80,16 +80,19 @@ class JobResult:
 def parse_episode_lines(text: str, seed: int) -> List[dict]:
     """Bringup's 'episode N: SUCCESS in 2.3s (instruction)' lines -> one dict per episode (first wins)."""
     out: Dict[int, dict] = {}
+    realtime: Dict[int, float] = {}      # the sim's achieved real-time factor, where it logged one
     for line in text.splitlines():
         m = EPISODE_LINE.search(line)
         if m and int(m.group(1)) not in out:
             ep = int(m.group(1))
             out[ep] = {'episode': ep, 'seed': seed + ep, 'success': m.group(2) == 'SUCCESS',
                        'elapsed_s': float(m.group(3)), 'instruction': m.group(4)}
-    for line in text.splitlines():       # the sim's achieved real-time factor, where it logged one
         m = REALTIME_LINE.search(line)
-        if m and int(m.group(1)) in out and 'sim_realtime_factor' not in out[int(m.group(1))]:
-            out[int(m.group(1))]['sim_realtime_factor'] = float(m.group(2))
+        if m:
+            realtime.setdefault(int(m.group(1)), float(m.group(2)))
+    for ep, factor in realtime.items():
+        if ep in out:
+            out[ep]['sim_realtime_factor'] = factor
     return [out[k] for k in sorted(out)]
 
 

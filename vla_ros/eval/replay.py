@@ -101,8 +101,7 @@ class OfflineStack:
         encoder = VisionEncoder.from_pretrained(encoder_path, device=s.perception.device)
         self.pipeline = PerceptionPipeline(encoder, s.perception)
         self._bag_time_s = 0.0
-        cache = PlanCache(s.planner.cache_similarity, s.planner.cache_timeout_s) if s.planner.cache_enabled else None
-        self.planner = AsyncPlanner(make_planner(s.planner, encoder.hidden_size), cache,
+        self.planner = AsyncPlanner(make_planner(s.planner, encoder.hidden_size), PlanCache.from_config(s.planner),
                                     clock=lambda: self._bag_time_s)   # cache timeouts in bag time
         action_cfg = s.action
         if action_cfg.checkpoint_path:

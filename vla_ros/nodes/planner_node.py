@@ -58,10 +58,6 @@ def model_path_problem(cfg: PlannerConfig) -> str:
     return ''
 
 
-def _make_cache(cfg: PlannerConfig) -> Optional[PlanCache]:
-    return PlanCache(cfg.cache_similarity, cfg.cache_timeout_s) if cfg.cache_enabled else None
-
-
 class PlannerNode(Node):
     def __init__(self, **kwargs):
         kwargs.setdefault('start_parameter_services', False)
@@ -92,7 +88,7 @@ class PlannerNode(Node):
                                     f'(model_path={self.cfg.model_path!r}): {exc}')
             raise RuntimeError(f'planner startup failed: {exc}') from exc
         self.get_logger().info(f'planner ready: {describe(planner)}')
-        self.runner = AsyncPlanner(planner, _make_cache(self.cfg), on_result=self._publish_plan,
+        self.runner = AsyncPlanner(planner, PlanCache.from_config(self.cfg), on_result=self._publish_plan,
                                    on_error=self._on_plan_error)
 
         self._plan_pub = self.create_publisher(Plan, self.topics.plan, reliable_qos())
@@ -222,7 +218,7 @@ class PlannerNode(Node):
     def _apply_live(self, old: PlannerConfig, new: PlannerConfig) -> None:
         if (old.cache_enabled, old.cache_similarity, old.cache_timeout_s) != \
                 (new.cache_enabled, new.cache_similarity, new.cache_timeout_s):
-            self.runner.cache = _make_cache(new)
+            self.runner.cache = PlanCache.from_config(new)
         if old.rate_hz != new.rate_hz:
             self._timer.cancel()
             self.destroy_timer(self._timer)

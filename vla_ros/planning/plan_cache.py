@@ -60,6 +60,12 @@ class _Entry:
 
 
 class PlanCache:
+    @classmethod
+    def from_config(cls, cfg) -> Optional['PlanCache']:
+        """The cache a `PlannerConfig` asks for (`cache_similarity`, `cache_timeout_s`), None when
+        `cache_enabled` is off."""
+        return cls(cfg.cache_similarity, cfg.cache_timeout_s) if cfg.cache_enabled else None
+
     def __init__(self, similarity_threshold: float, timeout_s: float):
         self.similarity_threshold = float(similarity_threshold)
         self.timeout_s = float(timeout_s)

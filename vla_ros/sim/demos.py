@@ -129,10 +129,15 @@ class EvalResult:
 PERCEPTION_RATE_HZ = 10.0     # evaluate_policy's perception and chunk-inference rate (the stack's chunk_rate_hz)
 
 
+def _ticks_between(rate_hz: float, control_dt: float) -> int:
+    """Control ticks between two events at `rate_hz` (at least 1)."""
+    return max(1, int(round(1.0 / (rate_hz * control_dt))))
+
+
 def perception_period_s(action_cfg, perception_rate_hz: float = PERCEPTION_RATE_HZ) -> float:
     """Sim seconds between two frames `evaluate_policy` perceives (a whole number of control ticks)."""
     control_dt = 1.0 / action_cfg.control_rate_hz
-    return max(1, int(round(1.0 / (perception_rate_hz * control_dt)))) * control_dt
+    return _ticks_between(perception_rate_hz, control_dt) * control_dt
 
 
 def evaluate_policy(env: ArmEnv, pipeline, planner, head, action_cfg, seeds,
@@ -155,13 +160,13 @@ def evaluate_policy(env: ArmEnv, pipeline, planner, head, action_cfg, seeds,
     node (`AsyncPlanner`): while instruction and scene embedding hold, the cached plan answers. None =
     every request plans.
     """
-    from vla_ros.planning.plan_cache import scene_embedding
     from vla_ros.action.controller import ControlLoop
     from vla_ros.planning.base import PlanRequest
+    from vla_ros.planning.plan_cache import scene_embedding
 
     control_dt = 1.0 / action_cfg.control_rate_hz
-    perceive_every = int(round(perception_period_s(action_cfg, perception_rate_hz) / control_dt))
-    plan_every = max(1, int(round(1.0 / (plan_rate_hz * control_dt))))
+    perceive_every = _ticks_between(perception_rate_hz, control_dt)
+    plan_every = _ticks_between(plan_rate_hz, control_dt)
     if not (observation_delay_s >= 0.0):
         raise ValueError(f'observation_delay_s must be >= 0, got {observation_delay_s}')
     delay_ticks = int(round(observation_delay_s / control_dt))

@@ -114,11 +114,10 @@ def policy_episode(job: dict) -> dict:
         actions.append(expert.chunk(q).astype(np.float32))
 
     cache = None
-    if job.get('plan_cache'):                 # as the planner node: PlannerConfig's cache settings
+    if job.get('plan_cache'):                 # as the planner node, with PlannerConfig's cache settings
         from vla_ros.config import PlannerConfig
         from vla_ros.planning.plan_cache import PlanCache
-        planner_cfg = PlannerConfig()
-        cache = PlanCache(planner_cfg.cache_similarity, planner_cfg.cache_timeout_s)
+        cache = PlanCache.from_config(PlannerConfig())
     with torch.no_grad():
         res = evaluate_policy(env, policy['pipeline'], policy['planner'], policy['head'], _STATE['action_cfg'],
                               [job['seed']], on_perceive=record if job.get('record') else None,
