@@ -44,14 +44,20 @@ class Episode:
 
 
 def collect_episode(env: ArmEnv, expert, seed: int, noise_std: float = 0.0,
-                    hold_steps: int = 10, rng: Optional[np.random.Generator] = None) -> Episode:
+                    hold_steps: int = 10, rng: Optional[np.random.Generator] = None, stride: int = 1) -> Episode:
     """Run one expert episode; executed targets get Gaussian noise (labels stay clean).
 
     Noise injection (DART-style) puts the expert in states a learned policy drifts into and
     labels them with the expert's correction, which plain behaviour cloning never sees.
     `hold_steps` extra decisions after success teach the policy to stay on the cube (touch) / away
     from it (pick_place). `expert` is a TouchExpert or PickPlaceExpert (chunk(q) -> [H, J]).
+
+    `stride` > 1: the expert decides (and a sample is recorded) every `stride` steps of `action_dt` and
+    executes the first `stride` rows of its chunk in between, as the policy does at its inference rate
+    (fewer, less correlated samples per episode: more layouts for the same memory and time).
     """
+    if stride < 1:
+        raise ValueError(f'stride must be >= 1, got {stride}')
     rng = rng or np.random.default_rng(seed)
     env.reset(seed=seed)
     dt = expert.config.action_dt
@@ -64,10 +70,13 @@ def collect_episode(env: ArmEnv, expert, seed: int, noise_std: float = 0.0,
         targets.append(env.task_targets())
         proprio.append(q.astype(np.float32))
         chunks.append(chunk.astype(np.float32))
-        command = chunk[0].copy()
-        if noise_std > 0:            # arm joints only: the gripper target is open/closed, not a joint angle
-            command[env.arm_index] += rng.normal(0.0, noise_std, size=len(env.arm_index))
-        env.step_to(command, dt)
+        for k in range(min(stride, len(chunk))):
+            command = chunk[k].copy()
+            if noise_std > 0:        # arm joints only: the gripper target is open/closed, not a joint angle
+                command[env.arm_index] += rng.normal(0.0, noise_std, size=len(env.arm_index))
+            env.step_to(command, dt)
+            if env.success() or env.timed_out():
+                break
         if env.success():
             if steps_to_success < 0:
                 steps_to_success = len(proprio)

@@ -87,7 +87,8 @@ def run(cfg) -> dict:
         return _evaluate(cfg, os.path.abspath(cfg.init_from or cfg.out_dir), report, t0)
 
     jobs = [{'seed': cfg.seed + i, 'noise': cfg.noise_levels[i % len(cfg.noise_levels)], 'grid': grid,
-             'hold_steps': cfg.hold_steps, 'max_steps': cfg.max_steps} for i in range(cfg.episodes)]
+             'hold_steps': cfg.hold_steps, 'max_steps': cfg.max_steps, 'stride': cfg.decision_stride}
+            for i in range(cfg.episodes)]
     demos = run_jobs(expert_episode, jobs, cfg.workers, cfg.episode_timeout_s, desc='expert demos',
                      progress=cfg.progress, task=cfg.task)
     report['expert'] = {'episodes': len(demos), 'successes': int(sum(d['success'] for d in demos)),

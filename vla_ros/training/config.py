@@ -26,7 +26,11 @@ class TrainConfig:
                                       metadata={'help': 'DART noise std (rad) on executed targets; episode i '
                                                         'uses level i %% len; labels stay clean'})
     hold_steps: int = field(default=10, metadata={'help': 'decisions recorded after success'})
-    max_steps: int = field(default=200, metadata={'help': 'cap on decisions per expert episode'})
+    max_steps: int = field(default=200, metadata={'help': 'cap on action steps (of action_dt) per expert episode'})
+    decision_stride: int = field(default=1, metadata={'help': 'the expert decides and a sample is recorded every N '
+                                                      'action steps (it executes its chunk in between, as the '
+                                                      'policy at its inference rate); 2 = 10 Hz decisions for '
+                                                      '0.05 s action steps, half the samples per episode'})
     # ---- vision encoder (a transformers SiglipVisionModel trained from scratch)
     image_size: int = field(default=128, metadata={'help': 'encoder input size (px), = sim image size'})
     patch_size: int = field(default=16, metadata={'help': 'encoder patch size (px)'})
@@ -100,6 +104,8 @@ class TrainConfig:
         grid = (self.image_size // self.patch_size) ** 2
         if not self.keep_tokens or any(k < 1 or k > grid for k in self.keep_tokens):
             raise ValueError(f'keep_tokens must be in 1..{grid}')
+        if self.decision_stride < 1:
+            raise ValueError('decision_stride must be >= 1')
         if self.episodes < 1 or self.epochs < 0 or self.batch_size < 1:
             raise ValueError('episodes and batch_size must be positive, epochs >= 0')
         if self.observation_lag_s < 0 or self.rollout_observation_delay_s < 0:

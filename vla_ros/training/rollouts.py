@@ -51,14 +51,15 @@ def expert_episode(job: dict) -> dict:
     env, expert = _STATE['env'], _STATE['expert']
     env.config.episode_timeout_s = min(_STATE['timeout'], job['max_steps'] * expert.config.action_dt)
     ep = collect_episode(env, expert, job['seed'], noise_std=job['noise'], hold_steps=job['hold_steps'],
-                         rng=np.random.default_rng(job['seed'] + 7919))
+                         rng=np.random.default_rng(job['seed'] + 7919), stride=int(job.get('stride', 1)))
     env.config.episode_timeout_s = _STATE['timeout']
     grid = tuple(job.get('grid', (8, 8)))
     relevance = np.stack([relevance_of(img, ep.instruction, grid) for img in ep.images])
     colours = np.stack([colour_maps(img, grid, _STATE['task']) for img in ep.images])
     return {'seed': ep.seed, 'instruction': ep.instruction, 'images': ep.images, 'proprio': ep.proprio,
             'actions': ep.chunks, 'relevance': relevance.astype(np.float16), 'colours': colours.astype(np.float16),
-            'targets': ep.targets, 'success': ep.success, 'decision_dt': float(expert.config.action_dt),
+            'targets': ep.targets, 'success': ep.success,
+            'decision_dt': float(expert.config.action_dt) * int(job.get('stride', 1)),
             'steps_to_success': ep.steps_to_success}
 
 
