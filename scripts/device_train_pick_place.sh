@@ -15,3 +15,5 @@ if [ -n "${EXPERT_CHECK:-}" ]; then
 fi
 python3 -m vla_ros.training.cli --task pick_place "$@" --progress false --out-dir "$OUT/ckpt" --work-dir /tmp/runs \
   2>&1 | tee "$OUT/train.log"
+# The policies each DAgger round started from (the work dir's round*/), in case a later phase went wrong.
+tar cf "$OUT/rounds.tar" -C /tmp/runs . 2>/dev/null || true

@@ -137,3 +137,38 @@ def test_tiny_training_run_ships_loadable_checkpoints(tmp_path):
     assert again['eval']['episodes'] == 2 and again['eval']['model_dir'] == os.path.abspath(cfg.out_dir)
     assert json.loads((tmp_path / 'ev' / 'eval_metrics.json').read_text())['eval']['episodes'] == 2
     assert json.loads((tmp_path / 'ckpt' / 'train_metrics.json').read_text())['eval']['episodes'] == 1
+
+
+def test_a_diverging_phase_restores_its_best_epoch():
+    """A loss that blows up (here: an absurd learning rate) does not leave the diverged weights behind."""
+    from vla_ros.training.trainer import EpisodeData, Policy, train_policy
+
+    rng = np.random.default_rng(0)
+    n, horizon, joints = 48, 4, 8
+    episode = {'instruction': 'put the red cube on the yellow pad',
+               'images': rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8),
+               'proprio': rng.normal(size=(n, joints)).astype(np.float32),
+               'actions': rng.normal(size=(n, horizon, joints)).astype(np.float32),
+               'relevance': rng.random((n, 4)).astype(np.float32), 'colours': rng.random((n, 5, 4)),
+               'targets': rng.normal(size=(n, 6)).astype(np.float32)}
+    data = EpisodeData('cpu')
+    data.add([episode])
+    cfg = TrainConfig(task='pick_place', device='cpu', image_size=32, patch_size=16, head_hidden=32, head_layers=1,
+                      head_memory_layers=1, batch_size=16, keep_tokens=[4], progress=False, **SMALL)
+    torch.manual_seed(0)
+    policy = Policy(cfg, action_dim=joints, horizon=horizon, proprio_dim=joints)
+    policy.head.set_normalization(*data.statistics())
+    calm = train_policy(policy, data, cfg, epochs=3, lr=1e-3, seed=1)
+    assert calm['restored_epoch'] is None
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    wild = train_policy(policy, data, cfg, epochs=4, lr=3.0, seed=2)
+    losses = wild['epoch_losses']
+    finite = [x for x in losses if np.isfinite(x)]
+    best = wild['restored_epoch']
+    assert best is not None                  # diverged: the last loss is NaN or far above the best
+    after = policy.state_dict()
+    assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+    if best == 0:                            # no epoch left finite weights: those the phase started from
+        assert all(torch.equal(before[k], after[k]) for k in before)
+    else:                                    # a finite earlier epoch's weights, not the last's
+        assert best < len(losses) and np.isfinite(losses[best - 1])

@@ -70,6 +70,8 @@ class TrainConfig:
     dagger_rounds: int = field(default=1, metadata={'help': 'rounds of policy rollouts relabelled by the expert'})
     dagger_episodes: int = field(default=240, metadata={'help': 'policy episodes per DAgger round'})
     dagger_epochs: int = field(default=12, metadata={'help': 'epochs on the aggregated data after each round'})
+    dagger_lr: float = field(default=0.0, metadata={'help': 'peak learning rate of each DAgger training phase '
+                                                    '(0 = --lr); lower than --lr fine-tunes the trained policy'})
     dagger_seed: int = field(default=50000, metadata={'help': 'first seed of the DAgger rollouts'})
     # ---- closed-loop evaluation (no ROS) on held-out seeds
     eval_episodes: int = field(default=100, metadata={'help': 'held-out closed-loop episodes after training'})
@@ -90,6 +92,9 @@ class TrainConfig:
                                                                 'phase (0 = epochs only)'})
     time_budget_s: float = field(default=0.0, metadata={'help': 'skip further DAgger rounds once training has '
                                                         'run this long (0 = no limit)'})
+    divergence_factor: float = field(default=1.5, metadata={'help': 'a training phase whose last epoch loss exceeds '
+                                                            'this x its best epoch loss has diverged: its best '
+                                                            "epoch's weights are restored (0 = never)"})
     checkpoint_every_s: float = field(default=0.0, metadata={'help': 'also save the policy to out_dir every N s of '
                                                              'training (0 = only at the end), so a run cut short '
                                                              'by a time limit keeps its progress'})

@@ -152,6 +152,10 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
     last_save = t0
     bar = tqdm(range(epochs), desc=desc, unit='epoch', disable=not cfg.progress)
     step = 0
+    # The lowest-loss epoch's weights (epoch 0 = as the phase began), restored if the phase diverges.
+    snapshot = lambda: {k: v.detach().to('cpu', copy=True) for k, v in policy.state_dict().items()}  # noqa: E731
+    best_state = snapshot() if cfg.divergence_factor > 0 else None
+    best_epoch, best_loss = 0, math.inf
     for _ in bar:
         if fraction(step) >= 1.0:
             break
@@ -203,20 +207,33 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
             running += float(flow_loss)
         losses.append(running / max(1, done))
         target_losses.append(float(running_target) / max(1, done))
+        # False for a NaN loss, and for weights already gone non-finite (the loss is the epoch's running mean)
+        is_best = losses[-1] <= best_loss and all(bool(torch.isfinite(p).all()) for p in policy.parameters())
+        if is_best:
+            best_epoch, best_loss = len(losses), losses[-1]
+            if cfg.divergence_factor > 0:
+                best_state = snapshot()
         bar.set_postfix(loss=f'{losses[-1]:.4f}', samples=n)
         if not cfg.progress:
             aux = f' target-aux {target_losses[-1]:.4f}' if cfg.target_aux_weight > 0 else ''
             print(f'[{desc}] epoch {len(losses)}/{epochs} loss {losses[-1]:.4f}{aux} '
                   f'({time.perf_counter() - t0:.0f} s, {n} samples)', flush=True)
         # Periodic saves keep the best epoch so far: a loss spike late in a run never overwrites a better policy.
-        if on_checkpoint is not None and cfg.checkpoint_every_s > 0 and losses[-1] <= min(losses) and \
+        if on_checkpoint is not None and cfg.checkpoint_every_s > 0 and is_best and \
                 time.perf_counter() - last_save >= cfg.checkpoint_every_s:
             on_checkpoint()
             policy.to(device).train()
             last_save = time.perf_counter()
     bar.close()
+    restored = None
+    if best_state is not None and losses and not losses[-1] <= cfg.divergence_factor * best_loss:   # NaN too
+        # Diverged (a loss spike the cosine decay did not recover from): keep the best epoch's weights.
+        policy.load_state_dict(best_state)
+        restored = best_epoch
+        print(f'[{desc}] loss {losses[-1]:.4f} > {cfg.divergence_factor:g} x best {best_loss:.4f}: '
+              f'diverged, restored the weights of epoch {best_epoch}', flush=True)
     policy.eval()
-    return {'epoch_losses': [round(x, 5) for x in losses], 'final_loss': losses[-1],
+    return {'epoch_losses': [round(x, 5) for x in losses], 'final_loss': losses[-1], 'restored_epoch': restored,
             'epoch_target_losses': [round(x, 5) for x in target_losses] if cfg.target_aux_weight > 0 else [],
             'samples': n, 'steps': step,
             'episodes': data.episodes, 'seconds': round(time.perf_counter() - t0, 1)}
