@@ -254,3 +254,44 @@ def test_injected_inference_delay_slows_every_chunk_and_rtc_plans_for_it():
     quick = _loop(time.monotonic)
     _feed(quick, time.monotonic())
     assert quick.infer_chunk() is not None and quick.last_inference_ms < 150.0
+
+
+def test_an_arm_displaced_under_command_drops_its_chunks_until_a_newer_frame():
+    """An episode reset teleports the sim arm while chunks of the old scene are running. Those chunks, and RTC
+    prefixes continuing them, drove the arm back toward the old pose: the ROS stack succeeded 7/10 on the first
+    episode of each bringup and 26/90 on the later ones (pick-and-place). Now the loop restarts: no chunk
+    until a frame captured after the displacement."""
+    clock = FakeClock()
+    loop = _loop(clock, safety=SafetyConfig(joint_lower=[-1.0] * 3, joint_upper=[1.0] * 3, max_velocity=2.0,
+                                            max_acceleration=1e4, stale_plan_timeout_s=1.0,
+                                            stale_perception_timeout_s=0.5, max_tracking_error=0.2))
+    _feed(loop, clock.t)
+    assert loop.infer_chunk(clock.t, active_from=clock.t) is not None
+    for _ in range(5):
+        clock.t += 0.01
+        loop.update_proprio(np.array([0.1, 0.2, 0.3]), now=clock.t)
+        _, status = loop.tick(clock.t)
+        assert status.mode == 'running' and not status.restarted
+    home = np.array([-0.6, 0.5, -0.4])                      # the arm is put somewhere else
+    clock.t += 0.01
+    loop.update_proprio(home, now=clock.t)
+    cmd, status = loop.tick(clock.t)
+    assert status.restarted and status.safety.reanchored and loop.restarts == 1
+    assert len(loop.buffer) == 0
+    assert loop.buffer.rtc_prefix(clock.t, 0.02, 8, 0.05)[0] is None
+    assert np.max(np.abs(cmd - home)) <= 2.0 * 0.01 + 1e-9  # one velocity-limited step from where it is
+    # the newest frame was captured before the restart: no chunk from it, the arm holds where it is
+    restart_t = clock.t
+    clock.t += 0.01
+    assert loop.infer_chunk(clock.t, active_from=clock.t) is None
+    assert loop.commit_chunk(np.zeros((8, 3)), restart_t - 0.05, 0.05, clock.t, 99) is None   # in flight before
+    held, status = loop.tick(clock.t)
+    assert status.mode == 'hold' and not status.restarted
+    assert np.max(np.abs(held - home)) <= 2.0 * 0.02 + 1e-9
+    # a frame of the new scene: chunks again, RTC starting fresh from the arm's new pose
+    loop.update_perception(np.full((5, 6), 0.5, np.float32), frame_id=2, now=clock.t)
+    chunk = loop.infer_chunk(clock.t, active_from=clock.t)
+    assert chunk is not None and (chunk.prefix_weights is None or not np.any(chunk.prefix_weights))
+    clock.t += 0.01
+    _, status = loop.tick(clock.t)
+    assert status.mode == 'running' and not status.restarted and loop.restarts == 1

@@ -14,6 +14,7 @@ CLOCK_MONOTONIC seconds, the same clock in both processes.
 from __future__ import annotations
 
 import dataclasses
+import math
 import multiprocessing
 import os
 import time
@@ -40,7 +41,7 @@ class InferenceChannels:
         self.vis = SeqSlot({'data': (max_tokens * vis_dim,), 'meta': (3,)})        # P writes
         self.proprio = SeqSlot({'q': (action_dim,), 'meta': (1,)})                 # P writes: received
         self.estop = SeqSlot({'v': (1,)})                                          # P (e-stop callback)
-        self.epoch = SeqSlot({'v': (1,)})                                          # P (tick): clear count
+        self.epoch = SeqSlot({'v': (2,)})                                          # P (tick): clear count, restart time
         self.stop = SeqSlot({'v': (1,)})                                           # P (close)
         self.chunk = SeqSlot({'actions': (horizon, action_dim), 'weights': (horizon,),
                               'meta': (len(_CHUNK_META),)})                        # C writes
@@ -65,10 +66,11 @@ class ChunkInbox:
         self._last_chunk_version = got
         return True
 
-    def clear(self) -> None:
-        """The control side dropped its chunks (stale inputs): the inference process drops its mirror too."""
+    def clear(self, restart_at: Optional[float] = None) -> None:
+        """The control side dropped its chunks (stale inputs): the inference process drops its mirror too.
+        With `restart_at` (monotonic s; ControlLoop.restart) it also waits for a frame captured after it."""
         self._epoch += 1
-        self.channels.epoch.write(v=(self._epoch,))
+        self.channels.epoch.write(v=(self._epoch, math.nan if restart_at is None else float(restart_at)))
 
     def status(self) -> Dict[str, float]:
         self.channels.status.read_into(self._status)
@@ -123,8 +125,8 @@ class InferenceProcess:
     def poll_chunk(self, out: Dict[str, np.ndarray]) -> bool:
         return self.inbox.poll_chunk(out)
 
-    def clear(self) -> None:
-        self.inbox.clear()
+    def clear(self, restart_at: Optional[float] = None) -> None:
+        self.inbox.clear(restart_at)
 
     def status(self) -> Dict[str, float]:
         return dict(self.inbox.status(), inference_alive=self.process.is_alive())
@@ -189,7 +191,11 @@ def child_main(cfg_dict, head_cfg_dict, state_dict, ch: InferenceChannels, paren
             elif name == 'estop':
                 loop.set_estop(bool(buf['v'][0]))
             elif name == 'epoch':
-                loop.buffer.clear()
+                restart_at = float(buf['v'][1])
+                if math.isfinite(restart_at):
+                    loop.restart(restart_at)
+                else:
+                    loop.buffer.clear()
             elif name == 'stop' and buf['v'][0]:
                 return
         try:

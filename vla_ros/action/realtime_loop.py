@@ -170,8 +170,11 @@ class RealtimeController:
         command, status = loop.tick(now)
         offset_ns = self.sink.ros_now_ns() - time.monotonic_ns()
         self._phase('safety', time.monotonic_ns() - t1)
-        if status.mode in _STALE_MODES and self.mode not in _STALE_MODES and self.backend is not None:
-            self.backend.clear()   # the child's chunk mirror must not seed RTC with pre-stop chunks
+        if self.backend is not None:
+            if status.restarted:       # the arm restarted where it is: the child waits for a newer frame too
+                self.backend.clear(restart_at=now)
+            elif status.mode in _STALE_MODES and self.mode not in _STALE_MODES:
+                self.backend.clear()   # the child's chunk mirror must not seed RTC with pre-stop chunks
         if command is not None:
             t_pub = time.monotonic_ns()
             self.sink.stamped(command, now_ns + offset_ns)
