@@ -71,18 +71,17 @@ def test_pick_place_stack_commands_the_gripper_over_dds():
     assert np.all((measured > -0.005) & (measured < 0.045)), (measured.min(), measured.max())
 
 
-# Held-out seeds (the trainer's evaluation seeds: never demos or DAgger) on which the shipped policy puts the
-# named cube on the named pad in the no-ROS loop in about 4-7 s at every observation delay from 0 to 0.3 s
-# (bench/results/pick_place_observation_delay.json). The policy succeeds on about a fifth of all layouts, so
-# these were chosen, not drawn: the test shows the stack does not lose what the policy can do.
-PICK_PLACE_SEEDS = (100002, 100022, 100027)
+# Held-out seeds (never demos or DAgger) on which the shipped policy put the named cube on the named pad in
+# about 4-5 s in both 100-episode runs through the stack (bench/results/eval_pick_place100_run6*/) and in the
+# trainer's loop (bench/results/pick_place_noros_200100_run6/). The policy succeeds on about 3 in 5 layouts
+# through the stack, so these were chosen, not drawn: the test shows the stack keeps what the policy can do.
+PICK_PLACE_SEEDS = (200108, 200161, 200167)
 
 
 def test_pick_place_policy_succeeds_through_the_stack_on_fixed_held_out_seeds():
     """Each seed is one `vla_bringup --processes --task pick_place` over DDS (as the evaluation harness runs
     it); the sim's own check (cube resting on the named pad, fingers off) must report SUCCESS. The flow
-    head's noise and DDS timing vary between runs: 2 of 3 failed once in 4 runs here (right after the touch
-    e2e test), so 1 of the 3 is required."""
+    head's noise and DDS timing vary between runs, so 2 of the 3 are required."""
     from vla_ros.eval.harness import Job, parse_args, run_job
 
     args = parse_args(['--task', 'pick_place', '--episode-timeout-s', '15', '--episode-margin-s', '30',
@@ -91,6 +90,6 @@ def test_pick_place_policy_succeeds_through_the_stack_on_fixed_held_out_seeds():
     for seed, r in zip(PICK_PLACE_SEEDS, results):
         assert r.returncode == 0 and [e['seed'] for e in r.episodes] == [seed], r.log_tail
     won = [r.episodes[0] for r in results if r.episodes[0]['success']]
-    assert len(won) >= 1, [(r.episodes[0]['seed'], r.episodes[0]['success'], r.episodes[0]['elapsed_s'],
+    assert len(won) >= 2, [(r.episodes[0]['seed'], r.episodes[0]['success'], r.episodes[0]['elapsed_s'],
                             r.episodes[0].get('sim_realtime_factor')) for r in results]
     assert all(0.0 < e['elapsed_s'] < 15.0 for e in won)
