@@ -219,6 +219,7 @@ def test_estop_release_drops_the_stale_chunk_and_restarts_from_the_measured_stat
     clock.t += 0.01
     first, status = loop.tick(clock.t)
     assert status.safety.reanchored
+    assert not status.restarted and len(loop.buffer) == 1   # the fresh chunk after the release stays
     # one velocity-limited step (per elapsed time) from where the arm IS
     assert np.max(np.abs(first - settled)) <= loop.cfg.safety.max_velocity * (clock.t - last_tick) + 1e-9
 

@@ -342,11 +342,12 @@ class ControlLoop:
         # Frozen positions must not steer an arm already under command (they still seed a first hold).
         if self.safety.last_command is not None and self.safety.is_stale(0.0, 0.0, proprio_age):
             measured = None
-        had_command = self.safety.last_command is not None
+        # (an e-stop release re-anchors too, but set_estop already dropped the chunks: the first fresh one stays)
+        under_command = self.safety.last_command is not None and not self.safety.release_pending
         command, report = self.safety.filter(hold_target, measured, plan_age, vis_age, now=now,
                                              joint_state_age_s=proprio_age)
         # The safety filter re-anchored an arm under command on where it is: restart the chunks too.
-        restarted = had_command and report.reanchored and not report.estop
+        restarted = under_command and report.reanchored and not report.estop
         if restarted:
             self.restart(now)
         if command is None:

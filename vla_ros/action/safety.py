@@ -110,6 +110,11 @@ class SafetyFilter:
             self._restart = True
         self._estop = bool(active)
 
+    @property
+    def release_pending(self) -> bool:
+        """An e-stop release waits to re-seed the command from the next valid measurement."""
+        return self._restart
+
     def reset(self) -> None:
         """Forget the command history (next command starts from the measured position)."""
         self.last_command = None
