@@ -136,8 +136,8 @@ def run(cfg) -> dict:
         data.add([x for x in rollouts if 'proprio' in x])
         del rollouts
         stats['train'] = train_policy(policy, data, cfg, cfg.dagger_epochs, desc=f'train (DAgger {r + 1})',
-                                      lr=cfg.dagger_lr or None, seed=cfg.seed + r + 1, budget_s=cfg.dagger_train_budget_s,
-                                      on_checkpoint=checkpoint)
+                                      lr=cfg.dagger_lr or None, seed=cfg.seed + r + 1,
+                                      budget_s=cfg.dagger_train_budget_s, on_checkpoint=checkpoint)
         report['dagger'].append(stats)
         print(json.dumps({'dagger': {k: v for k, v in stats.items() if k != 'train'}}), flush=True)
 

@@ -49,9 +49,10 @@ def expert_episode(job: dict) -> dict:
     from vla_ros.training.policy import colour_maps, relevance_of
 
     env, expert = _STATE['env'], _STATE['expert']
+    stride = int(job.get('stride', 1))
     env.config.episode_timeout_s = min(_STATE['timeout'], job['max_steps'] * expert.config.action_dt)
     ep = collect_episode(env, expert, job['seed'], noise_std=job['noise'], hold_steps=job['hold_steps'],
-                         rng=np.random.default_rng(job['seed'] + 7919), stride=int(job.get('stride', 1)))
+                         rng=np.random.default_rng(job['seed'] + 7919), stride=stride)
     env.config.episode_timeout_s = _STATE['timeout']
     grid = tuple(job.get('grid', (8, 8)))
     relevance = np.stack([relevance_of(img, ep.instruction, grid) for img in ep.images])
@@ -59,7 +60,7 @@ def expert_episode(job: dict) -> dict:
     return {'seed': ep.seed, 'instruction': ep.instruction, 'images': ep.images, 'proprio': ep.proprio,
             'actions': ep.chunks, 'relevance': relevance.astype(np.float16), 'colours': colours.astype(np.float16),
             'targets': ep.targets, 'success': ep.success,
-            'decision_dt': float(expert.config.action_dt) * int(job.get('stride', 1)),
+            'decision_dt': float(expert.config.action_dt) * stride,
             'steps_to_success': ep.steps_to_success}
 
 

@@ -153,7 +153,9 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
     bar = tqdm(range(epochs), desc=desc, unit='epoch', disable=not cfg.progress)
     step = 0
     # The lowest-loss epoch's weights (epoch 0 = as the phase began), restored if the phase diverges.
-    snapshot = lambda: {k: v.detach().to('cpu', copy=True) for k, v in policy.state_dict().items()}  # noqa: E731
+    def snapshot() -> Dict[str, torch.Tensor]:
+        return {k: v.detach().to('cpu', copy=True) for k, v in policy.state_dict().items()}
+
     best_state = snapshot() if cfg.divergence_factor > 0 else None
     best_epoch, best_loss = 0, math.inf
     for _ in bar:
