@@ -54,6 +54,22 @@ def test_collected_episode_is_consistent(env, episode):
     assert again.instruction == episode.instruction and again.seed == 21
 
 
+def test_decision_stride_records_every_nth_step_and_still_succeeds(env, episode):
+    """stride 2: the expert decides every 2 action steps, executing its chunk's first two rows in between, so the
+    episode needs about half the samples, each 2 action steps of sim time apart."""
+    strided = collect_episode(env, TouchExpert(env), seed=21, noise_std=0.0, hold_steps=3, stride=2)
+    assert strided.success
+    assert 0.4 * episode.steps_to_success <= strided.steps_to_success <= 0.6 * episode.steps_to_success, \
+        (strided.steps_to_success, episode.steps_to_success)
+    # two action steps of sim time per decision until success (once the cube is touched, the hold decisions
+    # step one action step each: the inner loop stops on success)
+    dt = TouchExpert(env).config.action_dt
+    n, held = len(strided.proprio), len(strided.proprio) - strided.steps_to_success
+    assert abs(env.elapsed_s - dt * (2 * (n - held) + held)) <= dt + 1e-9, (env.elapsed_s, n, held)
+    with pytest.raises(ValueError):
+        collect_episode(env, TouchExpert(env), seed=21, stride=0)
+
+
 def test_noise_injection_changes_states_but_labels_stay_expert(env):
     expert = TouchExpert(env)
     noisy = collect_episode(env, expert, seed=22, noise_std=0.02, hold_steps=0)
