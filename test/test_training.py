@@ -172,3 +172,45 @@ def test_a_diverging_phase_restores_its_best_epoch():
         assert all(torch.equal(before[k], after[k]) for k in before)
     else:                                    # a finite earlier epoch's weights, not the last's
         assert best < len(losses) and np.isfinite(losses[best - 1])
+
+
+def test_ema_phase_ends_on_the_weight_average():
+    """With ema_decay the phase ends on the running average of its weights: between the start and the last
+    step's weights (decay 0.5 over a few steps: close to the last), and decay ~1 keeps the start weights."""
+    import dataclasses
+
+    from vla_ros.training.trainer import EpisodeData, Policy, train_policy
+
+    rng = np.random.default_rng(1)
+    n, horizon, joints = 32, 4, 8
+    episode = {'instruction': 'put the red cube on the yellow pad',
+               'images': rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8),
+               'proprio': rng.normal(size=(n, joints)).astype(np.float32),
+               'actions': rng.normal(size=(n, horizon, joints)).astype(np.float32),
+               'relevance': rng.random((n, 4)).astype(np.float32), 'colours': rng.random((n, 5, 4)),
+               'targets': rng.normal(size=(n, 6)).astype(np.float32)}
+    data = EpisodeData('cpu')
+    data.add([episode])
+    cfg = TrainConfig(task='pick_place', device='cpu', image_size=32, patch_size=16, head_hidden=32, head_layers=1,
+                      head_memory_layers=1, batch_size=16, keep_tokens=[4], progress=False, divergence_factor=0,
+                      **SMALL)
+
+    def trained(ema_decay):
+        torch.manual_seed(0)
+        policy = Policy(cfg, action_dim=joints, horizon=horizon, proprio_dim=joints)
+        policy.head.set_normalization(*data.statistics())
+        start = {k: v.clone() for k, v in policy.state_dict().items()}
+        report = train_policy(policy, data, dataclasses.replace(cfg, ema_decay=ema_decay), epochs=3, lr=1e-3,
+                              seed=1)
+        return start, policy.state_dict(), report
+
+    start, raw, plain = trained(0.0)
+    _, frozen, frozen_report = trained(1.0 - 1e-9)
+    _, averaged, report = trained(0.5)
+    assert not plain['ema'] and report['ema'] and frozen_report['ema']
+    key = 'head.decoder.layers.0.linear1.weight'
+    moved = (raw[key] - start[key]).norm()
+    assert moved > 0
+    assert torch.allclose(frozen[key], start[key], atol=1e-6)          # decay ~1: the average never moved
+    assert 0 < (averaged[key] - start[key]).norm() <= moved * 1.05      # the average trails the weights
+    assert not torch.equal(averaged[key], raw[key])

@@ -63,6 +63,10 @@ class TrainConfig:
     batch_size: int = field(default=256, metadata={'help': 'samples per step'})
     lr: float = field(default=6e-4, metadata={'help': 'peak learning rate (AdamW, cosine)'})
     weight_decay: float = field(default=1e-4, metadata={'help': 'AdamW weight decay'})
+    bf16: bool = field(default=True, metadata={'help': 'bf16 autocast on CUDA (false: float32 with TF32 matmuls)'})
+    ema_decay: float = field(default=0.0, metadata={'help': 'keep an exponential moving average of the weights '
+                                                    '(per step) and end each training phase on it, unless the '
+                                                    'phase diverged (0 = off; 0.999 is typical)'})
     aug_shift_px: float = field(default=3.0, metadata={'help': 'random image translation (px)'})
     aug_colour: float = field(default=0.1, metadata={'help': 'brightness/contrast jitter (fraction)'})
     aug_noise: float = field(default=0.02, metadata={'help': 'pixel noise std (of 1.0)'})

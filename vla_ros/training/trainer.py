@@ -142,8 +142,13 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * fraction(s))))
     gen = torch.Generator(device=device).manual_seed(seed)
     cpu_gen = np.random.default_rng(seed)
-    autocast = torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' else torch.autocast(
-        'cpu', enabled=False)
+    autocast = torch.autocast('cuda', dtype=torch.bfloat16, enabled=cfg.bf16) if device.type == 'cuda' else \
+        torch.autocast('cpu', enabled=False)
+    if device.type == 'cuda' and not cfg.bf16:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    # Exponential moving average of the floating-point weights and buffers, updated after every step.
+    live = [v for v in policy.state_dict().values() if v.dtype.is_floating_point]   # share the weights' storage
+    ema = [v.detach().clone() for v in live] if cfg.ema_decay > 0 else None
     from tqdm import tqdm
 
     losses: List[float] = []            # flow-matching loss (the auxiliary losses are logged apart)
@@ -204,6 +209,9 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
             opt.step()
             sched.step()
+            if ema is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(ema, live, 1.0 - cfg.ema_decay)
             step += 1
             done += 1
             running += float(flow_loss)
@@ -234,8 +242,13 @@ def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: in
         restored = best_epoch
         print(f'[{desc}] loss {losses[-1]:.4f} > {cfg.divergence_factor:g} x best {best_loss:.4f}: '
               f'diverged, restored the weights of epoch {best_epoch}', flush=True)
+    elif ema is not None and step:
+        with torch.no_grad():
+            for average, weight in zip(ema, live):
+                weight.copy_(average)
     policy.eval()
     return {'epoch_losses': [round(x, 5) for x in losses], 'final_loss': losses[-1], 'restored_epoch': restored,
+            'ema': ema is not None and restored is None and step > 0,
             'epoch_target_losses': [round(x, 5) for x in target_losses] if cfg.target_aux_weight > 0 else [],
             'samples': n, 'steps': step,
             'episodes': data.episodes, 'seconds': round(time.perf_counter() - t0, 1)}
