@@ -200,3 +200,8 @@ def test_control_process_side_reads_inputs_and_exports_stats_through_slots():
     assert out['safety_ticks'] == loop.safety.counters['ticks'] >= 3
     assert out['safety_reanchored'] == loop.safety.counters['reanchored'] >= 1     # the first command
     assert 0.0 <= out['control_heartbeat_age_s'] < 5.0
+    # ControlLoop.restart (the arm displaced under command) is counted in the diagnostics too
+    assert out['restarts'] == loop.restarts == 0
+    loop.restart()
+    rt.export_stats()
+    assert stats_from_slot(stats, stats.buffers())['restarts'] == 1

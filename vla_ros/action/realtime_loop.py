@@ -33,7 +33,7 @@ STAT_KEYS = ('ticks', 'missed_deadlines', 'skipped_periods', 'tick_errors', 'gc_
              'tick_cost_max_ms', 'publish_max_ms', 'run_gap_max_ms', 'run_gaps_over_5ms', 'run_late_max_ms',
              'run_cost_max_ms', 'worst_voluntary_csw', 'worst_involuntary_csw', 'worst_minor_faults',
              'worst_major_faults', 'inputs_max_ms', 'safety_max_ms', 'trajectory_max_ms', 'chunk_publish_max_ms',
-             'commands_published', 'trajectories_sent', 'stop_trajectories_sent', 'chunks',
+             'commands_published', 'trajectories_sent', 'stop_trajectories_sent', 'chunks', 'restarts',
              'mode', 'realtime_granted', 'heartbeat')
 # The safety filter's counters (ticks on which it held, limited, re-anchored, ...), as the node reports them.
 SAFETY_KEYS = tuple(f'safety_{f.name}' for f in dataclasses.fields(SafetyReport)) + ('safety_ticks',)
@@ -265,7 +265,7 @@ class RealtimeController:
                    command_interface=self.cfg.command_interface, inference_mode=self.cfg.inference_mode)
         if self.deadline.last_error:
             out['last_tick_error'] = self.deadline.last_error
-        out.update(chunks=self.loop.chunk_count)
+        out.update(chunks=self.loop.chunk_count, restarts=self.loop.restarts)
         out.update({f'safety_{k}': v for k, v in self.loop.safety.counters.items()})
         if self._trajectory:
             out.update(trajectories_sent=self.trajectories_sent, stop_trajectories_sent=self.stop_trajectories_sent)
@@ -282,7 +282,7 @@ def stats_from_slot(slot: SeqSlot, out: Dict[str, np.ndarray]) -> Dict[str, obje
     stats: Dict[str, object] = {k: float(v[i]) for i, k in enumerate(STAT_KEYS)}
     for k in ('ticks', 'missed_deadlines', 'skipped_periods', 'tick_errors', 'gc_runs', 'commands_published',
               'run_gaps_over_5ms', 'worst_voluntary_csw', 'worst_involuntary_csw', 'worst_minor_faults',
-              'worst_major_faults', 'trajectories_sent', 'stop_trajectories_sent', 'chunks') + SAFETY_KEYS:
+              'worst_major_faults', 'trajectories_sent', 'stop_trajectories_sent', 'chunks', 'restarts') + SAFETY_KEYS:
         stats[k] = int(stats[k])
     mode = int(stats.pop('mode'))
     stats['mode'] = MODES[mode] if 0 <= mode < len(MODES) else 'unknown'

@@ -298,8 +298,8 @@ class ActionNode(Node):
                        smoothing=self.cfg.smoothing)
             if loop.last_error:
                 out['last_inference_error'] = loop.last_error
-            if self.ctrl is None:    # else the control process's filter counts (its stats, above)
-                out.update({f'safety_{k}': v for k, v in loop.safety.counters.items()})
+            if self.ctrl is None:    # else the control process's filter and restart counts (its stats, above)
+                out.update({f'safety_{k}': v for k, v in loop.safety.counters.items()}, restarts=loop.restarts)
         out.update({f'drop_{k}': v for k, v in sorted(self.drops.counts.items())})
         out['stamp_gate_resets'] = self._plan_gate.resets + self._tokens_gate.resets
         return out
