@@ -63,19 +63,19 @@ def _load_model_and_tokenizer(path: str, device: str):
 
     path = resolve_model_path(path)
     try:
-        processor = transformers.AutoProcessor.from_pretrained(path)
+        processor = transformers.AutoProcessor.from_pretrained(path, local_files_only=True)
         tokenizer = getattr(processor, 'tokenizer', processor)
     except Exception as exc:  # e.g. Qwen2-VL's processor needs torchvision; the tokenizer suffices here
         LOG.info('AutoProcessor unavailable for %s (%s); using AutoTokenizer', path, exc)
         processor = None
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
     errors = []
     for name in ('AutoModelForImageTextToText', 'AutoModelForVision2Seq', 'AutoModelForCausalLM'):
         auto = getattr(transformers, name, None)
         if auto is None:
             continue
         try:
-            model = auto.from_pretrained(path, dtype=torch.float32)
+            model = auto.from_pretrained(path, dtype=torch.float32, local_files_only=True)
             break
         except (ValueError, KeyError, OSError) as exc:
             errors.append(f'{name}: {exc}')
