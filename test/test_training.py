@@ -139,12 +139,11 @@ def test_tiny_training_run_ships_loadable_checkpoints(tmp_path):
     assert json.loads((tmp_path / 'ckpt' / 'train_metrics.json').read_text())['eval']['episodes'] == 1
 
 
-def test_a_diverging_phase_restores_its_best_epoch():
-    """A loss that blows up (here: an absurd learning rate) does not leave the diverged weights behind."""
-    from vla_ros.training.trainer import EpisodeData, Policy, train_policy
+def _random_episode_data(seed: int, n: int, horizon: int, joints: int):
+    """One random pick-and-place episode of n samples in an EpisodeData (CPU), for trainer unit tests."""
+    from vla_ros.training.trainer import EpisodeData
 
-    rng = np.random.default_rng(0)
-    n, horizon, joints = 48, 4, 8
+    rng = np.random.default_rng(seed)
     episode = {'instruction': 'put the red cube on the yellow pad',
                'images': rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8),
                'proprio': rng.normal(size=(n, joints)).astype(np.float32),
@@ -153,6 +152,15 @@ def test_a_diverging_phase_restores_its_best_epoch():
                'targets': rng.normal(size=(n, 6)).astype(np.float32)}
     data = EpisodeData('cpu')
     data.add([episode])
+    return data
+
+
+def test_a_diverging_phase_restores_its_best_epoch():
+    """A loss that blows up (here: an absurd learning rate) does not leave the diverged weights behind."""
+    from vla_ros.training.trainer import Policy, train_policy
+
+    horizon, joints = 4, 8
+    data = _random_episode_data(0, 48, horizon, joints)
     cfg = TrainConfig(task='pick_place', device='cpu', image_size=32, patch_size=16, head_hidden=32, head_layers=1,
                       head_memory_layers=1, batch_size=16, keep_tokens=[4], progress=False, **SMALL)
     torch.manual_seed(0)
@@ -179,18 +187,10 @@ def test_ema_phase_ends_on_the_weight_average():
     step's weights (decay 0.5 over a few steps: close to the last), and decay ~1 keeps the start weights."""
     import dataclasses
 
-    from vla_ros.training.trainer import EpisodeData, Policy, train_policy
+    from vla_ros.training.trainer import Policy, train_policy
 
-    rng = np.random.default_rng(1)
-    n, horizon, joints = 32, 4, 8
-    episode = {'instruction': 'put the red cube on the yellow pad',
-               'images': rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8),
-               'proprio': rng.normal(size=(n, joints)).astype(np.float32),
-               'actions': rng.normal(size=(n, horizon, joints)).astype(np.float32),
-               'relevance': rng.random((n, 4)).astype(np.float32), 'colours': rng.random((n, 5, 4)),
-               'targets': rng.normal(size=(n, 6)).astype(np.float32)}
-    data = EpisodeData('cpu')
-    data.add([episode])
+    horizon, joints = 4, 8
+    data = _random_episode_data(1, 32, horizon, joints)
     cfg = TrainConfig(task='pick_place', device='cpu', image_size=32, patch_size=16, head_hidden=32, head_layers=1,
                       head_memory_layers=1, batch_size=16, keep_tokens=[4], progress=False, divergence_factor=0,
                       **SMALL)
