@@ -92,6 +92,22 @@ def test_config_flags_round_trip():
         TrainConfig(keep_tokens=[65]).validate()
 
 
+def test_perception_set_reaches_the_rollout_pipeline_on_top_of_the_task_preset():
+    from vla_ros.training.rollouts import perception_config
+
+    cfg = config_from_args(['--perception-set', 'keep_ratio=0.75, pruning=none', '--task', 'pick_place'])
+    assert cfg.perception_overrides() == {'keep_ratio': 0.75, 'pruning': 'none'}
+    for bad in ('keep_ratoi=1.0', 'keep_ratio=2.0', 'pruning'):
+        with pytest.raises(ValueError):
+            config_from_args(['--perception-set', bad])
+    # The stack's settings for the task (its params file: defaults + preset), then the overrides.
+    assert perception_config('touch').pruning == 'spatial_coverage'
+    assert perception_config('pick_place').pruning == 'query'
+    assert perception_config('pick_place').joint_names[-1] == 'finger_joint1'
+    over = perception_config('pick_place', cfg.perception_overrides())
+    assert (over.pruning, over.keep_ratio, over.joint_names[-1]) == ('none', 0.75, 'finger_joint1')
+
+
 def test_tiny_training_run_ships_loadable_checkpoints(tmp_path):
     """Expert demos -> joint training -> one DAgger round -> closed-loop eval, all in miniature."""
     from vla_ros.action.flow_head import FlowMatchingActionHead
@@ -137,6 +153,13 @@ def test_tiny_training_run_ships_loadable_checkpoints(tmp_path):
     assert again['eval']['episodes'] == 2 and again['eval']['model_dir'] == os.path.abspath(cfg.out_dir)
     assert json.loads((tmp_path / 'ev' / 'eval_metrics.json').read_text())['eval']['episodes'] == 2
     assert json.loads((tmp_path / 'ckpt' / 'train_metrics.json').read_text())['eval']['episodes'] == 1
+    # --perception-set: the evaluation's perception pipeline (this process: workers=1) runs those settings.
+    from vla_ros.training.rollouts import _STATE
+    pruned = run(dataclasses.replace(cfg, eval_only=True, init_from=cfg.out_dir, out_dir=str(tmp_path / 'ev2'),
+                                     perception_set='pruning=none,reuse_enabled=false'))
+    assert pruned['eval']['perception'] == {'pruning': 'none', 'reuse_enabled': False}
+    pipeline_cfg = _STATE['policy']['pipeline'].cfg
+    assert (pipeline_cfg.pruning, pipeline_cfg.reuse_enabled) == ('none', False)
 
 
 def _random_episode_data(seed: int, n: int, horizon: int, joints: int):

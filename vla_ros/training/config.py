@@ -87,6 +87,9 @@ class TrainConfig:
     rollout_plan_cache: bool = field(default=False, metadata={'help': 'DAgger rollouts and the closed-loop evaluation '
                                                             'plan through the plan cache, as the planner node '
                                                             "does (PlannerConfig's cache settings)"})
+    perception_set: str = field(default='', metadata={'help': 'PerceptionConfig overrides of the DAgger rollouts '
+                                                      'and the closed-loop evaluation, comma-separated '
+                                                      'name=value (e.g. keep_ratio=1.0,pruning=none)'})
     eval_only: bool = field(default=False, metadata={'help': 'no demos, no training: evaluate the checkpoint in '
                                                      '--init-from (else --out-dir) on the held-out seeds'})
     episode_timeout_s: float = field(default=20.0, metadata={'help': 'closed-loop episode timeout (sim s)'})
@@ -119,6 +122,24 @@ class TrainConfig:
             raise ValueError('episodes and batch_size must be positive, epochs >= 0')
         if self.observation_lag_s < 0 or self.rollout_observation_delay_s < 0:
             raise ValueError('observation_lag_s and rollout_observation_delay_s must be >= 0')
+
+        self.perception_overrides()           # unknown names and bad values fail before any work
+
+    def perception_overrides(self) -> dict:
+        """--perception-set as a dict of validated PerceptionConfig values."""
+        import yaml
+
+        from vla_ros.config import PerceptionConfig
+        from vla_ros.config.base import config_from_dict
+
+        out = {}
+        for item in filter(None, (x.strip() for x in self.perception_set.split(','))):
+            if '=' not in item:
+                raise ValueError(f'perception_set expects name=value items, got {item!r}')
+            key, raw = item.split('=', 1)
+            out[key.strip()] = yaml.safe_load(raw)
+        config_from_dict(PerceptionConfig, out, 'perception.')
+        return out
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

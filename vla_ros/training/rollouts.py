@@ -76,20 +76,35 @@ def expert_outcome(job: dict) -> dict:
             'final_distance_m': float(env.distance_to_goal())}
 
 
-def _load_policy(model_dir: str) -> dict:
+def perception_config(task: str, overrides: Optional[dict] = None):
+    """The stack's PerceptionConfig for `task` (defaults + the task preset, as its params file) with
+    `overrides` on top (name -> value)."""
+    from vla_ros.config import PerceptionConfig
+    from vla_ros.config.base import config_from_dict
+    from vla_ros.config.tasks import TASK_PRESETS
+
+    preset = {k.split('.', 1)[1]: v for k, v in TASK_PRESETS.get(task, {}).items() if k.startswith('perception.')}
+    return config_from_dict(PerceptionConfig, {**preset, **dict(overrides or {})}, 'perception.')
+
+
+def _load_policy(model_dir: str, perception: Optional[dict] = None) -> dict:
+    """The checkpoint's perception pipeline (perception_config of the worker's task + `perception`
+    overrides), lightweight planner and action head, cached per worker process."""
     stamp = os.path.getmtime(os.path.join(model_dir, 'action_head.pt'))
+    perception_cfg = perception_config(_STATE.get('task', 'touch'), perception)
     policy = _STATE.get('policy')
-    if policy is not None and policy['dir'] == model_dir and policy['stamp'] == stamp:
+    if (policy is not None and policy['dir'] == model_dir and policy['stamp'] == stamp
+            and policy['perception'] == perception_cfg):
         return policy
     from vla_ros.action.flow_head import FlowMatchingActionHead
-    from vla_ros.config import PerceptionConfig, PlannerConfig
+    from vla_ros.config import PlannerConfig
     from vla_ros.perception.encoder import VisionEncoder
     from vla_ros.perception.pipeline import PerceptionPipeline
     from vla_ros.planning.base import make_planner
 
     encoder = VisionEncoder.from_pretrained(os.path.join(model_dir, 'vision_encoder'))
-    perception_cfg = PerceptionConfig(**_STATE.get('perception_overrides', {}))
-    policy = {'dir': model_dir, 'stamp': stamp, 'pipeline': PerceptionPipeline(encoder, perception_cfg),
+    policy = {'dir': model_dir, 'stamp': stamp, 'perception': perception_cfg,
+              'pipeline': PerceptionPipeline(encoder, perception_cfg),
               'planner': make_planner(PlannerConfig(), encoder.hidden_size),
               'head': FlowMatchingActionHead.load(os.path.join(model_dir, 'action_head.pt')).eval()}
     _STATE['policy'] = policy
@@ -106,7 +121,7 @@ def policy_episode(job: dict) -> dict:
     from vla_ros.training.policy import colour_maps, relevance_of
 
     env, expert = _STATE['env'], _STATE['expert']
-    policy = _load_policy(job['model_dir'])
+    policy = _load_policy(job['model_dir'], job.get('perception'))
     images, proprio, actions, targets = [], [], [], []
 
     def record(image, q):
