@@ -56,6 +56,10 @@ def test_gripper_joint_commanded_and_reported_over_dds(tmp_path):
                 return False
 
             assert spin_until(lambda: len(states) > 3, 60), 'no joint states'
+            # Each command is published once: wait until the sim's subscriptions have matched both publishers
+            # (its joint states reaching us says nothing about discovery in the other direction).
+            assert spin_until(lambda: cmd.get_subscription_count() > 0 and traj.get_subscription_count() > 0, 30), \
+                'the sim arm never subscribed to the command topics'
             assert list(states[-1].name) == JOINTS and len(states[-1].position) == 8
             q = np.asarray(states[-1].position)
             assert abs(q[7] - 0.04) < 2e-3                      # the episode starts with the gripper open
