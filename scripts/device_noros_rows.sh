@@ -6,10 +6,7 @@
 set -o pipefail
 cd "$(dirname "$0")/.."
 ckpt=$1; seed=$2; episodes=$3; workers=${4:-16}
-for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
-export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD MUJOCO_GL=egl PYTHONUNBUFFERED=1
+. scripts/device_env.sh
 mkdir -p "$OUT/noros"
 row() {   # row <name> <vla_train flags...>; the stack's defaults = the task preset + plan cache on
   local name=$1; shift

@@ -4,10 +4,7 @@
 # Writes $OUT/ckpt/{vision_encoder/,action_head.pt,train_metrics.json} and $OUT/train.log.
 set -o pipefail
 cd "$(dirname "$0")/.."
-for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
-export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD MUJOCO_GL=egl PYTHONUNBUFFERED=1
+. scripts/device_env.sh
 nvidia-smi --query-gpu=name --format=csv,noheader
 if [ -n "${EXPERT_CHECK:-}" ]; then
   python3 -m vla_ros.training.expert_check --task pick_place --episodes "$EXPERT_CHECK" --workers 16 \

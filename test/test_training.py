@@ -93,7 +93,11 @@ def test_config_flags_round_trip():
 
 
 def test_perception_set_reaches_the_rollout_pipeline_on_top_of_the_task_preset():
-    from vla_ros.training.rollouts import perception_config
+    from vla_ros.config import PerceptionConfig
+    from vla_ros.config.tasks import task_config
+
+    def perception_config(task, overrides=None):
+        return task_config(PerceptionConfig, 'perception', task, overrides)
 
     cfg = config_from_args(['--perception-set', 'keep_ratio=0.75, pruning=none', '--task', 'pick_place'])
     assert cfg.perception_overrides() == {'keep_ratio': 0.75, 'pruning': 'none'}

@@ -33,6 +33,7 @@ from typing import Dict, List, Optional
 import yaml
 
 from vla_ros import stack
+from vla_ros.config.base import ConfigError, parse_assignment
 
 STOP_TIMEOUT_S = 15.0
 POLL_S = 0.2
@@ -43,10 +44,10 @@ def log(text: str) -> None:
 
 
 def _parse_override(text: str):
-    if '=' not in text:
-        raise SystemExit(f'--set expects prefix.name=value, got {text!r}')
-    key, raw = text.split('=', 1)
-    return key.strip(), yaml.safe_load(raw)
+    try:
+        return parse_assignment(text, '--set', 'prefix.name=value')
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def merge_params(config_path: str, overrides: Dict[str, object]) -> dict:

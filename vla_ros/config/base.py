@@ -12,6 +12,14 @@ class ConfigError(ValueError):
     """Raised for unknown keys, wrong types or out-of-range values."""
 
 
+def parse_assignment(text: str, option: str = '--set', form: str = 'name=value') -> Tuple[str, Any]:
+    """One 'key=value' override as the command lines take it -> (key, value parsed as YAML)."""
+    if '=' not in text:
+        raise ConfigError(f'{option} expects {form}, got {text!r}')
+    key, raw = text.split('=', 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
 def param(default: Any, description: str, range: Optional[Tuple[float, float]] = None,
           choices: Optional[Tuple[str, ...]] = None, read_only: bool = False):
     """Dataclass field carrying the ROS parameter descriptor information."""

@@ -11,7 +11,7 @@ The gripper joint `finger_joint1` is the Panda hand's per-finger opening in metr
 filter's own per-joint limits for it (the Franka Hand's rated finger speed is 0.05 m/s per finger
 for grasping; the sim servo is not rate-limited, so the filter is the only limit).
 """
-from typing import Dict
+from typing import Dict, Optional
 
 from vla_ros.config.action import SafetyConfig
 from vla_ros.config.sim import GRIPPER_JOINT_NAME, PANDA_JOINT_NAMES
@@ -48,12 +48,14 @@ TASK_PRESETS: Dict[str, Dict[str, object]] = {
 TASKS = ('touch',) + tuple(TASK_PRESETS)      # touch = the defaults (config/vla.yaml)
 
 
-def task_config(cls, section: str, task: str = 'touch'):
-    """The `section` dataclass (e.g. SimConfig, 'sim') with the task preset's values on top of the defaults."""
+def task_config(cls, section: str, task: str = 'touch', overrides: Optional[Dict[str, object]] = None):
+    """The `section` dataclass (e.g. SimConfig, 'sim') with the task preset's values on top of the defaults,
+    then `overrides` (name -> value, validated like the preset) on top of those."""
     from vla_ros.config.base import config_from_dict
 
     if task not in TASKS:
         raise ValueError(f'unknown task {task!r}; known: {TASKS}')
     prefix = section + '.'
     preset = TASK_PRESETS.get(task, {})
-    return config_from_dict(cls, {k[len(prefix):]: v for k, v in preset.items() if k.startswith(prefix)}, prefix)
+    values = {k[len(prefix):]: v for k, v in preset.items() if k.startswith(prefix)}
+    return config_from_dict(cls, {**values, **dict(overrides or {})}, prefix)

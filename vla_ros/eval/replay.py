@@ -32,10 +32,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
-import yaml
 
 from vla_ros.config.action import ActionConfig
-from vla_ros.config.base import config_from_dict
+from vla_ros.config.base import ConfigError, config_from_dict, parse_assignment
 from vla_ros.config.perception import PerceptionConfig
 from vla_ros.config.planning import PlannerConfig
 from vla_ros.eval.replay_inputs import ReplayFrame, find_inputs, iter_frames
@@ -252,10 +251,11 @@ def build_overrides(args) -> Dict[str, object]:
     if args.checkpoint is not None:
         overrides['action.checkpoint_path'] = os.path.abspath(args.checkpoint) if args.checkpoint else ''
     for text in args.set:
-        if '=' not in text:
-            raise SystemExit(f'--set expects section.name=value, got {text!r}')
-        key, raw = text.split('=', 1)
-        overrides[key.strip()] = yaml.safe_load(raw)
+        try:
+            key, value = parse_assignment(text, '--set', 'section.name=value')
+        except ConfigError as exc:
+            raise SystemExit(str(exc)) from None
+        overrides[key] = value
     return overrides
 
 

@@ -117,6 +117,7 @@ def run(cfg) -> dict:
         print(json.dumps({'train': {k: v for k, v in report['train'][-1].items() if k != 'epoch_losses'}}), flush=True)
 
     report['dagger'] = []
+    perception = cfg.perception_overrides()
     for r in range(cfg.dagger_rounds):
         if cfg.time_budget_s > 0 and time.perf_counter() - t0 > cfg.time_budget_s:
             print(f'[vla_train] time budget {cfg.time_budget_s:.0f} s spent: skipping DAgger rounds {r + 1}..',
@@ -128,7 +129,7 @@ def run(cfg) -> dict:
         first = cfg.dagger_seed + r * cfg.dagger_episodes
         jobs = [{'seed': first + i, 'model_dir': os.path.abspath(round_dir), 'record': True,
                  'delay': cfg.rollout_observation_delay_s, 'plan_cache': cfg.rollout_plan_cache,
-                 'perception': cfg.perception_overrides()}
+                 'perception': perception}
                 for i in range(cfg.dagger_episodes)]
         t1 = time.perf_counter()
         rollouts = run_jobs(policy_episode, jobs, cfg.workers, cfg.episode_timeout_s, desc=f'DAgger round {r + 1}',

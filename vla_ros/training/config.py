@@ -127,17 +127,11 @@ class TrainConfig:
 
     def perception_overrides(self) -> dict:
         """--perception-set as a dict of validated PerceptionConfig values."""
-        import yaml
-
         from vla_ros.config import PerceptionConfig
-        from vla_ros.config.base import config_from_dict
+        from vla_ros.config.base import config_from_dict, parse_assignment
 
-        out = {}
-        for item in filter(None, (x.strip() for x in self.perception_set.split(','))):
-            if '=' not in item:
-                raise ValueError(f'perception_set expects name=value items, got {item!r}')
-            key, raw = item.split('=', 1)
-            out[key.strip()] = yaml.safe_load(raw)
+        out = dict(parse_assignment(item, '--perception-set', 'name=value items')
+                   for item in filter(None, (x.strip() for x in self.perception_set.split(','))))
         config_from_dict(PerceptionConfig, out, 'perception.')
         return out
 

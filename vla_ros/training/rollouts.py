@@ -76,22 +76,14 @@ def expert_outcome(job: dict) -> dict:
             'final_distance_m': float(env.distance_to_goal())}
 
 
-def perception_config(task: str, overrides: Optional[dict] = None):
-    """The stack's PerceptionConfig for `task` (defaults + the task preset, as its params file) with
-    `overrides` on top (name -> value)."""
-    from vla_ros.config import PerceptionConfig
-    from vla_ros.config.base import config_from_dict
-    from vla_ros.config.tasks import TASK_PRESETS
-
-    preset = {k.split('.', 1)[1]: v for k, v in TASK_PRESETS.get(task, {}).items() if k.startswith('perception.')}
-    return config_from_dict(PerceptionConfig, {**preset, **dict(overrides or {})}, 'perception.')
-
-
 def _load_policy(model_dir: str, perception: Optional[dict] = None) -> dict:
-    """The checkpoint's perception pipeline (perception_config of the worker's task + `perception`
-    overrides), lightweight planner and action head, cached per worker process."""
+    """The checkpoint's perception pipeline (the worker task's perception settings, as the stack's params
+    file, + `perception` overrides), lightweight planner and action head, cached per worker process."""
+    from vla_ros.config import PerceptionConfig
+    from vla_ros.config.tasks import task_config
+
     stamp = os.path.getmtime(os.path.join(model_dir, 'action_head.pt'))
-    perception_cfg = perception_config(_STATE.get('task', 'touch'), perception)
+    perception_cfg = task_config(PerceptionConfig, 'perception', _STATE.get('task', 'touch'), perception)
     policy = _STATE.get('policy')
     if (policy is not None and policy['dir'] == model_dir and policy['stamp'] == stamp
             and policy['perception'] == perception_cfg):
