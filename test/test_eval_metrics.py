@@ -20,10 +20,13 @@ SEAM_JUMP = 0.05            # extra joint-0 jump at every chunk boundary
 LATE_COMMAND = 30           # this command's stamp is 4 ms late -> periods 14 ms then 6 ms
 RECEIVE_DELAY_MS = 1        # command log time = stamp + 1 ms
 JOINT_LOWER, JOINT_UPPER = [-1.0, -0.1], [1.0, 1.0]
+STATUS_START_MS = 460       # first status message; one every 50 ms (episode 2 starts at 610 ms)
+RESET_COMMAND = 58          # logged at 581 ms, 29 ms before episode 2's first status: the episode reset
+RESET_JUMP = 0.5            # ... re-anchors the command on the teleported arm (joint 0)
 
 
 def command_positions(k):
-    return [0.001 * k + SEAM_JUMP * (k // STEPS_PER_CHUNK), -0.002 * k]
+    return [0.001 * k + SEAM_JUMP * (k // STEPS_PER_CHUNK) + RESET_JUMP * (k >= RESET_COMMAND), -0.002 * k]
 
 
 def command_stamp(k):
@@ -73,7 +76,7 @@ def build_synthetic_bag(path, *, with_trajectory=True):
                         cache_hit_rate=0.5)
             plan.header.stamp = ns_to_stamp(image_stamp(0))
             bag.write('/vla/planner/plan', plan, image_stamp(0) + delay * MS)
-        t = T0
+        t = T0 + (STATUS_START_MS - 50) * MS
         for episode, msgs in EPISODES.items():
             for success, done, elapsed in msgs:
                 t += 50 * MS
@@ -143,16 +146,19 @@ def test_seam_smoothness_finds_the_jump(metrics):
     assert seams['seam']['count'] == N_COMMANDS // STEPS_PER_CHUNK - 1
     assert seams['seam']['max'] == pytest.approx(0.001 + SEAM_JUMP)
     assert seams['seam']['mean'] == pytest.approx(0.001 + SEAM_JUMP)
-    assert seams['other']['count'] == N_COMMANDS - 1 - seams['seam']['count']
+    assert seams['other']['count'] == N_COMMANDS - 1 - seams['seam']['count'] - 1   # - the reset step
     assert seams['other']['max'] == pytest.approx(0.002)  # joint 1 moves 0.002 per step
     assert seams['seam_to_other_mean_ratio'] == pytest.approx((0.001 + SEAM_JUMP) / 0.002)
+    assert seams['episode_reset_steps'] == 1   # left out of both, or 'other' max would be 0.501
 
 
 def test_safety(metrics):
     safety = metrics['safety']
     assert safety['step_limit'] == pytest.approx(1.5 / 100.0)
     assert safety['max_step'] == pytest.approx(0.001 + SEAM_JUMP)
-    assert safety['steps_over_limit'] == N_COMMANDS // STEPS_PER_CHUNK - 1
+    assert safety['steps_over_limit'] == N_COMMANDS // STEPS_PER_CHUNK - 1   # the seams; not the reset
+    assert safety['episode_reset_steps'] == 1
+    assert safety['max_reset_step'] == pytest.approx(0.001 + RESET_JUMP)
     below = sum(1 for k in range(N_COMMANDS) if command_positions(k)[1] < JOINT_LOWER[1] - 1e-9)
     assert safety['position_limit_violations'] == below > 0
     assert safety['estop_messages'] == 1

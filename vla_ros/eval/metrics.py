@@ -23,6 +23,12 @@ NS_PER_S = 1e9
 MS_PER_S = 1e3
 # Tolerance when comparing commanded values with limits: float32 round-off in the messages.
 LIMIT_TOLERANCE = 1e-5
+# The sim resets the arm at an episode start (it teleports to the new home pose) and the safety filter
+# re-anchors the command stream where the arm now is: that one command step follows the arm, it does
+# not drive it. It lands within a few control ticks of the new episode's first TaskStatus (receive
+# times, 2-10 ms apart in the demo bags); the largest over-limit step this close to an episode start
+# is counted as the reset's, apart from the driving steps.
+RESET_WINDOW_S = 0.05
 
 TYPE_TOKENS = 'vla_ros_msgs/msg/LatentTokens'
 TYPE_PLAN = 'vla_ros_msgs/msg/Plan'
@@ -269,7 +275,30 @@ def seam_indices(commands: List[Command], chunks: List[dict]) -> tuple:
     return sorted(seams), ('header_stamps' if use_stamps else 'log_times')
 
 
-def seam_metrics(series: BagSeries) -> Optional[dict]:
+def reset_step_indices(commands: List[Command], status: List[dict], step_limit: float) -> List[int]:
+    """Index (into command_steps) of the re-anchoring step of each episode start after the first: the
+    largest step over `step_limit` whose command arrived within RESET_WINDOW_S of that episode's first
+    status message (receive times). Episode starts without such a step add nothing."""
+    steps = command_steps(commands)
+    if not steps.size or not status:
+        return []
+    times = np.asarray([c.log_ns for c in commands[1:]], dtype=np.int64)  # step k ends at command k + 1
+    first_seen: Dict[int, int] = {}
+    for msg in status:
+        first_seen.setdefault(msg['episode'], msg['log_ns'])
+    starts = sorted(first_seen.values())[1:]
+    window = int(RESET_WINDOW_S * NS_PER_S)
+    found = set()
+    for start in starts:
+        lo, hi = np.searchsorted(times, start - window, 'left'), np.searchsorted(times, start + window, 'right')
+        if hi > lo:
+            k = int(lo + np.argmax(steps[lo:hi]))
+            if steps[k] > step_limit + LIMIT_TOLERANCE:
+                found.add(k)
+    return sorted(found)
+
+
+def seam_metrics(series: BagSeries, step_limit: float) -> Optional[dict]:
     commands = _uniform_commands(series.commands)
     if len(commands) < 2 or not series.chunks:
         return None
@@ -277,7 +306,10 @@ def seam_metrics(series: BagSeries) -> Optional[dict]:
     seams, time_base = seam_indices(commands, series.chunks)
     mask = np.zeros(steps.size, dtype=bool)
     mask[seams] = True
-    seam_steps, other_steps = steps[mask], steps[~mask]
+    # an episode reset's re-anchoring step is neither a seam nor smooth motion
+    resets = np.zeros(steps.size, dtype=bool)
+    resets[reset_step_indices(commands, series.status, step_limit)] = True
+    seam_steps, other_steps = steps[mask & ~resets], steps[~mask & ~resets]
 
     def _agg(x):
         return {'count': int(x.size), 'max': float(x.max()) if x.size else None,
@@ -285,7 +317,7 @@ def seam_metrics(series: BagSeries) -> Optional[dict]:
     seam, other = _agg(seam_steps), _agg(other_steps)
     ratio = (seam['mean'] / other['mean']) if seam['mean'] is not None and other['mean'] else None
     return {'time_base': time_base, 'seam': seam, 'other': other, 'seam_to_other_mean_ratio': ratio,
-            'smoothing_modes': sorted({c['smoothing'] for c in series.chunks})}
+            'episode_reset_steps': int(resets.sum()), 'smoothing_modes': sorted({c['smoothing'] for c in series.chunks})}
 
 
 def safety_metrics(series: BagSeries, max_velocity: float, control_rate_hz: float,
@@ -294,11 +326,15 @@ def safety_metrics(series: BagSeries, max_velocity: float, control_rate_hz: floa
     estops = sum(1 for _, on in series.estop if on)
     if not commands:
         return {'estop_messages': estops} if series.estop else None
-    steps = command_steps(commands)
+    all_steps = command_steps(commands)
     step_limit = max_velocity / control_rate_hz
+    resets = reset_step_indices(commands, series.status, step_limit)
+    steps = np.delete(all_steps, resets)   # the steps that drive the arm
     out = {'step_limit': step_limit, 'max_velocity': max_velocity, 'control_rate_hz': control_rate_hz,
            'max_step': float(steps.max()) if steps.size else 0.0,
            'steps_over_limit': int(np.sum(steps > step_limit + LIMIT_TOLERANCE)),
+           'episode_reset_steps': len(resets),
+           'max_reset_step': float(all_steps[resets].max()) if resets else None,
            'estop_messages': estops, 'position_limit_violations': None}
     q = np.stack([c.positions for c in commands])
     if len(joint_lower) == q.shape[1] and len(joint_upper) == q.shape[1]:
@@ -353,7 +389,7 @@ def compute_from_series(series: BagSeries, *, max_velocity: Optional[float] = No
         'control': control_metrics(series),
         'tokens': token_metrics(series),
         'plan_cache': plan_cache_metrics(series),
-        'seams': seam_metrics(series),
+        'seams': seam_metrics(series, max_velocity / control_rate_hz),
         'safety': safety_metrics(series, max_velocity, control_rate_hz, joint_lower, joint_upper),
         'success': success_metrics(series),
         'diagnostics': series.diagnostics or None,

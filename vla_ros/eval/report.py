@@ -82,6 +82,8 @@ def summary_rows(metrics: dict) -> List[List[str]]:
     if safety and 'max_step' in safety:
         rows += [['safety', 'max command step [rad] (limit)', f"{_fmt(safety['max_step'])} ({_fmt(safety['step_limit'])})"],
                  ['safety', 'steps over limit', _fmt(safety['steps_over_limit'])],
+                 ['safety', 'episode-reset re-anchor steps (not counted above; max [rad])',
+                  f"{_fmt(safety.get('episode_reset_steps'))} ({_fmt(safety.get('max_reset_step'))})"],
                  ['safety', 'commands outside joint limits', _fmt(safety['position_limit_violations'])],
                  ['safety', 'estop messages (true)', _fmt(safety['estop_messages'])]]
     return rows
