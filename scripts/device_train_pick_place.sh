@@ -1,16 +1,3 @@
 #!/usr/bin/env bash
-# Train the pick-and-place policy on a GPU machine of the `device` tool (python 3.12 + torch + transformers
-# there; MuJoCo and the GL loaders travel as wheels/debs in .whl/ and .gl/ next to this tree).
-# Writes $OUT/ckpt/{vision_encoder/,action_head.pt,train_metrics.json} and $OUT/train.log.
-set -o pipefail
-cd "$(dirname "$0")/.."
-. scripts/device_env.sh
-nvidia-smi --query-gpu=name --format=csv,noheader
-if [ -n "${EXPERT_CHECK:-}" ]; then
-  python3 -m vla_ros.training.expert_check --task pick_place --episodes "$EXPERT_CHECK" --workers 16 \
-    --out "$OUT/expert_check.json" | tail -4
-fi
-python3 -m vla_ros.training.cli --task pick_place "$@" --progress false --out-dir "$OUT/ckpt" --work-dir /tmp/runs \
-  2>&1 | tee "$OUT/train.log"
-# The policies each DAgger round started from (the work dir's round*/), in case a later phase went wrong.
-tar cf "$OUT/rounds.tar" -C /tmp/runs . 2>/dev/null || true
+# Train the pick-and-place policy on a GPU machine of the `device` tool: scripts/device_train.sh pick_place ARGS.
+exec "$(dirname "$0")/device_train.sh" pick_place "$@"

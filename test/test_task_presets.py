@@ -1,5 +1,7 @@
-"""Task presets: the pick_place params file is in sync and consistent (8 joints everywhere, the
-gripper's own limits), the launch argument selects it, and the safety filter applies per-joint limits."""
+"""Task presets: every params file is in sync and consistent (the same joints everywhere, its own
+trained checkpoint), pick_place has 8 joints with the gripper's own limits, so101_touch the SO-101's
+five joints with its MJCF's limits; the launch argument selects a preset, and the safety filter applies
+per-joint limits."""
 import os
 
 import numpy as np
@@ -28,13 +30,35 @@ def test_task_file_in_sync_and_consistent(task):
     action = _section(path, 'action', ActionConfig, 'action')
     sim = _section(path, 'sim_arm', SimConfig, 'sim')
     perception = _section(path, 'perception', PerceptionConfig, 'perception')
-    assert sim.task == task
+    assert sim.task == TASK_PRESETS[task]['sim.task']
     assert action.joint_names == sim.joint_names == perception.joint_names
-    assert action.action_dim == len(action.joint_names) == 8 and action.joint_names[-1] == 'finger_joint1'
+    assert action.action_dim == len(action.joint_names)
+    assert len(action.safety.joint_lower) == len(action.safety.joint_upper) == action.action_dim
+    for path in (action.checkpoint_path, perception.encoder_path):     # its own trained checkpoint, shipped
+        assert f'checkpoints/{task}/' in path
+        assert os.path.exists(path.replace('package://vla_ros/', ROOT + '/')), path
+    assert task_config(ActionConfig, 'action', task) == action
+
+
+def test_pick_place_preset_commands_the_gripper():
+    action = task_config(ActionConfig, 'action', 'pick_place')
+    assert action.action_dim == 8 and action.joint_names[-1] == 'finger_joint1'
     assert action.safety.joint_lower[-1] == 0.0 and action.safety.joint_upper[-1] == 0.04
     assert action.safety.joint_max_velocity[-1] == GRIPPER_MAX_VELOCITY
-    assert 'checkpoints/pick_place/' in action.checkpoint_path and 'checkpoints/pick_place/' in perception.encoder_path
-    assert task_config(ActionConfig, 'action', task) == action
+
+
+def test_so101_preset_matches_the_arm_model():
+    """The preset's joints and safety limits are the SO-101 MJCF's (as the sim loads it), and its layout
+    lies within the arm's reach: the scripted expert touches the named cube."""
+    from vla_ros.sim.arm_env import ArmEnv
+
+    action = task_config(ActionConfig, 'action', 'so101_touch')
+    sim = task_config(SimConfig, 'sim', 'so101_touch')
+    assert sim.arm == 'so101' and action.joint_names == ['shoulder_pan', 'shoulder_lift', 'elbow_flex',
+                                                         'wrist_flex', 'wrist_roll']
+    env = ArmEnv(sim, render=False)
+    np.testing.assert_allclose(action.safety.joint_lower, env.joint_lower, atol=1e-4)
+    np.testing.assert_allclose(action.safety.joint_upper, env.joint_upper, atol=1e-4)
 
 
 def test_launch_argument_selects_the_task_file():

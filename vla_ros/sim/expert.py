@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from vla_ros.sim.arm_env import HOME_Q, ArmEnv
+from vla_ros.sim.arm_env import ArmEnv
 from vla_ros.sim.kinematics import ArmKinematics, ChunkIKConfig
 
 DOWN = np.array([0.0, 0.0, -1.0])
@@ -32,9 +32,10 @@ class TouchExpert:
 
     def __init__(self, env: ArmEnv, config: Optional[ExpertConfig] = None):
         self.env = env
-        self.config = config or ExpertConfig()
+        self.config = config or ExpertConfig(**dict(env.arm.ik_settings))
         self.model = env.model
         self._kin = ArmKinematics(env, env._qpos_adr, env._qvel_adr)
+        self._home = env.home_q.copy()     # the null-space posture (the arm's home)
         margin = 0.02
         self._lo = env.joint_lower + margin
         self._hi = env.joint_upper - margin
@@ -54,10 +55,10 @@ class TouchExpert:
         c = self.config
         pos, z_axis = self._forward(q)
         return self._kin.dls_step(q, p_des - pos, np.cross(z_axis, DOWN), c.orientation_weight, c.damping,
-                                  c.posture_gain, HOME_Q)
+                                  c.posture_gain, self._home, (self._lo, self._hi) if c.limit_aware else None)
 
     def chunk(self, q_start, goal_top: Optional[np.ndarray] = None) -> np.ndarray:
-        """Joint targets [horizon, 7] for the next horizon * action_dt seconds from `q_start`."""
+        """Joint targets [horizon, joints] for the next horizon * action_dt seconds from `q_start`."""
         c = self.config
         goal_top = self.env.goal_position() if goal_top is None else np.asarray(goal_top, dtype=np.float64)
         q = np.clip(np.asarray(q_start, dtype=np.float64), self._lo, self._hi)

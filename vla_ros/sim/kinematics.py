@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import mujoco
 import numpy as np
@@ -18,6 +18,7 @@ class ChunkIKConfig:
     orientation_weight: float = 0.5  # weight of the orientation error relative to position
     posture_gain: float = 0.1        # null-space pull towards the home posture
     ik_iterations: int = 2           # IK refinements per chunk step
+    limit_aware: bool = False        # lock joints at their limits in the IK step (ArmKinematics.dls_step)
 
 
 class ArmKinematics:
@@ -45,13 +46,29 @@ class ArmKinematics:
                 self._scratch.site_xmat[self.site].reshape(3, 3).copy())
 
     def dls_step(self, q: np.ndarray, pos_err: np.ndarray, rot_err: np.ndarray, orientation_weight: float,
-                 damping: float, posture_gain: float, home: np.ndarray) -> np.ndarray:
+                 damping: float, posture_gain: float, home: np.ndarray,
+                 limits: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> np.ndarray:
         """Joint step towards the errors (at `q`, which `forward` must have been called with last),
-        plus a null-space pull of `posture_gain` towards `home`."""
+        plus a null-space pull of `posture_gain` towards `home`.
+
+        With `limits` (lower, upper), a joint at a limit that the step would push further is locked
+        and the step solved again with the other joints (a short arm's wrist at its stop otherwise
+        stalls the whole solution: its share of the step is clipped away every time)."""
         mujoco.mj_jacSite(self.model, self._scratch, self._jacp, self._jacr, self.site)
         jac = np.vstack([self._jacp[:, self._dofs], orientation_weight * self._jacr[:, self._dofs]])
         err = np.concatenate([pos_err, orientation_weight * rot_err])
+        step = self._solve(jac, err, damping, posture_gain * (home - q))
+        if limits is not None:
+            lower, upper = limits
+            locked = ((q <= lower + 1e-6) & (step < 0)) | ((q >= upper - 1e-6) & (step > 0))
+            if locked.any():
+                free = jac * ~locked
+                step = self._solve(free, err, damping, posture_gain * (home - q) * ~locked) * ~locked
+        return step
+
+    @staticmethod
+    def _solve(jac: np.ndarray, err: np.ndarray, damping: float, posture: np.ndarray) -> np.ndarray:
         jjt = jac @ jac.T + (damping ** 2) * np.eye(jac.shape[0])
         j_pinv = jac.T @ np.linalg.solve(jjt, np.eye(jac.shape[0]))
-        null = np.eye(len(q)) - j_pinv @ jac
-        return j_pinv @ err + null @ (posture_gain * (home - q))
+        null = np.eye(jac.shape[1]) - j_pinv @ jac
+        return j_pinv @ err + null @ posture

@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from vla_ros.sim.arm_env import GRIPPER_JOINT, GRIPPER_OPEN, HOME_Q, ArmEnv
+from vla_ros.sim.arm_env import GRIPPER_OPEN, ArmEnv
 from vla_ros.sim.expert import DOWN
 from vla_ros.sim.kinematics import ArmKinematics, ChunkIKConfig
 
@@ -51,12 +51,15 @@ class PickPlaceExpert:
     def __init__(self, env: ArmEnv, config: Optional[PickPlaceExpertConfig] = None):
         if not env.has_gripper or env.task.name != 'pick_place':
             raise ValueError('PickPlaceExpert needs sim.task=pick_place with the gripper joint in sim.joint_names')
+        if env.arm.name != 'panda':   # its grasp is planned in the Panda hand's finger opening (m)
+            raise ValueError(f'PickPlaceExpert drives the Panda hand only (sim.arm=panda), not {env.arm.name!r}')
         self.env = env
         self.config = config or PickPlaceExpertConfig()
         self.model = env.model
         self._arm = env.arm_index
-        self._grip = list(env.joint_names).index(GRIPPER_JOINT)
+        self._grip = list(env.joint_names).index(env.gripper_joint)
         self._kin = ArmKinematics(env, env._qpos_adr[self._arm], env._qvel_adr[self._arm])
+        self._home = env.home_q[self._arm]   # the null-space posture
         margin = 0.02
         self._lo = env.joint_lower[self._arm] + margin
         self._hi = env.joint_upper[self._arm] - margin
@@ -71,7 +74,7 @@ class PickPlaceExpert:
         pos, rot = self._forward(q)
         rot_err = 0.5 * sum(np.cross(rot[:, i], r_des[:, i]) for i in range(3))
         return self._kin.dls_step(q, p_des - pos, rot_err, c.orientation_weight, c.damping, c.posture_gain,
-                                  HOME_Q)
+                                  self._home)
 
     @staticmethod
     def _rotation(yaw: float) -> np.ndarray:
