@@ -49,3 +49,38 @@ def watch_diagnostics(node, status_name: str, on_values):
                 on_values({kv.key: kv.value for kv in status.values})
 
     return node.create_subscription(DiagnosticArray, '/diagnostics', on_array, 10)
+
+
+def bringup_listening(args, domain, client_name: str, cwd, timeout_s: float = 300.0):
+    """Run `python -m vla_ros.bringup ARGS` on `domain` to its end while a client node in /vla records the
+    per-tick commands (`arm/joint_command`), their stamped mirror (`action/command`) and `joint_states`.
+    Returns (return code, output, commands, stamped, states); the bringup is killed after `timeout_s`."""
+    import time
+
+    import rclpy
+    from rclpy.node import Node
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Float64MultiArray
+
+    from vla_ros.nodes.common import SENSOR_QOS, reliable_qos
+
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED='1')
+    proc = subprocess.Popen([sys.executable, '-m', 'vla_ros.bringup'] + list(args), cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    rclpy.init()
+    node = Node(client_name, namespace='/vla')
+    commands, stamped, states = [], [], []
+    node.create_subscription(Float64MultiArray, 'arm/joint_command', commands.append, reliable_qos())
+    node.create_subscription(JointState, 'action/command', stamped.append, SENSOR_QOS)
+    node.create_subscription(JointState, 'joint_states', states.append, SENSOR_QOS)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while proc.poll() is None and time.monotonic() < deadline:
+            rclpy.spin_once(node, timeout_sec=0.05)
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+        out = proc.communicate(timeout=30)[0]
+    finally:
+        node.destroy_node()
+        rclpy.shutdown()
+    return proc.returncode, out, commands, stamped, states

@@ -5,22 +5,16 @@ limits), the sim reports finger_joint1 in its JointState and the episode's outco
 This checks the plumbing, not the policy's success rate (see checkpoints/pick_place/README.md).
 """
 import os
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
 DOMAIN = '216'
 os.environ['ROS_DOMAIN_ID'] = DOMAIN
-rclpy = pytest.importorskip('rclpy')
-from rclpy.node import Node  # noqa: E402
-from sensor_msgs.msg import JointState  # noqa: E402
-from std_msgs.msg import Float64MultiArray  # noqa: E402
+pytest.importorskip('rclpy')
+from node_process import bringup_listening  # noqa: E402
 
 from vla_ros.config.tasks import TASK_PRESETS  # noqa: E402
-from vla_ros.nodes.common import SENSOR_QOS, reliable_qos  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOINTS = TASK_PRESETS['pick_place']['action.joint_names']
@@ -29,28 +23,10 @@ JOINTS = TASK_PRESETS['pick_place']['action.joint_names']
 def test_pick_place_stack_commands_the_gripper_over_dds():
     if not os.path.isfile(os.path.join(ROOT, 'checkpoints', 'pick_place', 'action_head.pt')):
         pytest.fail('checkpoints/pick_place is missing: the pick_place stack cannot start')
-    env = dict(os.environ, ROS_DOMAIN_ID=DOMAIN, PYTHONUNBUFFERED='1')
-    cmd = [sys.executable, '-m', 'vla_ros.bringup', '--task', 'pick_place', '--episodes', '1',
-           '--set', 'sim.seed=200001', '--set', 'sim.episode_timeout_s=6.0']
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    rclpy.init()
-    node = Node('pick_place_stack_test', namespace='/vla')
-    commands, stamped, states = [], [], []
-    node.create_subscription(Float64MultiArray, 'arm/joint_command', commands.append, reliable_qos())
-    node.create_subscription(JointState, 'action/command', stamped.append, SENSOR_QOS)
-    node.create_subscription(JointState, 'joint_states', states.append, SENSOR_QOS)
-    try:
-        deadline = time.monotonic() + 300
-        while proc.poll() is None and time.monotonic() < deadline:
-            rclpy.spin_once(node, timeout_sec=0.05)
-        if proc.poll() is None:
-            os.killpg(proc.pid, 9)
-        out = proc.communicate(timeout=30)[0]
-    finally:
-        node.destroy_node()
-        rclpy.shutdown()
-    assert proc.returncode == 0, out[-3000:]
+    returncode, out, commands, stamped, states = bringup_listening(
+        ['--task', 'pick_place', '--episodes', '1', '--set', 'sim.seed=200001', '--set', 'sim.episode_timeout_s=6.0'],
+        DOMAIN, 'pick_place_stack_test', ROOT)
+    assert returncode == 0, out[-3000:]
     assert 'episode 0:' in out and '/1 episodes succeeded' in out, out[-3000:]
     assert len(commands) > 50, f'{len(commands)} commands seen\n{out[-2000:]}'
     values = np.array([c.data for c in commands])
