@@ -20,9 +20,10 @@ SEAM_JUMP = 0.05            # extra joint-0 jump at every chunk boundary
 LATE_COMMAND = 30           # this command's stamp is 4 ms late -> periods 14 ms then 6 ms
 RECEIVE_DELAY_MS = 1        # command log time = stamp + 1 ms
 JOINT_LOWER, JOINT_UPPER = [-1.0, -0.1], [1.0, 1.0]
-STATUS_START_MS = 460       # first status message; one every 50 ms (episode 2 starts at 610 ms)
-RESET_COMMAND = 58          # logged at 581 ms, 29 ms before episode 2's first status: the episode reset
-RESET_JUMP = 0.5            # ... re-anchors the command on the teleported arm (joint 0)
+STATUS_START_MS = 460       # first status message; one every 50 ms, a new episode's first 200 ms after the last
+RESET_COMMAND = 58          # logged at 581 ms: after episode 1's last status (560 ms), 179 ms before episode 2's
+RESET_JUMP = 0.5            # first (760 ms): the episode reset re-anchors the command on the teleported arm (joint 0)
+NEW_EPISODE_GAP_MS = 150    # the sim's status period delays the new episode's first status
 
 
 def command_positions(k):
@@ -77,7 +78,8 @@ def build_synthetic_bag(path, *, with_trajectory=True):
             plan.header.stamp = ns_to_stamp(image_stamp(0))
             bag.write('/vla/planner/plan', plan, image_stamp(0) + delay * MS)
         t = T0 + (STATUS_START_MS - 50) * MS
-        for episode, msgs in EPISODES.items():
+        for i, (episode, msgs) in enumerate(EPISODES.items()):
+            t += NEW_EPISODE_GAP_MS * MS if i else 0
             for success, done, elapsed in msgs:
                 t += 50 * MS
                 bag.write('/vla/task/status', TaskStatus(episode=episode, instruction=f'task {episode}',

@@ -25,9 +25,10 @@ MS_PER_S = 1e3
 LIMIT_TOLERANCE = 1e-5
 # The sim resets the arm at an episode start (it teleports to the new home pose) and the safety filter
 # re-anchors the command stream where the arm now is: that one command step follows the arm, it does
-# not drive it. It lands within a few control ticks of the new episode's first TaskStatus (receive
-# times, 2-10 ms apart in the demo bags); the largest over-limit step this close to an episode start
-# is counted as the reset's, apart from the driving steps.
+# not drive it. The sim publishes the old episode's final status, resets, and publishes the new episode's
+# first status up to a few hundred ms later (its status period); the re-anchoring step lands in between,
+# give or take a few control ticks (receive times). The largest over-limit step in that span is counted as
+# the reset's, apart from the driving steps.
 RESET_WINDOW_S = 0.05
 
 TYPE_TOKENS = 'vla_ros_msgs/msg/LatentTokens'
@@ -277,20 +278,24 @@ def seam_indices(commands: List[Command], chunks: List[dict]) -> tuple:
 
 def reset_step_indices(commands: List[Command], status: List[dict], step_limit: float) -> List[int]:
     """Index (into command_steps) of the re-anchoring step of each episode start after the first: the
-    largest step over `step_limit` whose command arrived within RESET_WINDOW_S of that episode's first
-    status message (receive times). Episode starts without such a step add nothing."""
+    largest step over `step_limit` whose command arrived between the previous episode's last status
+    message and this episode's first (receive times, each widened by RESET_WINDOW_S). Episode starts
+    without such a step add nothing."""
     steps = command_steps(commands)
     if not steps.size or not status:
         return []
     times = np.asarray([c.log_ns for c in commands[1:]], dtype=np.int64)  # step k ends at command k + 1
     first_seen: Dict[int, int] = {}
+    last_seen: Dict[int, int] = {}
     for msg in status:
         first_seen.setdefault(msg['episode'], msg['log_ns'])
-    starts = sorted(first_seen.values())[1:]
+        last_seen[msg['episode']] = max(last_seen.get(msg['episode'], msg['log_ns']), msg['log_ns'])
+    episodes = sorted(first_seen, key=first_seen.get)
     window = int(RESET_WINDOW_S * NS_PER_S)
     found = set()
-    for start in starts:
-        lo, hi = np.searchsorted(times, start - window, 'left'), np.searchsorted(times, start + window, 'right')
+    for previous, episode in zip(episodes, episodes[1:]):
+        lo = np.searchsorted(times, min(last_seen[previous], first_seen[episode]) - window, 'left')
+        hi = np.searchsorted(times, first_seen[episode] + window, 'right')
         if hi > lo:
             k = int(lo + np.argmax(steps[lo:hi]))
             if steps[k] > step_limit + LIMIT_TOLERANCE:
