@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Closed-loop evaluation rows without ROS (vla_train --eval-only) of one pick-and-place checkpoint on a GPU
-# machine of the `device` tool, many sim processes at once: the same seeds for every row, one feature
-# switched per row. Usage: scripts/device_noros_rows.sh <checkpoint dir> <first seed> <episodes> [workers]
+# Closed-loop evaluation rows without ROS (vla_train --eval-only) of one checkpoint on a GPU machine of the
+# `device` tool, many sim processes at once: the same seeds for every row, one feature switched per row.
+# Usage: [TASK=so101_touch] scripts/device_noros_rows.sh <checkpoint dir> <first seed> <episodes> [workers]
+# (TASK: the task preset, default pick_place)
 # Writes $OUT/noros/<row>/eval_metrics.json and $OUT/noros/rows.log.
 set -o pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ ckpt=$1; seed=$2; episodes=$3; workers=${4:-16}
 mkdir -p "$OUT/noros"
 row() {   # row <name> <vla_train flags...>; the stack's defaults = the task preset + plan cache on
   local name=$1; shift
-  python3 -m vla_ros.training.cli --task pick_place --eval-only true --init-from "$ckpt" --device cpu \
+  python3 -m vla_ros.training.cli --task "${TASK:-pick_place}" --eval-only true --init-from "$ckpt" --device cpu \
     --out-dir "$OUT/noros/$name" --eval-episodes "$episodes" --eval-seed "$seed" --workers "$workers" \
     --progress false "$@" 2>&1 | grep '"eval"' | cut -c1-160 | sed "s/^/$name /" | tee -a "$OUT/noros/rows.log"
 }

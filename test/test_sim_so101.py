@@ -122,3 +122,22 @@ def test_shipped_so101_policy_touches_without_ros():
     res = evaluate_checkpoint(os.path.join(ROOT, 'checkpoints', 'so101_touch'), list(range(100000, 100003)),
                               workers=1, timeout_s=12.0, progress=False, task='so101_touch')
     assert res['successes'] >= 2, res
+
+
+def test_limit_aware_ik_locks_a_joint_at_its_stop(env):
+    """wrist_flex at its upper stop and a target the plain DLS step would reach partly by pushing it further:
+    the limit-aware step leaves it at the stop and moves the other joints toward the target instead."""
+    from vla_ros.sim.kinematics import ArmKinematics
+
+    kin = ArmKinematics(env, env._qpos_adr, env._qvel_adr)
+    lower, upper = env.joint_lower.copy(), env.joint_upper.copy()
+    q = np.array([0.0, 0.3, -0.6, upper[3], 0.0])
+    pos, _ = kin.forward(q)
+    target = pos + np.array([-0.05, 0.0, -0.03])
+    plain = kin.dls_step(q, target - pos, np.zeros(3), 0.0, 0.05, 0.0, q)
+    assert plain[3] > 0                                           # pushes the wrist past its stop
+    kin.forward(q)
+    step = kin.dls_step(q, target - pos, np.zeros(3), 0.0, 0.05, 0.0, q, (lower, upper))
+    assert step[3] == 0.0 and np.abs(step).max() > 0
+    new_pos, _ = kin.forward(q + step)
+    assert np.linalg.norm(target - new_pos) < np.linalg.norm(target - pos)
