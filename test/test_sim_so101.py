@@ -73,6 +73,14 @@ def test_so101_model(env):
     np.testing.assert_allclose(env.data.site_xpos[gf], env.ee_position(), atol=1e-9)
     np.testing.assert_allclose(env.data.site_xmat[gf].reshape(3, 3)[:, 0], env.ee_rotation()[:, 2], atol=1e-9)
     assert np.linalg.det(env.ee_rotation()) == pytest.approx(1.0)
+    # ... and y along the jaws' closing line: opening the jaw moves the moving pad along ee y only
+    pads = []
+    for angle in (0.2, 1.0):
+        env.data.qpos[m.jnt_qposadr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, 'gripper')]] = angle
+        mujoco.mj_forward(m, env.data)
+        pads.append(env.data.geom_xpos[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, 'moving_jaw_pad')].copy())
+    opening = env.ee_rotation().T @ (pads[1] - pads[0])
+    assert abs(opening[1]) > 0.03 and abs(opening[0]) < 0.1 * abs(opening[1])
     # held still by its servos (gravity compensated) and the jaw at the preset's hold angle
     env.reset(seed=5)
     q0 = env.joint_positions()
@@ -102,8 +110,11 @@ def test_config_errors():
         SimConfig(arm='so101').validate()                         # the Panda's default joint names
     with pytest.raises(ConfigError, match='pick_place runs on sim.arm=panda'):
         SimConfig(arm='so101', task='pick_place', joint_names=SO101_JOINTS + ['gripper']).validate()
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match='sim.arm must be one of'):
         SimConfig(arm='ur5e').validate()
+    with pytest.raises(ConfigError, match="outside the panda gripper's range"):
+        SimConfig(gripper_hold_opening=0.5).validate()          # metres for the Panda, radians for the SO-101
+    SimConfig(arm='so101', joint_names=SO101_JOINTS, gripper_hold_opening=0.5).validate()
 
 
 def test_missing_assets_package_is_a_clear_error(monkeypatch):

@@ -48,8 +48,8 @@ def test_pick_place_preset_commands_the_gripper():
 
 
 def test_so101_preset_matches_the_arm_model():
-    """The preset's joints and safety limits are the SO-101 MJCF's (as the sim loads it), and its layout
-    lies within the arm's reach: the scripted expert touches the named cube."""
+    """The preset's joints and safety limits are the SO-101 MJCF's, as the sim loads it (the expert's
+    reach over the preset's layout: test_sim_so101)."""
     from vla_ros.sim.arm_env import ArmEnv
 
     action = task_config(ActionConfig, 'action', 'so101_touch')
@@ -57,8 +57,11 @@ def test_so101_preset_matches_the_arm_model():
     assert sim.arm == 'so101' and action.joint_names == ['shoulder_pan', 'shoulder_lift', 'elbow_flex',
                                                          'wrist_flex', 'wrist_roll']
     env = ArmEnv(sim, render=False)
-    np.testing.assert_allclose(action.safety.joint_lower, env.joint_lower, atol=1e-4)
-    np.testing.assert_allclose(action.safety.joint_upper, env.joint_upper, atol=1e-4)
+    try:
+        np.testing.assert_allclose(action.safety.joint_lower, env.joint_lower, atol=1e-4)
+        np.testing.assert_allclose(action.safety.joint_upper, env.joint_upper, atol=1e-4)
+    finally:
+        env.close()
 
 
 def test_launch_argument_selects_the_task_file():

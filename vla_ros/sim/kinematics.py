@@ -18,7 +18,8 @@ class ChunkIKConfig:
     orientation_weight: float = 0.5  # weight of the orientation error relative to position
     posture_gain: float = 0.1        # null-space pull towards the home posture
     ik_iterations: int = 2           # IK refinements per chunk step
-    limit_aware: bool = False        # lock joints at their limits in the IK step (ArmKinematics.dls_step)
+    limit_aware: bool = False        # lock joints at their limits in the IK step (ArmKinematics.dls_step;
+                                     # the touch expert's, SimArm.ik_settings)
 
 
 class ArmKinematics:
@@ -57,13 +58,17 @@ class ArmKinematics:
         mujoco.mj_jacSite(self.model, self._scratch, self._jacp, self._jacr, self.site)
         jac = np.vstack([self._jacp[:, self._dofs], orientation_weight * self._jacr[:, self._dofs]])
         err = np.concatenate([pos_err, orientation_weight * rot_err])
-        step = self._solve(jac, err, damping, posture_gain * (home - q))
+        posture = posture_gain * (home - q)
+        step = self._solve(jac, err, damping, posture)
         if limits is not None:
             lower, upper = limits
-            locked = ((q <= lower + 1e-6) & (step < 0)) | ((q >= upper - 1e-6) & (step > 0))
-            if locked.any():
-                free = jac * ~locked
-                step = self._solve(free, err, damping, posture_gain * (home - q) * ~locked) * ~locked
+            locked = np.zeros(len(q), dtype=bool)
+            while True:                       # until no free joint at a stop is pushed past it
+                pushing = ((q <= lower + 1e-6) & (step < 0)) | ((q >= upper - 1e-6) & (step > 0))
+                if not (pushing & ~locked).any():
+                    break
+                locked |= pushing
+                step = self._solve(jac * ~locked, err, damping, posture * ~locked) * ~locked
         return step
 
     @staticmethod

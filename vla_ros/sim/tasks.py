@@ -93,7 +93,7 @@ class PickPlaceTask:
         geom = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, 'pad_yellow_geom')
         self.pad_radius = float(m.geom_size[geom][0])
         self.pad_top = float(2 * m.geom_size[geom][1])
-        self._finger_geoms = {mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, n) for n in ('finger_left', 'finger_right')}
+        self._finger_geoms = set(env.finger_geom.values())
 
     def reset(self, rng: np.random.Generator) -> str:
         env, cfg = self.env, self.env.config

@@ -22,8 +22,7 @@ def make_expert(env, action_cfg):
         from vla_ros.sim.pick_place_expert import PickPlaceExpert, PickPlaceExpertConfig
         return PickPlaceExpert(env, PickPlaceExpertConfig(action_dt=action_cfg.action_dt, horizon=action_cfg.horizon))
     from vla_ros.sim.expert import ExpertConfig, TouchExpert
-    return TouchExpert(env, ExpertConfig(action_dt=action_cfg.action_dt, horizon=action_cfg.horizon,
-                                         **dict(env.arm.ik_settings)))
+    return TouchExpert(env, ExpertConfig(action_dt=action_cfg.action_dt, horizon=action_cfg.horizon))
 
 
 def _init_worker(episode_timeout_s: float, torch_threads: int = 1, task: str = 'touch') -> None:
