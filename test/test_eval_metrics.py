@@ -161,6 +161,7 @@ def test_safety(metrics):
     assert safety['steps_over_limit'] == N_COMMANDS // STEPS_PER_CHUNK - 1   # the seams; not the reset
     assert safety['episode_reset_steps'] == 1
     assert safety['max_reset_step'] == pytest.approx(0.001 + RESET_JUMP)
+    assert safety['reanchor_steps'] == 0            # no joint states in this bag: the seam jumps stay over limit
     below = sum(1 for k in range(N_COMMANDS) if command_positions(k)[1] < JOINT_LOWER[1] - 1e-9)
     assert safety['position_limit_violations'] == below > 0
     assert safety['estop_messages'] == 1
@@ -212,3 +213,25 @@ def test_reset_steps_are_only_steps_onto_the_measured_arm():
     assert reset_step_indices(away, status, 0.015, arm_after_reset) == []
     assert reset_step_indices(onto_arm, [], 0.015, arm_after_reset) == []
     assert reset_step_indices(onto_arm, status[:2], 0.015, arm_after_reset) == []   # one episode: no boundary
+
+
+def test_mid_episode_reanchor_onto_the_arm_is_not_a_driving_step():
+    """A step onto the measured arm in mid-episode (the filter re-anchoring on an obstructed arm) is counted
+    apart; the same jump away from the arm stays over the limit; without joint states nothing is excused."""
+    from vla_ros.eval.metrics import BagSeries, Command, safety_metrics
+
+    def series(values, joint_states):
+        s = BagSeries()
+        s.joint_command = [Command(T0 + 10 * MS * k, 0, np.array([v, 0.0])) for k, v in enumerate(values)]
+        s.joint_states = joint_states
+        s.status = [{'episode': 0, 'log_ns': T0}]
+        return s
+
+    held = [Command(T0 + 25 * MS, 0, np.array([0.3, 0.0]))]        # the arm is held at 0.3
+    onto = safety_metrics(series([0.5, 0.51, 0.52, 0.3, 0.3], held), 1.5, 100.0)
+    assert (onto['reanchor_steps'], onto['steps_over_limit']) == (1, 0)
+    assert onto['max_reanchor_step'] == pytest.approx(0.22) and onto['max_step'] == pytest.approx(0.01)
+    away = safety_metrics(series([0.5, 0.51, 0.52, 0.8, 0.8], held), 1.5, 100.0)
+    assert (away['reanchor_steps'], away['steps_over_limit']) == (0, 1)
+    blind = safety_metrics(series([0.5, 0.51, 0.52, 0.3, 0.3], []), 1.5, 100.0)
+    assert (blind['reanchor_steps'], blind['steps_over_limit']) == (0, 1)

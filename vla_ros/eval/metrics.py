@@ -282,14 +282,15 @@ def seam_indices(commands: List[Command], chunks: List[dict]) -> tuple:
     return sorted(seams), ('header_stamps' if use_stamps else 'log_times')
 
 
-def _follows_the_arm(commands: List[Command], k: int, joint_states: List[Command]) -> bool:
+def _follows_the_arm(commands: List[Command], k: int, joint_states: List[Command],
+                     unknown: bool = True) -> bool:
     """Whether step k (command k -> k + 1) moved the command onto the measured arm: the latest joint state
-    received by command k + 1 is nearer the new command than the old, by most of the step. True when the
-    bag has no joint states of the command's width to tell (the step size alone then decides)."""
+    received by command k + 1 is nearer the new command than the old, by most of the step. `unknown` when
+    the bag has no joint states of the command's width to tell."""
     width = commands[k].positions.size
     received = [j for j in joint_states if j.positions.size == width and j.log_ns <= commands[k + 1].log_ns]
     if not received:
-        return True
+        return unknown
     measured = received[-1].positions
     before = float(np.abs(commands[k].positions - measured).max())
     after = float(np.abs(commands[k + 1].positions - measured).max())
@@ -357,12 +358,18 @@ def safety_metrics(series: BagSeries, max_velocity: float, control_rate_hz: floa
     all_steps = command_steps(commands)
     step_limit = max_velocity / control_rate_hz
     resets = reset_step_indices(commands, series.status, step_limit, series.joint_states)
-    steps = np.delete(all_steps, resets)   # the steps that drive the arm
+    # mid-episode, the safety filter also re-anchors on an arm held back from its command (an obstruction,
+    # tracking error over max_tracking_error): a step onto the measured arm (joint states required)
+    over = [k for k in np.flatnonzero(all_steps > step_limit + LIMIT_TOLERANCE) if k not in set(resets)]
+    reanchors = [int(k) for k in over if _follows_the_arm(commands, int(k), series.joint_states, unknown=False)]
+    steps = np.delete(all_steps, resets + reanchors)   # the steps that drive the arm
     out = {'step_limit': step_limit, 'max_velocity': max_velocity, 'control_rate_hz': control_rate_hz,
            'max_step': float(steps.max()) if steps.size else 0.0,
            'steps_over_limit': int(np.sum(steps > step_limit + LIMIT_TOLERANCE)),
            'episode_reset_steps': len(resets),
            'max_reset_step': float(all_steps[resets].max()) if resets else None,
+           'reanchor_steps': len(reanchors),
+           'max_reanchor_step': float(all_steps[reanchors].max()) if reanchors else None,
            'estop_messages': estops, 'position_limit_violations': None}
     q = np.stack([c.positions for c in commands])
     if len(joint_lower) == q.shape[1] and len(joint_upper) == q.shape[1]:

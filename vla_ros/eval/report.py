@@ -84,6 +84,8 @@ def summary_rows(metrics: dict) -> List[List[str]]:
                  ['safety', 'steps over limit', _fmt(safety['steps_over_limit'])],
                  ['safety', 'episode-reset re-anchor steps (not counted above; max [rad])',
                   f"{_fmt(safety.get('episode_reset_steps'))} ({_fmt(safety.get('max_reset_step'))})"],
+                 ['safety', 'mid-episode re-anchor steps onto the measured arm (not counted above; max [rad])',
+                  f"{_fmt(safety.get('reanchor_steps'))} ({_fmt(safety.get('max_reanchor_step'))})"],
                  ['safety', 'commands outside joint limits', _fmt(safety['position_limit_violations'])],
                  ['safety', 'estop messages (true)', _fmt(safety['estop_messages'])]]
     return rows
