@@ -27,8 +27,8 @@ LIMIT_TOLERANCE = 1e-5
 # re-anchors the command stream where the arm now is: that one command step follows the arm, it does
 # not drive it. The sim publishes the old episode's final status, resets, and publishes the new episode's
 # first status up to a few hundred ms later (its status period); the re-anchoring step lands in between,
-# give or take a few control ticks (receive times). The largest over-limit step in that span is counted as
-# the reset's, apart from the driving steps.
+# give or take a few control ticks (receive times). The largest over-limit step in that span that moved the
+# command onto the measured arm is counted as the reset's, apart from the driving steps.
 RESET_WINDOW_S = 0.05
 
 TYPE_TOKENS = 'vla_ros_msgs/msg/LatentTokens'
@@ -282,16 +282,26 @@ def seam_indices(commands: List[Command], chunks: List[dict]) -> tuple:
     return sorted(seams), ('header_stamps' if use_stamps else 'log_times')
 
 
-def _follows_the_arm(commands: List[Command], k: int, joint_states: List[Command],
-                     unknown: bool = True) -> bool:
+class _MeasuredArm:
+    """The bag's joint states of the command's width, looked up by receive time."""
+
+    def __init__(self, joint_states: Sequence[Command], width: int):
+        mine = [j for j in joint_states if j.positions.size == width]
+        self.times = np.asarray([j.log_ns for j in mine], dtype=np.int64)
+        self.positions = [j.positions for j in mine]
+
+    def latest(self, log_ns: int) -> Optional[np.ndarray]:
+        i = int(np.searchsorted(self.times, log_ns, 'right'))
+        return self.positions[i - 1] if i else None
+
+
+def _follows_the_arm(commands: List[Command], k: int, arm: _MeasuredArm, unknown: bool = True) -> bool:
     """Whether step k (command k -> k + 1) moved the command onto the measured arm: the latest joint state
     received by command k + 1 is nearer the new command than the old, by most of the step. `unknown` when
     the bag has no joint states of the command's width to tell."""
-    width = commands[k].positions.size
-    received = [j for j in joint_states if j.positions.size == width and j.log_ns <= commands[k + 1].log_ns]
-    if not received:
+    measured = arm.latest(commands[k + 1].log_ns)
+    if measured is None:
         return unknown
-    measured = received[-1].positions
     before = float(np.abs(commands[k].positions - measured).max())
     after = float(np.abs(commands[k + 1].positions - measured).max())
     step = float(np.abs(commands[k + 1].positions - commands[k].positions).max())
@@ -316,18 +326,20 @@ def reset_step_indices(commands: List[Command], status: List[dict], step_limit: 
         last_seen[msg['episode']] = max(last_seen.get(msg['episode'], msg['log_ns']), msg['log_ns'])
     episodes = sorted(first_seen, key=first_seen.get)
     window = int(RESET_WINDOW_S * NS_PER_S)
+    arm = _MeasuredArm(joint_states, commands[0].positions.size)
     found = set()
     for previous, episode in zip(episodes, episodes[1:]):
         lo = np.searchsorted(times, min(last_seen[previous], first_seen[episode]) - window, 'left')
         hi = np.searchsorted(times, first_seen[episode] + window, 'right')
         if hi > lo:
             k = int(lo + np.argmax(steps[lo:hi]))
-            if steps[k] > step_limit + LIMIT_TOLERANCE and _follows_the_arm(commands, k, list(joint_states)):
+            if steps[k] > step_limit + LIMIT_TOLERANCE and _follows_the_arm(commands, k, arm):
                 found.add(k)
     return sorted(found)
 
 
-def seam_metrics(series: BagSeries, step_limit: float) -> Optional[dict]:
+def seam_metrics(series: BagSeries, resets: Sequence[int]) -> Optional[dict]:
+    """Joint steps at chunk seams against elsewhere; `resets` (reset_step_indices) are neither."""
     commands = _uniform_commands(series.commands)
     if len(commands) < 2 or not series.chunks:
         return None
@@ -336,9 +348,9 @@ def seam_metrics(series: BagSeries, step_limit: float) -> Optional[dict]:
     mask = np.zeros(steps.size, dtype=bool)
     mask[seams] = True
     # an episode reset's re-anchoring step is neither a seam nor smooth motion
-    resets = np.zeros(steps.size, dtype=bool)
-    resets[reset_step_indices(commands, series.status, step_limit, series.joint_states)] = True
-    seam_steps, other_steps = steps[mask & ~resets], steps[~mask & ~resets]
+    reset = np.zeros(steps.size, dtype=bool)
+    reset[list(resets)] = True
+    seam_steps, other_steps = steps[mask & ~reset], steps[~mask & ~reset]
 
     def _agg(x):
         return {'count': int(x.size), 'max': float(x.max()) if x.size else None,
@@ -346,22 +358,27 @@ def seam_metrics(series: BagSeries, step_limit: float) -> Optional[dict]:
     seam, other = _agg(seam_steps), _agg(other_steps)
     ratio = (seam['mean'] / other['mean']) if seam['mean'] is not None and other['mean'] else None
     return {'time_base': time_base, 'seam': seam, 'other': other, 'seam_to_other_mean_ratio': ratio,
-            'episode_reset_steps': int(resets.sum()), 'smoothing_modes': sorted({c['smoothing'] for c in series.chunks})}
+            'episode_reset_steps': int(reset.sum()), 'smoothing_modes': sorted({c['smoothing'] for c in series.chunks})}
 
 
 def safety_metrics(series: BagSeries, max_velocity: float, control_rate_hz: float,
-                   joint_lower: Sequence[float] = (), joint_upper: Sequence[float] = ()) -> Optional[dict]:
+                   joint_lower: Sequence[float] = (), joint_upper: Sequence[float] = (),
+                   resets: Optional[Sequence[int]] = None) -> Optional[dict]:
+    """Command steps against the speed limit; `resets` = reset_step_indices (computed here when None)."""
     commands = _uniform_commands(series.commands)
     estops = sum(1 for _, on in series.estop if on)
     if not commands:
         return {'estop_messages': estops} if series.estop else None
     all_steps = command_steps(commands)
     step_limit = max_velocity / control_rate_hz
-    resets = reset_step_indices(commands, series.status, step_limit, series.joint_states)
+    if resets is None:
+        resets = reset_step_indices(commands, series.status, step_limit, series.joint_states)
+    resets = list(resets)
     # mid-episode, the safety filter also re-anchors on an arm held back from its command (an obstruction,
     # tracking error over max_tracking_error): a step onto the measured arm (joint states required)
-    over = [k for k in np.flatnonzero(all_steps > step_limit + LIMIT_TOLERANCE) if k not in set(resets)]
-    reanchors = [int(k) for k in over if _follows_the_arm(commands, int(k), series.joint_states, unknown=False)]
+    arm = _MeasuredArm(series.joint_states, commands[0].positions.size)
+    over = set(np.flatnonzero(all_steps > step_limit + LIMIT_TOLERANCE).tolist()) - set(resets)
+    reanchors = [k for k in sorted(over) if _follows_the_arm(commands, k, arm, unknown=False)]
     steps = np.delete(all_steps, resets + reanchors)   # the steps that drive the arm
     out = {'step_limit': step_limit, 'max_velocity': max_velocity, 'control_rate_hz': control_rate_hz,
            'max_step': float(steps.max()) if steps.size else 0.0,
@@ -419,13 +436,16 @@ def compute_from_series(series: BagSeries, *, max_velocity: Optional[float] = No
     control_rate_hz = defaults.control_rate_hz if control_rate_hz is None else control_rate_hz
     joint_lower = list(joint_lower) or list(defaults.safety.joint_lower)
     joint_upper = list(joint_upper) or list(defaults.safety.joint_upper)
+    # an episode reset's re-anchoring command step: counted apart by both the seam and the safety metrics
+    resets = reset_step_indices(_uniform_commands(series.commands), series.status, max_velocity / control_rate_hz,
+                                series.joint_states)
     metrics = {
         'latency': latency_metrics(series),
         'control': control_metrics(series),
         'tokens': token_metrics(series),
         'plan_cache': plan_cache_metrics(series),
-        'seams': seam_metrics(series, max_velocity / control_rate_hz),
-        'safety': safety_metrics(series, max_velocity, control_rate_hz, joint_lower, joint_upper),
+        'seams': seam_metrics(series, resets),
+        'safety': safety_metrics(series, max_velocity, control_rate_hz, joint_lower, joint_upper, resets),
         'success': success_metrics(series),
         'diagnostics': series.diagnostics or None,
         'instructions': sorted(set(series.instructions)),

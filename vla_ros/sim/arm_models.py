@@ -21,8 +21,8 @@ from typing import Dict, Optional, Tuple
 import mujoco
 import numpy as np
 
-from vla_ros.config.sim import (GRIPPER_JOINT_NAME, PANDA_JOINT_NAMES, SIM_ARMS, SO101_GRIPPER_JOINT_NAME,
-                                SO101_JOINT_NAMES)
+from vla_ros.config.sim import (GRIPPER_JOINT_NAME, PANDA_GRIPPER_RANGE, PANDA_JOINT_NAMES, SIM_ARMS,
+                                SO101_GRIPPER_JOINT_NAME, SO101_JOINT_NAMES)
 
 ASSET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets')
 TABLETOP_XML = os.path.join(ASSET_DIR, 'panda_tabletop.xml')
@@ -51,7 +51,7 @@ PANDA = SimArm(
     name='panda',
     arm_joints=tuple(PANDA_JOINT_NAMES),
     home_q=(0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785),   # the usual Panda "ready" posture
-    gripper_joint=GRIPPER_JOINT_NAME, gripper_open=0.04, gripper_qpos_joints=('finger_joint1', 'finger_joint2'),
+    gripper_joint=GRIPPER_JOINT_NAME, gripper_open=PANDA_GRIPPER_RANGE[1], gripper_qpos_joints=('finger_joint1', 'finger_joint2'),
     actuator_prefix='act_', finger_geoms=('finger_left', 'finger_right'))
 
 SO101 = SimArm(
