@@ -296,3 +296,20 @@ def test_an_arm_displaced_under_command_drops_its_chunks_until_a_newer_frame():
     clock.t += 0.01
     _, status = loop.tick(clock.t)
     assert status.mode == 'running' and not status.restarted and loop.restarts == 1
+
+
+def test_one_slow_inference_does_not_freeze_the_next_rtc_chunks():
+    """The first inference of a busy start-up took 2.2 s; the old max-and-decay estimate then predicted >1 s
+    delays for the next ~12 chunks, so RTC froze every overlapping step and the arm replayed stale chunks.
+    The estimate is 1.5 x the median of recent inferences: an outlier is ignored, a lasting slow-down is not."""
+    loop = _loop(time.monotonic)
+    for s in (2.2, 0.05, 0.05):
+        loop._note_inference_time(s)
+    assert abs(loop._delay_estimate_s - 0.075) < 1e-9
+    for _ in range(3):
+        loop._note_inference_time(0.3)
+    assert abs(loop._delay_estimate_s - 0.45) < 1e-9
+    # the warm-up inference commits nothing and leaves the estimate alone
+    before = loop._delay_estimate_s
+    assert loop.warm_up() > 0.0
+    assert loop.chunk_count == 0 and loop.buffer.latest is None and loop._delay_estimate_s == before

@@ -95,6 +95,22 @@ def test_arguments_and_supervision_flags():
         stack.resolve({'config': '/no/such/params.yaml'})
 
 
+def test_overrides_take_the_declared_type_or_fail_before_any_node_starts():
+    # `--set sim.episode_timeout_s=15` parses as an int; rclpy's declare_parameter rejects an INTEGER for a
+    # DOUBLE parameter inside the node (the sim arm died at start-up), so the stack converts it first.
+    nodes = {n.name: n for n in stack.resolve(extra_overrides={'sim.episode_timeout_s': 15,
+                                                                 'action.control_rate_hz': 50})}
+    value = nodes['sim_arm'].overrides['sim.episode_timeout_s']
+    assert value == 15.0 and type(value) is float
+    assert type(nodes['action'].overrides['action.control_rate_hz']) is float
+    with pytest.raises(stack.StackError, match="no parameter 'episode_timeot_s'"):
+        stack.resolve(extra_overrides={'sim.episode_timeot_s': 15})
+    with pytest.raises(stack.StackError, match='expected a number'):
+        stack.resolve(extra_overrides={'sim.episode_timeout_s': 'soon'})
+    with pytest.raises(stack.StackError, match='expected a bool'):
+        stack.resolve(extra_overrides={'perception.reuse_enabled': 3})
+
+
 def test_bringup_runs_the_stack_description():
     from vla_ros import bringup
     args = bringup.parse_args(['--planner', 'vlm', '--record', '/tmp/x/bag', '--no-respawn', '--episodes', '3'])

@@ -17,13 +17,13 @@ from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
 from vla_ros.nodes.common import LATCHED_QOS, SENSOR_QOS, reliable_qos  # noqa: E402
-from vla_ros_msgs.msg import TaskStatus  # noqa: E402
+from vla_ros_msgs.msg import ActionChunk, TaskStatus  # noqa: E402
 
 NS = '/simtest'
 WIDTH, HEIGHT = 96, 64
 
 
-def params_yaml(timeout_s: float, max_episodes: int) -> str:
+def params_yaml(timeout_s: float, max_episodes: int, clock_start: str = 'first_chunk') -> str:
     return f"""
 /**:
   ros__parameters:
@@ -35,6 +35,7 @@ def params_yaml(timeout_s: float, max_episodes: int) -> str:
       episode_timeout_s: {timeout_s}
       seed: 7
       max_episodes: {max_episodes}
+      episode_clock_start: {clock_start}
 """
 
 
@@ -49,6 +50,7 @@ class Harness:
         node.create_subscription(DiagnosticArray, '/diagnostics', self.diag.append, 10)
         self.cmd_pub = node.create_publisher(Float64MultiArray, 'arm/joint_command', reliable_qos())
         self.traj_pub = node.create_publisher(JointTrajectory, 'arm/joint_trajectory', reliable_qos())
+        self.chunk_pub = node.create_publisher(ActionChunk, 'action/chunk', reliable_qos())
 
     def spin_until(self, predicate, timeout):
         deadline = time.monotonic() + timeout
@@ -88,9 +90,14 @@ def short_episodes(tmp_path_factory, ros_context):
     yield from _run_sim(tmp_path_factory, NS + '_short', timeout_s=1.5, max_episodes=2)
 
 
-def _run_sim(tmp_path_factory, namespace, timeout_s, max_episodes):
+@pytest.fixture
+def clock_on_first_command(tmp_path_factory, ros_context):
+    yield from _run_sim(tmp_path_factory, NS + '_cmd', timeout_s=1.5, max_episodes=1, clock_start='first_command')
+
+
+def _run_sim(tmp_path_factory, namespace, timeout_s, max_episodes, clock_start='first_chunk'):
     params = tmp_path_factory.mktemp('sim') / 'params.yaml'
-    params.write_text(params_yaml(timeout_s, max_episodes))
+    params.write_text(params_yaml(timeout_s, max_episodes, clock_start))
     with node_process('vla_ros.nodes.sim_arm_node', namespace, params, DOMAIN) as proc:
         node = Node('sim_dds_test', namespace=namespace)
         try:
@@ -151,9 +158,17 @@ def test_bad_commands_are_dropped_without_crashing(harness):
 
 def test_episode_timeout_reports_done_and_resets(short_episodes):
     harness = short_episodes
-    # The first episode's clock waits for the policy's first command (sim.wait_for_first_command).
-    harness.spin_until(lambda: False, 3.0)
-    assert not any(s.done for s in harness.status), 'episode timed out before any command arrived'
+    # The first episode's clock waits for the policy (sim.episode_clock_start: first_chunk): neither silence nor
+    # hold commands (the action node holds the arm while perception and planner still load) start it ...
+    harness.spin_until(lambda: False, 1.5)
+    for _ in range(30):
+        harness.cmd_pub.publish(Float64MultiArray(data=[float(v) for v in harness.latest_q()]))
+        harness.spin_until(lambda: False, 0.05)
+    harness.spin_until(lambda: False, 1.0)
+    assert not any(s.done for s in harness.status), 'episode timed out before the policy sent a chunk'
+    # ... the first command after the first action chunk does.
+    harness.chunk_pub.publish(ActionChunk(chunk_id=1, horizon=1, action_dim=7, dt=0.05, actions=[0.0] * 7))
+    harness.spin_until(lambda: False, 0.3)
     harness.cmd_pub.publish(Float64MultiArray(data=[float(v) for v in harness.latest_q()]))
     # Episodes last 1.5 s of sim time; after max_episodes=2 the node stops resetting.
     assert harness.spin_until(lambda: sum(s.done for s in harness.status) >= 2, 20)
@@ -166,3 +181,13 @@ def test_episode_timeout_reports_done_and_resets(short_episodes):
     time.sleep(2.5)
     rclpy.spin_once(harness.node, timeout_sec=0.1)
     assert sum(s.done for s in harness.status) == 2
+
+
+def test_episode_clock_can_start_at_the_first_command(clock_on_first_command):
+    """sim.episode_clock_start: first_command, for a policy that publishes no action chunks."""
+    harness = clock_on_first_command
+    harness.spin_until(lambda: False, 2.0)
+    assert not any(s.done for s in harness.status)
+    harness.cmd_pub.publish(Float64MultiArray(data=[float(v) for v in harness.latest_q()]))
+    assert harness.spin_until(lambda: any(s.done for s in harness.status), 15)
+    assert [s.episode for s in harness.status if s.done] == [0]

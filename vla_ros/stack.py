@@ -18,6 +18,7 @@ import os
 import time
 from typing import Dict, List, Mapping, Optional, Tuple
 
+from vla_ros.config.base import ConfigError, coerce_value, flatten_config
 from vla_ros.config.layout import NODE_SECTIONS, SHARED_SECTIONS
 from vla_ros.config.tasks import TASKS
 from vla_ros.resources import package_uri, resolve_path
@@ -146,6 +147,23 @@ def owner_of(parameter: str) -> str:
     raise StackError(f'no node declares parameters under {prefix!r} ({parameter}); known: {known}')
 
 
+def typed_override(parameter: str, value: object) -> object:
+    """A dotted override (the bringup's --set) checked against the dataclass that declares it and converted to
+    its declared type, so `sim.episode_timeout_s=15` is the double rclpy expects, not an INTEGER that makes
+    declare_parameter raise inside the node at start-up. StackError for unknown names or bad values."""
+    prefix, _, rest = parameter.partition('.')
+    owner_of(parameter)
+    cls = dict(SHARED_SECTIONS + tuple(s for sections in NODE_SECTIONS.values() for s in sections))[prefix]
+    fields = flatten_config(cls())
+    if rest not in fields:
+        raise StackError(f'{parameter}: {cls.__name__} has no parameter {rest!r}; known: {sorted(fields)}')
+    _, typ, meta = fields[rest]
+    try:
+        return coerce_value(parameter, value, typ, meta)
+    except ConfigError as exc:
+        raise StackError(str(exc)) from None
+
+
 def resolve(arguments: Optional[Mapping[str, str]] = None,
             extra_overrides: Optional[Mapping[str, object]] = None) -> List[ResolvedNode]:
     """Launch arguments (strings, as `ros2 launch` passes them) -> the nodes to run, in start order.
@@ -180,7 +198,7 @@ def resolve(arguments: Optional[Mapping[str, str]] = None,
     if flags['record']:
         overrides['recorder.output_dir'] = os.path.abspath(
             arg['bag_dir'] or time.strftime('vla_bag_%Y%m%d_%H%M%S'))
-    overrides.update(extra_overrides or {})
+    overrides.update({k: typed_override(k, v) for k, v in (extra_overrides or {}).items()})
 
     nodes = []
     for spec in NODES:

@@ -27,6 +27,8 @@ from vla_ros.config.action import ActionConfig
 # Python hands the GIL over every 5 ms by default; the control thread must not wait that long
 # behind the inference thread's Python code, so shorten it (process-wide, harmless).
 _GIL_SWITCH_INTERVAL_S = 0.0005
+# Inference times behind the RTC delay estimate (its median)
+_DELAY_WINDOW = 5
 # Inference-thread CPU priority (ActionConfig.inference_priority). Lower priority lets the
 # scheduler wake the control thread at once instead of at the next scheduler tick (4 ms here);
 # the price is slower inference when the CPU is saturated (the RTC delay estimate adapts).
@@ -148,6 +150,7 @@ class ControlLoop:
         if seed is not None:
             self._generator.manual_seed(seed)
         self._delay_estimate_s = 1.0 / cfg.chunk_rate_hz  # pessimistic until measured
+        self._recent_inference_s: Deque[float] = collections.deque(maxlen=_DELAY_WINDOW)
         self._infer_lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
@@ -254,8 +257,7 @@ class ControlLoop:
             if cfg.inject_inference_delay_s > 0:    # eval knob: a slower head, seen by RTC's delay estimate too
                 time.sleep(cfg.inject_inference_delay_s)
             inference_s = time.perf_counter() - wall0
-            # Pessimistic running estimate: next inference may be as slow as the slowest recent one.
-            self._delay_estimate_s = max(inference_s * 1.5, 0.8 * self._delay_estimate_s)
+            self._note_inference_time(inference_s)
             self.last_inference_ms = inference_s * 1e3
             ready = self.clock() if active_from is None else float(active_from)
             if not np.all(np.isfinite(actions)):
@@ -272,6 +274,30 @@ class ControlLoop:
         if self.on_chunk is not None:
             self.on_chunk(result)
         return result
+
+    def _note_inference_time(self, inference_s: float) -> None:
+        """RTC's delay estimate: 1.5 x the median of the last few inference times. One slow inference (the first
+        after start-up on a busy CPU took 2.2 s) must not set it: the old max-and-decay estimate then froze
+        whole chunks (every step "executes before the new chunk arrives") for the next ~2 s, so the arm
+        replayed stale chunks while the policy saw the cube move; a lasting slow-down still lifts the median
+        within a few chunks."""
+        self._recent_inference_s.append(float(inference_s))
+        self._delay_estimate_s = 1.5 * float(np.median(self._recent_inference_s))
+
+    def warm_up(self, vis_tokens: int = 32, plan_tokens: int = 8) -> float:
+        """One inference on zero inputs before serving, so torch's first-call set-up (allocator, kernels, the
+        CUDA graph) is not paid by the first chunk of an episode. Commits nothing. Returns its seconds."""
+        c = self.head.config
+        vis = np.zeros((1, vis_tokens, c.vis_dim), np.float32)
+        plan = np.zeros((1, plan_tokens, c.plan_dim), np.float32)
+        prop = np.zeros((1, c.proprio_dim), np.float32)
+        t0 = time.perf_counter()
+        with self._infer_lock:
+            if self._captured is not None:
+                self._captured.predict_actions(vis, None, plan, prop)
+            else:
+                self.head.predict_actions(vis, None, plan, prop, steps=self.cfg.denoising_steps)
+        return time.perf_counter() - t0
 
     def commit_chunk(self, actions: np.ndarray, start_time: float, dt: float, active_from: float, chunk_id: int,
                      plan_id: int = 0, frame_id: int = 0, inference_ms: float = 0.0,
@@ -292,6 +318,7 @@ class ControlLoop:
         if self._thread is not None:
             return
         sys.setswitchinterval(min(sys.getswitchinterval(), _GIL_SWITCH_INTERVAL_S))
+        self.warm_up()
         # A full GC pass over torch's object graph stalls every thread for tens of ms (measured
         # ~80 ms here); freezing what exists now (modules, weights) keeps later passes tiny.
         gc.collect()

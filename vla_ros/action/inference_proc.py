@@ -165,7 +165,9 @@ def child_main(cfg_dict, head_cfg_dict, state_dict, ch: InferenceChannels, paren
     loop = ControlLoop(head, cfg, clock=time.monotonic, on_chunk=publish)
     bufs = {name: getattr(ch, name).buffers() for name in ('plan', 'vis', 'proprio', 'estop', 'epoch', 'stop')}
     seen = {name: 0 for name in bufs}
-    print(f'[action-inference] pid {os.getpid()}: {priority}, torch threads {torch.get_num_threads()}', flush=True)
+    warm_s = loop.warm_up()
+    print(f'[action-inference] pid {os.getpid()}: {priority}, torch threads {torch.get_num_threads()}, '
+          f'warm-up inference {warm_s * 1e3:.0f} ms', flush=True)
     period = 1.0 / cfg.chunk_rate_hz
     next_t = time.monotonic()
     last_parent_check = 0.0

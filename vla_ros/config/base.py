@@ -34,6 +34,12 @@ def _field_types(cls) -> Dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def coerce_value(name: str, value: Any, typ: Any, meta: Dict[str, Any]) -> Any:
+    """`value` as field type `typ` (an int where a float is declared becomes a float), checked against the
+    field's range and choices; ConfigError when it cannot be."""
+    return _coerce(name, value, typ, meta)
+
+
 def _coerce(name: str, value: Any, typ: Any, meta: Dict[str, Any]) -> Any:
     origin = typing.get_origin(typ)
     if origin in (list, typing.List):

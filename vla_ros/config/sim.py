@@ -69,8 +69,12 @@ class SimConfig:
     max_command_jump: float = param(0.3, 'Reject a joint target further than this (rad) from the current position '
                                     '(a discontinuity, as real arm drivers do; e.g. commands computed before an '
                                     'episode reset); 0 = accept any', range=(0.0, 100.0))
-    wait_for_first_command: bool = param(True, "Start the first episode's clock at the first joint command, so "
-                                         'a policy stack that is still loading is not timed out')
+    episode_clock_start: str = param('first_chunk', "When the first episode's clock starts: first_chunk = at the "
+                                     'first command after the first action chunk (topics.action_chunk), i.e. '
+                                     'once the policy drives; first_command = at the first joint command (the '
+                                     "action node's holds while perception and planner still load count); "
+                                     'immediately = when the node starts. Later episodes start at their reset',
+                                     choices=('first_chunk', 'first_command', 'immediately'))
     realtime_factor: float = param(1.0, 'Sim seconds per wall-clock second in the node', range=(0.01, 100.0))
 
     def validate(self):

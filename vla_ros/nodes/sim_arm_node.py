@@ -27,12 +27,14 @@ from vla_ros.nodes.common import LATCHED_QOS, SENSOR_QOS, Diagnostics, DropCount
 from vla_ros.nodes.params import declare_config
 from vla_ros.sim.arm_env import ArmEnv
 from vla_ros.sim.pacing import RealtimePacer
-from vla_ros_msgs.msg import TaskStatus
+from vla_ros_msgs.msg import ActionChunk, TaskStatus
 
 # Never simulate more than this much backlog in one go: after a stall (debugger, overloaded CPU)
 # the sim slows down instead of fast-forwarding through commands it never saw.
 _MAX_CATCH_UP_S = 0.1
 _STATUS_PERIOD_S = 0.5
+# Commands without any action chunk before the sim warns that its first episode clock is still waiting
+_CHUNKLESS_WARN_COMMANDS = 2000
 
 
 class SimArmNode(Node):
@@ -65,7 +67,14 @@ class SimArmNode(Node):
                                  reliable_qos())
         self._diagnostics = Diagnostics(self, self._status, level_fn=self._level)
         self._publish_instruction()
-        self._policy_live = not self.cfg.wait_for_first_command
+        # The first episode's clock waits for the policy (sim.episode_clock_start): the action node holds the arm
+        # from its first tick, seconds before perception and planner have loaded on a busy CPU (measured 3.7 s
+        # on one core), and those seconds used to come out of the first episode's time limit.
+        self._policy_live = self.cfg.episode_clock_start == 'immediately'
+        self._chunk_seen = self.cfg.episode_clock_start != 'first_chunk'
+        self._commands_before_chunk = 0
+        if not self._chunk_seen:
+            self.create_subscription(ActionChunk, self.topics.action_chunk, self._on_chunk, reliable_qos())
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name='sim_physics', daemon=True)
         self._thread.start()
@@ -125,6 +134,12 @@ class SimArmNode(Node):
         except (TypeError, ValueError, IndexError) as exc:
             self.drops.drop('bad_trajectory', str(exc))
 
+    def _on_chunk(self, msg: ActionChunk) -> None:
+        if not self._chunk_seen:
+            self._chunk_seen = True
+            self.get_logger().info(f'first action chunk (id {msg.chunk_id}) seen: the episode clock starts at the next '
+                                   'command')
+
     def _now_s(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
@@ -162,11 +177,19 @@ class SimArmNode(Node):
                 if target is not None:
                     env.set_target(target)  # clipped to joint limits inside the env
                 self._last_command_sim_t = float(env.data.time)
-                if not self._policy_live:
+                if not self._policy_live and not self._chunk_seen:
+                    self._commands_before_chunk += 1
+                    if self._commands_before_chunk == _CHUNKLESS_WARN_COMMANDS:
+                        self.get_logger().warn(
+                            f'{self._commands_before_chunk} commands but no action chunk on '
+                            f'{self.resolve_topic_name(self.topics.action_chunk)}: the episode clock waits for one '
+                            "(sim.episode_clock_start: first_chunk); use first_command for a policy that publishes "
+                            'no chunks')
+                elif not self._policy_live:
                     self._policy_live = True
                     env.restart_clock()
                     next_camera = next_joint = next_status = 0.0   # publish deadlines are on the episode clock
-                    self.get_logger().info(f'first command received: episode {env.episode} clock started')
+                    self.get_logger().info(f'policy live: episode {env.episode} clock started ({self.cfg.episode_clock_start})')
             elif (cfg.command_timeout_s > 0.0
                   and float(env.data.time) - self._last_command_sim_t > cfg.command_timeout_s):
                 env.set_target(env.joint_positions())
