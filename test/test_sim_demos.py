@@ -176,3 +176,32 @@ def test_plan_cache_answers_plan_requests_while_the_scene_holds(perception):
     assert calls['off'] >= 6                      # 2 Hz over 2 episodes
     assert calls['loose'] == 2                    # any scene is a hit: one plan per episode (cleared at reset)
     assert calls['strict'] == calls['off']        # nothing is similar enough: every request plans
+
+
+def test_inference_delay_runs_one_slow_chunk_at_a_time(perception):
+    """inference_delay_s: each chunk takes over that long after its inputs and the head infers one chunk at a
+    time, so a 0.5 s head over 1.5 s makes 3 chunks (0, 0.5, 1.0 s) where an instant one makes one per frame,
+    and the arm holds until the first chunk takes over."""
+    pipeline, planner = perception
+    env = ArmEnv(SimConfig(episode_timeout_s=1.5), seed=0)
+    calls, frames = {}, {}
+    try:
+        for delay in (0.0, 0.5):
+            head = _OracleHead(TouchExpert(env))
+            calls[delay] = 0
+            frames[delay] = []
+
+            def predict(*args, _predict=head.predict_actions, _delay=delay, **kwargs):
+                calls[_delay] += 1
+                return _predict(*args, **kwargs)
+            head.predict_actions = predict
+            evaluate_policy(env, pipeline, planner, head, ActionConfig(), [30], inference_delay_s=delay,
+                            on_perceive=lambda image, q, _d=delay: frames[_d].append(np.array(q)))
+        with pytest.raises(ValueError):
+            evaluate_policy(env, pipeline, planner, _OracleHead(TouchExpert(env)), ActionConfig(), [30],
+                            inference_delay_s=-0.1)
+    finally:
+        env.close()
+    assert calls[0.0] >= 14 and calls[0.5] == 3, calls
+    moved = np.abs(np.array(frames[0.5]) - frames[0.5][0]).max(axis=1)     # frames every 0.1 s
+    assert moved[:5].max() < 1e-4 and moved[7] > 1e-3, moved[:10]

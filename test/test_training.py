@@ -90,6 +90,11 @@ def test_config_flags_round_trip():
     assert cfg.progress is False
     with pytest.raises(ValueError):
         TrainConfig(keep_tokens=[65]).validate()
+    slow = config_from_args(['--rollout-inference-delay-s', '0.3', '--rollout-smoothing', 'none'])
+    assert slow.rollout_inference_delay_s == 0.3 and slow.rollout_smoothing == 'none'
+    for bad in (['--rollout-smoothing', 'rtcc'], ['--rollout-inference-delay-s', '-1']):
+        with pytest.raises(ValueError):
+            config_from_args(bad)
 
 
 def test_perception_set_reaches_the_rollout_pipeline_on_top_of_the_task_preset():

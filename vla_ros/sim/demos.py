@@ -7,6 +7,7 @@ exactly the token distribution the ROS closed loop feeds it.
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, List, Optional
@@ -152,7 +153,8 @@ def perception_period_s(action_cfg, perception_rate_hz: float = PERCEPTION_RATE_
 def evaluate_policy(env: ArmEnv, pipeline, planner, head, action_cfg, seeds,
                     perception_rate_hz: float = PERCEPTION_RATE_HZ, plan_rate_hz: float = 2.0,
                     progress: Optional[Callable] = None, on_perceive: Optional[Callable] = None,
-                    observation_delay_s: float = 0.0, plan_cache=None) -> EvalResult:
+                    observation_delay_s: float = 0.0, plan_cache=None,
+                    inference_delay_s: float = 0.0) -> EvalResult:
     """Closed loop on simulated time, no ROS: the same ControlLoop (chunk buffer + RTC/ensembling +
     safety filter) the action node runs, driven at control rate; perception and chunk inference at
     `perception_rate_hz`, planning at `plan_rate_hz`.
@@ -165,6 +167,10 @@ def evaluate_policy(env: ArmEnv, pipeline, planner, head, action_cfg, seeds,
     `on_perceive(image, joint_positions)`, if given, sees every frame the policy perceives, at its
     capture (DAgger records the policy's own states through it).
 
+    `inference_delay_s` models a slow action head: a chunk inferred from the inputs of `now` takes over at
+    `now + inference_delay_s` (RTC freezes exactly the steps that run meanwhile), and the head infers one chunk
+    at a time: inputs arriving while it is busy wait for it, then the latest are used. 0 = instant.
+
     `plan_cache` (a `PlanCache`, cleared per episode): plan requests go through it as in the planner
     node (`AsyncPlanner`): while instruction and scene embedding hold, the cached plan answers. None =
     every request plans.
@@ -176,8 +182,8 @@ def evaluate_policy(env: ArmEnv, pipeline, planner, head, action_cfg, seeds,
     control_dt = 1.0 / action_cfg.control_rate_hz
     perceive_every = _ticks_between(perception_rate_hz, control_dt)
     plan_every = _ticks_between(plan_rate_hz, control_dt)
-    if not (observation_delay_s >= 0.0):
-        raise ValueError(f'observation_delay_s must be >= 0, got {observation_delay_s}')
+    if not (observation_delay_s >= 0.0 and inference_delay_s >= 0.0):
+        raise ValueError(f'delays must be >= 0, got observation {observation_delay_s}, inference {inference_delay_s}')
     delay_ticks = int(round(observation_delay_s / control_dt))
     result = EvalResult([], [], [], [], [])
     for seed in seeds:
@@ -189,6 +195,7 @@ def evaluate_policy(env: ArmEnv, pipeline, planner, head, action_cfg, seeds,
         if plan_cache is not None:
             plan_cache.clear()
         tick = 0
+        head_free_at, inputs_waiting = -math.inf, False
         in_flight: Deque[tuple] = deque()    # (tick it arrives, frame tick, capture time, tokens, plan tokens)
         while not env.done():
             now = env.elapsed_s
@@ -220,8 +227,10 @@ def evaluate_policy(env: ArmEnv, pipeline, planner, head, action_cfg, seeds,
                 if plan_tokens is not None:
                     loop.update_plan(plan_tokens, plan_id=frame, now=captured)
                 arrived = True
-            if arrived:
-                loop.infer_chunk(now=now, active_from=now)
+            inputs_waiting = inputs_waiting or arrived
+            if inputs_waiting and now >= head_free_at - 1e-9:
+                loop.infer_chunk(now=now, active_from=now + inference_delay_s)
+                head_free_at, inputs_waiting = now + inference_delay_s, False
             command, _status = loop.tick(now)
             env.step_to(command if command is not None else q, control_dt)
             tick += 1

@@ -51,19 +51,22 @@ def save_policy(policy, out_dir: str) -> dict:
 def evaluate_checkpoint(model_dir: str, seeds: List[int], workers: int, timeout_s: float,
                         progress: bool = True, desc: str = 'closed-loop eval', task: str = 'touch',
                         observation_delay_s: float = 0.0, plan_cache: bool = False,
-                        perception: Optional[dict] = None) -> dict:
+                        perception: Optional[dict] = None, inference_delay_s: float = 0.0,
+                        smoothing: str = '') -> dict:
     """Closed-loop success (no ROS) of a saved checkpoint on `seeds`, with a Wilson 95% interval."""
     from vla_ros.training.rollouts import policy_episode, run_jobs
     from vla_ros.eval.stats import wilson_interval
 
     jobs = [{'seed': s, 'model_dir': model_dir, 'delay': observation_delay_s, 'plan_cache': plan_cache,
-             'perception': dict(perception or {})} for s in seeds]
+             'perception': dict(perception or {}), 'inference_delay': inference_delay_s, 'smoothing': smoothing}
+            for s in seeds]
     results = run_jobs(policy_episode, jobs, workers, timeout_s, desc=desc, progress=progress, task=task)
     wins = sum(r['success'] for r in results)
     lo, hi = wilson_interval(wins, len(results))
     times = [r['elapsed_s'] for r in results if r['success']]
     return {'episodes': len(results), 'successes': wins, 'success_rate': wins / max(1, len(results)),
-            'observation_delay_s': observation_delay_s, 'plan_cache': plan_cache,
+            'observation_delay_s': observation_delay_s, 'inference_delay_s': inference_delay_s,
+            'smoothing': smoothing or 'preset', 'plan_cache': plan_cache,
             'perception': dict(perception or {}),
             'wilson95': [round(lo, 4), round(hi, 4)],
             'mean_time_to_success_s': float(np.mean(times)) if times else None,
@@ -129,7 +132,8 @@ def run(cfg) -> dict:
         first = cfg.dagger_seed + r * cfg.dagger_episodes
         jobs = [{'seed': first + i, 'model_dir': os.path.abspath(round_dir), 'record': True,
                  'delay': cfg.rollout_observation_delay_s, 'plan_cache': cfg.rollout_plan_cache,
-                 'perception': perception}
+                 'perception': perception, 'inference_delay': cfg.rollout_inference_delay_s,
+                 'smoothing': cfg.rollout_smoothing}
                 for i in range(cfg.dagger_episodes)]
         t1 = time.perf_counter()
         rollouts = run_jobs(policy_episode, jobs, cfg.workers, cfg.episode_timeout_s, desc=f'DAgger round {r + 1}',
@@ -160,7 +164,9 @@ def _evaluate(cfg, model_dir: str, report: dict, t0: float) -> dict:
                                              progress=cfg.progress, task=cfg.task,
                                              observation_delay_s=cfg.rollout_observation_delay_s,
                                              plan_cache=cfg.rollout_plan_cache,
-                                             perception=cfg.perception_overrides())
+                                             perception=cfg.perception_overrides(),
+                                             inference_delay_s=cfg.rollout_inference_delay_s,
+                                             smoothing=cfg.rollout_smoothing)
         report['eval']['model_dir'] = model_dir
         summary = {k: v for k, v in report['eval'].items() if k != 'per_episode'}
         print(json.dumps({'eval': summary}), flush=True)

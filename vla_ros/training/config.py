@@ -84,6 +84,13 @@ class TrainConfig:
                                                                    'DAgger rollouts and the closed-loop '
                                                                    'evaluation: a frame reaches the control loop '
                                                                    'this much later (evaluate_policy)'})
+    rollout_inference_delay_s: float = field(default=0.0, metadata={'help': 'action-head delay (sim s) of the DAgger '
+                                                                 'rollouts and the closed-loop evaluation: each '
+                                                                 'chunk takes over this much after its inputs, one '
+                                                                 'inference at a time (evaluate_policy)'})
+    rollout_smoothing: str = field(default='', metadata={'help': 'action.smoothing of the DAgger rollouts and the '
+                                                         'closed-loop evaluation: none (naive: each new chunk '
+                                                         "takes over) | ensemble | rtc ('' = the task preset's)"})
     rollout_plan_cache: bool = field(default=False, metadata={'help': 'DAgger rollouts and the closed-loop evaluation '
                                                             'plan through the plan cache, as the planner node '
                                                             "does (PlannerConfig's cache settings)"})
@@ -120,8 +127,12 @@ class TrainConfig:
             raise ValueError('decision_stride must be >= 1')
         if self.episodes < 1 or self.epochs < 0 or self.batch_size < 1:
             raise ValueError('episodes and batch_size must be positive, epochs >= 0')
-        if self.observation_lag_s < 0 or self.rollout_observation_delay_s < 0:
-            raise ValueError('observation_lag_s and rollout_observation_delay_s must be >= 0')
+        if self.observation_lag_s < 0 or self.rollout_observation_delay_s < 0 or self.rollout_inference_delay_s < 0:
+            raise ValueError('observation_lag_s, rollout_observation_delay_s and rollout_inference_delay_s must be >= 0')
+        if self.rollout_smoothing:
+            from vla_ros.config import ActionConfig
+            from vla_ros.config.base import config_from_dict
+            config_from_dict(ActionConfig, {'smoothing': self.rollout_smoothing}, 'action.')
 
         self.perception_overrides()           # unknown names and bad values fail before any work
 

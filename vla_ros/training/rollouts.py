@@ -7,6 +7,7 @@ the result of a seed does not depend on the number of workers.
 """
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 from typing import Callable, Dict, Iterable, List, Optional
@@ -106,7 +107,8 @@ def _load_policy(model_dir: str, perception: Optional[dict] = None) -> dict:
 def policy_episode(job: dict) -> dict:
     """One closed-loop policy episode (no ROS); with job['record'] also the perceived states,
     each labelled with the expert's chunk from that state (DAgger). job['delay'] (s): the observation
-    delay of `evaluate_policy` (frames are recorded at capture, with the joints of that moment)."""
+    delay of `evaluate_policy` (frames are recorded at capture, with the joints of that moment);
+    job['inference_delay'] (s) its slow head; job['smoothing'] an action.smoothing override."""
     import torch
 
     from vla_ros.sim.demos import evaluate_policy, perception_period_s
@@ -128,9 +130,13 @@ def policy_episode(job: dict) -> dict:
         from vla_ros.planning.plan_cache import PlanCache
         cache = PlanCache.from_config(PlannerConfig())
     with torch.no_grad():
-        res = evaluate_policy(env, policy['pipeline'], policy['planner'], policy['head'], _STATE['action_cfg'],
+        action_cfg = _STATE['action_cfg']
+        if job.get('smoothing'):
+            action_cfg = dataclasses.replace(action_cfg, smoothing=job['smoothing'])
+        res = evaluate_policy(env, policy['pipeline'], policy['planner'], policy['head'], action_cfg,
                               [job['seed']], on_perceive=record if job.get('record') else None,
-                              observation_delay_s=float(job.get('delay', 0.0)), plan_cache=cache)
+                              observation_delay_s=float(job.get('delay', 0.0)), plan_cache=cache,
+                              inference_delay_s=float(job.get('inference_delay', 0.0)))
     out = {'seed': job['seed'], 'instruction': res.instructions[0], 'success': bool(res.successes[0]),
            'elapsed_s': float(res.elapsed_s[0]), 'final_distance_m': float(res.final_distances[0]),
            'decision_dt': perception_period_s(_STATE['action_cfg'])}
