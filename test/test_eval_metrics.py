@@ -213,6 +213,11 @@ def test_reset_steps_are_only_steps_onto_the_measured_arm():
     assert reset_step_indices(away, status, 0.015, arm_after_reset) == []
     assert reset_step_indices(onto_arm, [], 0.015, arm_after_reset) == []
     assert reset_step_indices(onto_arm, status[:2], 0.015, arm_after_reset) == []   # one episode: no boundary
+    # the teleported arm's joint state logged just after the re-anchored command (different DDS streams)
+    late = [Command(T0 + 28 * MS, 0, np.array([0.02, 0.0])), Command(T0 + 30 * MS + MS // 5, 0, np.array([0.8, 0.0]))]
+    assert reset_step_indices(onto_arm, status, 0.015, late) == [2]
+    much_later = [late[0], Command(T0 + 39 * MS, 0, np.array([0.8, 0.0]))]
+    assert reset_step_indices(onto_arm, status, 0.015, much_later) == []
 
 
 def test_mid_episode_reanchor_onto_the_arm_is_not_a_driving_step():

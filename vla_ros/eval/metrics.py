@@ -30,6 +30,11 @@ LIMIT_TOLERANCE = 1e-5
 # give or take a few control ticks (receive times). The largest over-limit step in that span that moved the
 # command onto the measured arm is counted as the reset's, apart from the driving steps.
 RESET_WINDOW_S = 0.05
+# The recorder takes joint states and commands from different DDS streams: the joint state that a command
+# re-anchored on can be logged just after that command (0.2 ms after, in a fresh-clone main job's episode
+# reset). A command "follows the arm" if it lands on a joint state received up to this long after it; no arm
+# moves a whole over-limit step (>= 15 mrad at 1.5 rad/s, 100 Hz) on its own within it.
+ARM_LOOKAHEAD_S = 0.005
 
 TYPE_TOKENS = 'vla_ros_msgs/msg/LatentTokens'
 TYPE_PLAN = 'vla_ros_msgs/msg/Plan'
@@ -297,9 +302,9 @@ class _MeasuredArm:
 
 def _follows_the_arm(commands: List[Command], k: int, arm: _MeasuredArm, unknown: bool = True) -> bool:
     """Whether step k (command k -> k + 1) moved the command onto the measured arm: the latest joint state
-    received by command k + 1 is nearer the new command than the old, by most of the step. `unknown` when
+    received by command k + 1 (ARM_LOOKAHEAD_S) is nearer the new command than the old, by most of the step. `unknown` when
     the bag has no joint states of the command's width to tell."""
-    measured = arm.latest(commands[k + 1].log_ns)
+    measured = arm.latest(commands[k + 1].log_ns + int(ARM_LOOKAHEAD_S * NS_PER_S))
     if measured is None:
         return unknown
     before = float(np.abs(commands[k].positions - measured).max())
