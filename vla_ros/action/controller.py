@@ -149,7 +149,6 @@ class ControlLoop:
         self._generator = torch.Generator(device=cfg.device)
         if seed is not None:
             self._generator.manual_seed(seed)
-        self._delay_estimate_s = 1.0 / cfg.chunk_rate_hz  # pessimistic until measured
         self._recent_inference_s: Deque[float] = collections.deque(maxlen=_DELAY_WINDOW)
         self._infer_lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
@@ -276,13 +275,18 @@ class ControlLoop:
         return result
 
     def _note_inference_time(self, inference_s: float) -> None:
-        """RTC's delay estimate: 1.5 x the median of the last few inference times. One slow inference (the first
-        after start-up on a busy CPU took 2.2 s) must not set it: the old max-and-decay estimate then froze
-        whole chunks (every step "executes before the new chunk arrives") for the next ~2 s, so the arm
-        replayed stale chunks while the policy saw the cube move; a lasting slow-down still lifts the median
-        within a few chunks."""
         self._recent_inference_s.append(float(inference_s))
-        self._delay_estimate_s = 1.5 * float(np.median(self._recent_inference_s))
+
+    @property
+    def _delay_estimate_s(self) -> float:
+        """RTC's delay estimate: 1.5 x the median of the last few inference times (one chunk period, pessimistic,
+        until measured). One slow inference (the first after start-up on a busy CPU took 2.2 s) must not set
+        it: the old max-and-decay estimate then froze whole chunks (every step "executes before the new chunk
+        arrives") for the next ~2 s, so the arm replayed stale chunks while the policy saw the cube move; a
+        lasting slow-down still lifts the median within a few chunks."""
+        if not self._recent_inference_s:
+            return 1.0 / self.cfg.chunk_rate_hz
+        return 1.5 * float(np.median(self._recent_inference_s))
 
     def warm_up(self, vis_tokens: int = 32, plan_tokens: int = 8) -> float:
         """One inference on zero inputs before serving, so torch's first-call set-up (allocator, kernels, the

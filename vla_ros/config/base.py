@@ -37,16 +37,12 @@ def _field_types(cls) -> Dict[str, Any]:
 def coerce_value(name: str, value: Any, typ: Any, meta: Dict[str, Any]) -> Any:
     """`value` as field type `typ` (an int where a float is declared becomes a float), checked against the
     field's range and choices; ConfigError when it cannot be."""
-    return _coerce(name, value, typ, meta)
-
-
-def _coerce(name: str, value: Any, typ: Any, meta: Dict[str, Any]) -> Any:
     origin = typing.get_origin(typ)
     if origin in (list, typing.List):
         (item_t,) = typing.get_args(typ) or (Any,)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f'{name}: expected a list, got {value!r}')
-        return [_coerce(f'{name}[]', v, item_t, {}) for v in value]
+        return [coerce_value(f'{name}[]', v, item_t, {}) for v in value]
     if typ is bool:
         if not isinstance(value, bool):
             raise ConfigError(f'{name}: expected a bool, got {value!r}')
@@ -95,7 +91,7 @@ def config_from_dict(cls, values: Optional[Dict[str, Any]] = None, prefix: str =
         if dataclasses.is_dataclass(typ):
             kwargs[f.name] = config_from_dict(typ, nested[f.name], prefix + f.name + '.')
         else:
-            kwargs[f.name] = _coerce(prefix + f.name, nested[f.name], typ, dict(f.metadata))
+            kwargs[f.name] = coerce_value(prefix + f.name, nested[f.name], typ, dict(f.metadata))
     obj = cls(**kwargs)
     validate = getattr(obj, 'validate', None)
     if callable(validate):
