@@ -56,6 +56,7 @@ setup(
             'vla_replay = vla_ros.eval.replay:main',
             'vla_export_lerobot = vla_ros.eval.lerobot_export:main',
             'vla_eval_episodes = vla_ros.eval.harness:main',
+            'vla_compare_rows = vla_ros.eval.paired:main',
             'vla_train = vla_ros.training.cli:main',
             'vla_make_demo_models = vla_ros.models.make_demo_models:main',
         ],

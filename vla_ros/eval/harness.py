@@ -35,6 +35,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from vla_ros.config.tasks import TASKS
+from vla_ros.eval.paired import compare_rows, markdown as paired_markdown, rows_of_episodes
 from vla_ros.eval.stats import wilson_interval
 
 # Efficiency feature -> the parameter overrides that switch it off.
@@ -191,7 +192,7 @@ def summarise(label: str, requested: int, episodes: List[dict]) -> dict:
             'sim_realtime_factor_min': round(float(np.min(rtf)), 3) if rtf else None}
 
 
-def markdown(rows: List[dict], per_episode: List[dict]) -> str:
+def markdown(rows: List[dict], per_episode: List[dict], paired: Sequence[dict] = ()) -> str:
     lines = ['| row | episodes | successes | success rate | Wilson 95% CI | time to success (mean / median s) '
              '| missing | sim x real time (mean / min) |',
              '| --- | --- | --- | --- | --- | --- | --- | --- |']
@@ -202,6 +203,9 @@ def markdown(rows: List[dict], per_episode: List[dict]) -> str:
                if r.get('sim_realtime_factor_mean') is not None else 'n/a')
         lines.append(f"| {r['row']} | {r['episodes']} | {r['successes']} | {r['success_rate']:.3f} | "
                      f"[{r['wilson95'][0]:.3f}, {r['wilson95'][1]:.3f}] | {t} | {r['missing']} | {rtf} |")
+    if paired:
+        lines += ['', 'Each row against the first on the seeds both ran (Newcombe paired 95% interval):', '',
+                  paired_markdown(paired).rstrip('\n')]
     lines += ['', '| row | seed | success | time (s) | sim x real time | instruction |',
               '| --- | --- | --- | --- | --- | --- |']
     for e in per_episode:
@@ -258,7 +262,9 @@ def write_report(rows: Sequence[str], results: List[JobResult], args, partial: b
         mine = sorted((e for r in results if r.job.label == label for e in r.episodes), key=lambda e: e['seed'])
         per_episode += [dict(e, row=label) for e in mine]
         summary.append(summarise(label, args.episodes, mine))
-    report = {'rows': summary, 'per_episode': per_episode, 'workers': args.workers, 'partial': partial,
+    paired = compare_rows(rows_of_episodes(per_episode), base=rows[0]) if len(rows) > 1 else []
+    report = {'rows': summary, 'paired': paired, 'per_episode': per_episode, 'workers': args.workers,
+              'partial': partial,
               'inference_delay_s': getattr(args, 'inference_delay_s', 0.0), 'load_average': _load_average(),
               'seeds': [args.seed, args.seed + args.episodes - 1],
               'jobs': [{'row': r.job.label, 'seed': r.job.seed, 'episodes': r.job.episodes,
@@ -270,7 +276,7 @@ def write_report(rows: Sequence[str], results: List[JobResult], args, partial: b
         with open(os.path.join(args.out, 'episodes.json'), 'w') as fh:
             json.dump(report, fh, indent=1)
         with open(os.path.join(args.out, 'episodes.md'), 'w') as fh:
-            fh.write(markdown(summary, per_episode))
+            fh.write(markdown(summary, per_episode, paired))
     return report
 
 
@@ -325,6 +331,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     report = run_harness(args)
     print(markdown(report['rows'], []).split('\n\n')[0])
+    if report['paired']:
+        print(paired_markdown(report['paired']), end='')
     missing = sum(r['missing'] for r in report['rows'])
     if missing:
         print(f'[harness] {missing} episode(s) never reported a final status', file=sys.stderr)
