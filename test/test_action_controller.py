@@ -261,7 +261,7 @@ def test_an_arm_displaced_under_command_drops_its_chunks_until_a_newer_frame():
     """An episode reset teleports the sim arm while chunks of the old scene are running. Those chunks, and RTC
     prefixes continuing them, drove the arm back toward the old pose: the ROS stack succeeded 7/10 on the first
     episode of each bringup and 26/90 on the later ones (pick-and-place). Now the loop restarts: no chunk
-    until a frame captured after the displacement."""
+    until a frame captured after the displacement, and a plan made from one."""
     clock = FakeClock()
     loop = _loop(clock, safety=SafetyConfig(joint_lower=[-1.0] * 3, joint_upper=[1.0] * 3, max_velocity=2.0,
                                             max_acceleration=1e4, stale_plan_timeout_s=1.0,
@@ -289,8 +289,12 @@ def test_an_arm_displaced_under_command_drops_its_chunks_until_a_newer_frame():
     held, status = loop.tick(clock.t)
     assert status.mode == 'hold' and not status.restarted
     assert np.max(np.abs(held - home)) <= 2.0 * 0.02 + 1e-9
-    # a frame of the new scene: chunks again, RTC starting fresh from the arm's new pose
+    # a frame of the new scene, but the plan is of the old one (an episode reset: it names the last
+    # episode's target): still no chunk
     loop.update_perception(np.full((5, 6), 0.5, np.float32), frame_id=2, now=clock.t)
+    assert loop.infer_chunk(clock.t, active_from=clock.t) is None
+    # a plan of a frame captured after the restart: chunks again, RTC starting fresh from the arm's new pose
+    loop.update_plan(np.full((2, 4), 0.5, np.float32), plan_id=7, now=clock.t)
     chunk = loop.infer_chunk(clock.t, active_from=clock.t)
     assert chunk is not None and (chunk.prefix_weights is None or not np.any(chunk.prefix_weights))
     clock.t += 0.01

@@ -182,6 +182,9 @@ def test_control_process_side_reads_inputs_and_exports_stats_through_slots():
         def chunk(self, result, stamp_ns):
             self.chunk_ids = getattr(self, 'chunk_ids', []) + [result.chunk_id]
 
+        def replan(self):
+            pass
+
     stats = SeqSlot({'v': (len(STAT_KEYS),)})
     sink = Sink()
     rt = RealtimeController(loop, cfg, sink, backend=ChunkInbox(ch), log=lambda s: None, inputs=mirror,

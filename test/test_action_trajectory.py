@@ -97,6 +97,9 @@ class Sink:
     def trajectory(self, start_ns, times, positions, velocities):
         self.trajs.append((start_ns, times.copy(), positions.copy(), velocities.copy()))
 
+    def replan(self):
+        self.replans = getattr(self, 'replans', 0) + 1
+
     def chunk(self, result, stamp_ns):
         self.chunks.append(result)
 

@@ -193,7 +193,9 @@ class ControlLoop:
         the running chunks and accept new ones only from a camera frame captured at/after `now`. A chunk
         inferred from the old scene, or an RTC prefix continuing one, would drive the arm back toward where it
         was (measured in the no-ROS loop: consecutive episodes without this went 17/40, with it as with a
-        fresh loop per episode, 25/40)."""
+        fresh loop per episode, 25/40). The plan must come from such a frame too (a plan's time is the stamp of
+        the frame it was made from): after an episode reset the previous plan names the previous episode's
+        target, and the planner, asked by the action node's replan request, plans on the next frame."""
         self._restarted_at = self.clock() if now is None else float(now)
         self.restarts += 1
         self.buffer.clear()
@@ -235,8 +237,8 @@ class ControlLoop:
                 return None
             with self._lock:
                 plan, vis, prop = self._plan, self._vis, self._proprio
-            if self._before_restart(vis.received):     # a frame of the scene before the arm restarted
-                return None
+            if self._before_restart(vis.received) or self._before_restart(plan.received):
+                return None   # a frame of the scene before the arm restarted, or a plan made from one
             cfg = self.cfg
             prefix = weights = None
             if cfg.smoothing == 'rtc':
@@ -263,8 +265,8 @@ class ControlLoop:
                 self.inference_errors += 1
                 self.last_error = 'non-finite actions from head'
                 return None
-            if self._before_restart(vis.received):     # the arm restarted while this chunk was inferred
-                return None
+            if self._before_restart(vis.received) or self._before_restart(plan.received):
+                return None   # the arm restarted while this chunk was inferred
             chunk = self.buffer.add(actions, request, cfg.action_dt, active_from=max(ready, request))
             self.buffer.prune(request)
             self.chunk_count += 1

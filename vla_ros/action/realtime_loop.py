@@ -51,6 +51,7 @@ class CommandSink(Protocol):
     def forward(self, command: np.ndarray) -> None: ...
     def trajectory(self, start_ns: int, times: np.ndarray, positions: np.ndarray, velocities: np.ndarray) -> None: ...
     def chunk(self, result: ChunkResult, stamp_ns: int) -> None: ...
+    def replan(self) -> None: ...          # ask the planner for a plan of the next frame (after a restart)
 
 
 class InputMirror:
@@ -168,6 +169,8 @@ class RealtimeController:
         t1 = time.monotonic_ns()
         self._phase('inputs', t1 - now_ns)
         command, status = loop.tick(now)
+        if status.restarted:           # chunks now wait for a plan of a frame after `now`: ask for one
+            self.sink.replan()
         offset_ns = self.sink.ros_now_ns() - time.monotonic_ns()
         self._phase('safety', time.monotonic_ns() - t1)
         if self.backend is not None:

@@ -11,7 +11,7 @@ import numpy as np
 from builtin_interfaces.msg import Duration
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray, MultiArrayDimension
+from std_msgs.msg import Empty, Float64MultiArray, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vla_ros.action.controller import ChunkResult
@@ -20,7 +20,7 @@ from vla_ros.nodes.common import SENSOR_QOS, ns_to_stamp, reliable_qos
 from vla_ros_msgs.msg import ActionChunk
 
 # CommandSink output -> TopicsConfig field naming its topic.
-OUTPUT_TOPICS = ('command_stamped', 'joint_command', 'joint_trajectory', 'action_chunk')
+OUTPUT_TOPICS = ('command_stamped', 'joint_command', 'joint_trajectory', 'action_chunk', 'replan')
 
 
 def resolved_output_topics(node: Node, topics) -> Dict[str, str]:
@@ -36,11 +36,13 @@ class CommandPublisher:
         # never make the tick wait for its acknowledgements.
         self._stamped_pub = node.create_publisher(JointState, topic_names['command_stamped'], SENSOR_QOS)
         self._chunk_pub = node.create_publisher(ActionChunk, topic_names['action_chunk'], qos)
+        self._replan_pub = node.create_publisher(Empty, topic_names['replan'], qos)
         if cfg.command_interface == 'forward':
             cmd_qos = qos if cfg.realtime.command_qos == 'reliable' else SENSOR_QOS
             self._cmd_pub = node.create_publisher(Float64MultiArray, topic_names['joint_command'], cmd_qos)
         else:
             self._traj_pub = node.create_publisher(JointTrajectory, topic_names['joint_trajectory'], qos)
+        self.replans = 0
         n = len(cfg.joint_names)
         self._cmd_msg = Float64MultiArray()
         self._cmd_msg.layout.dim = [MultiArrayDimension(label='joints', size=n, stride=n)]
@@ -82,3 +84,7 @@ class CommandPublisher:
         msg.inference_time = float(chunk.inference_ms) / 1000.0  # [s]
         msg.smoothing = chunk.smoothing
         self._chunk_pub.publish(msg)
+
+    def replan(self) -> None:
+        self.replans += 1
+        self._replan_pub.publish(Empty())

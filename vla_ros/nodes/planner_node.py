@@ -73,6 +73,8 @@ class PlannerNode(Node):
         self._frame: Optional[PlanRequest] = None
         self._frame_seq = 0
         self._submitted_key = None
+        self._plan_after_ns: Optional[int] = None   # plan the first frame stamped at/after this at once
+        self.replan_requests = 0
         self._instruction: Optional[str] = None
         self._published = 0
         self._load_lock = threading.Lock()
@@ -132,6 +134,9 @@ class PlannerNode(Node):
         with self._lock:
             self._frame = req
             self._frame_seq += 1
+        if self._plan_after_ns is not None and stamp_ns >= self._plan_after_ns:
+            self._plan_after_ns = None     # the first frame captured after an instruction or replan request
+            self._on_timer()
 
     def _on_instruction(self, msg: String) -> None:
         text = msg.data.strip()
@@ -145,11 +150,18 @@ class PlannerNode(Node):
         if text != self._instruction:
             self.get_logger().info(f'instruction: {text!r}')
         self._instruction = text
+        self._plan_next_frame()     # every instruction message is a task: plan it now, on a frame of now
+
+    def _plan_next_frame(self) -> None:
+        """Plan the first frame captured from now on as soon as it arrives (not at the next timer tick),
+        bypassing the plan cache: an instruction was (re)sent, or the action node restarted the arm (an
+        episode reset) and waits for a plan of the scene as it is now."""
+        self.runner.request_replan()
+        self._plan_after_ns = self.get_clock().now().nanoseconds
 
     def _on_replan(self, _msg: Empty) -> None:
-        self.runner.request_replan()
-        with self._lock:
-            self._submitted_key = None  # resubmit the current frame even if nothing changed
+        self.replan_requests += 1
+        self._plan_next_frame()
 
     def _on_timer(self) -> None:
         """Hand the newest frame to the background planner (returns at once)."""
@@ -275,7 +287,8 @@ class PlannerNode(Node):
                'results': r.results, 'published': self._published, 'superseded_requests': r.superseded,
                'planner_errors': r.errors, 'latency_p50_ms': r.latency_percentile(50),
                'latency_miss_p50_ms': r.latency_percentile(50, misses_only=True),
-               'cache_enabled': cache is not None, 'dropped': self.drops.total, 'loading': self._loading}
+               'cache_enabled': cache is not None, 'dropped': self.drops.total, 'loading': self._loading,
+               'replan_requests': self.replan_requests}
         if cache is not None:
             out.update(cache_hit_rate=cache.stats.hit_rate, cache_hits=cache.stats.hits,
                        cache_misses=cache.stats.misses)
