@@ -55,24 +55,35 @@ def bringup_listening(args, domain, client_name: str, cwd, timeout_s: float = 30
     """Run `python -m vla_ros.bringup ARGS` on `domain` to its end while a client node in /vla records the
     per-tick commands (`arm/joint_command`), their stamped mirror (`action/command`) and `joint_states`.
     Returns (return code, output, commands, stamped, states); the bringup is killed after `timeout_s`."""
-    import time
-
-    import rclpy
-    from rclpy.node import Node
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray
 
     from vla_ros.nodes.common import SENSOR_QOS, reliable_qos
+
+    topics = {'arm/joint_command': (Float64MultiArray, reliable_qos()), 'action/command': (JointState, SENSOR_QOS),
+              'joint_states': (JointState, SENSOR_QOS)}
+    returncode, out, got = bringup_recording(args, domain, client_name, cwd, topics, timeout_s)
+    commands, stamped, states = ([m for _, m in got[t]] for t in topics)
+    return returncode, out, commands, stamped, states
+
+
+def bringup_recording(args, domain, client_name: str, cwd, topics, timeout_s: float = 300.0):
+    """Run `python -m vla_ros.bringup ARGS` on `domain` to its end while a client node in /vla subscribes to
+    `topics` ({relative name: (message type, QoS)}). Returns (return code, output, {name: [(arrival
+    time.monotonic(), message)]}); the bringup is killed after `timeout_s`."""
+    import time
+
+    import rclpy
+    from rclpy.node import Node
 
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED='1')
     proc = subprocess.Popen([sys.executable, '-m', 'vla_ros.bringup'] + list(args), cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     rclpy.init()
     node = Node(client_name, namespace='/vla')
-    commands, stamped, states = [], [], []
-    node.create_subscription(Float64MultiArray, 'arm/joint_command', commands.append, reliable_qos())
-    node.create_subscription(JointState, 'action/command', stamped.append, SENSOR_QOS)
-    node.create_subscription(JointState, 'joint_states', states.append, SENSOR_QOS)
+    got = {name: [] for name in topics}
+    for name, (msg_type, qos) in topics.items():
+        node.create_subscription(msg_type, name, lambda m, box=got[name]: box.append((time.monotonic(), m)), qos)
     try:
         deadline = time.monotonic() + timeout_s
         while proc.poll() is None and time.monotonic() < deadline:
@@ -83,4 +94,4 @@ def bringup_listening(args, domain, client_name: str, cwd, timeout_s: float = 30
     finally:
         node.destroy_node()
         rclpy.shutdown()
-    return proc.returncode, out, commands, stamped, states
+    return proc.returncode, out, got

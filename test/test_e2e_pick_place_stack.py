@@ -12,7 +12,7 @@ import pytest
 DOMAIN = '216'
 os.environ['ROS_DOMAIN_ID'] = DOMAIN
 pytest.importorskip('rclpy')
-from node_process import bringup_listening  # noqa: E402
+from node_process import bringup_listening, bringup_recording  # noqa: E402
 
 from vla_ros.config.tasks import TASK_PRESETS  # noqa: E402
 
@@ -75,3 +75,41 @@ def test_pick_place_policy_succeeds_through_the_stack_on_fixed_held_out_seeds():
     assert len(won) >= 2, [(r.episodes[0]['seed'], r.episodes[0]['success'], r.episodes[0]['elapsed_s'],
                             r.episodes[0].get('sim_realtime_factor')) for r in results]
     assert all(0.0 < e['elapsed_s'] < 15.0 for e in won)
+
+
+def test_after_an_episode_reset_every_chunk_uses_a_plan_of_the_new_instruction():
+    """Two episodes in one bringup (seeds 200100 and 200101 name different cubes and pads). Every ActionChunk
+    requested after the reset is conditioned on a plan made for episode 1's instruction: the action node
+    restarts at the reset, asks for a replan, and infers only from a plan of a frame captured after the
+    restart. (Before, the first chunks of each episode used the previous episode's plan until the planner's
+    next 0.5 s tick.)"""
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import String
+
+    from vla_ros.nodes.common import LATCHED_QOS, SENSOR_QOS, reliable_qos, stamp_to_ns
+    from vla_ros_msgs.msg import ActionChunk, Plan
+
+    topics = {'planner/plan': (Plan, reliable_qos(100)), 'action/chunk': (ActionChunk, reliable_qos(100)),
+              'instruction': (String, LATCHED_QOS), 'joint_states': (JointState, SENSOR_QOS)}
+    returncode, out, got = bringup_recording(
+        ['--processes', '--task', 'pick_place', '--episodes', '2', '--set', 'sim.seed=200100',
+         '--set', 'sim.episode_timeout_s=4.0'], DOMAIN, 'pick_place_reset_test', ROOT, topics)
+    assert returncode == 0 and 'episode 1:' in out, out[-3000:]
+    texts = [m.data for _, m in got['instruction']]
+    assert len(set(texts)) == 2, texts
+    second = texts[-1]
+    # the reset: the sim's joint state that jumps (the arm is put back home) nearest the second instruction
+    states = [(t, stamp_to_ns(m.header.stamp), np.array(m.position)) for t, m in got['joint_states']]
+    jumps = [(abs(t - got['instruction'][-1][0]), stamp) for (_, _, a), (t, stamp, b) in zip(states, states[1:])
+             if np.abs(b - a).max() > 0.2]
+    assert jumps, 'no reset seen in joint_states'
+    reset_ns = min(jumps)[1]
+    plan_instruction = {m.plan_id: m.instruction for _, m in got['planner/plan']}
+    # a chunk's stamp is its request time (step 0); one requested in the few ms before the action node saw the
+    # jump may still come from the old scene (margin 50 ms)
+    after = [m for _, m in got['action/chunk'] if stamp_to_ns(m.header.stamp) > reset_ns + 50_000_000]
+    assert len(after) >= 5, f'{len(after)} chunks after the reset'
+    used = [plan_instruction.get(m.plan_id) for m in after]
+    assert all(text == second for text in used), [(m.plan_id, text) for m, text in zip(after, used)][:10]
+    before = [plan_instruction.get(m.plan_id) for _, m in got['action/chunk'] if stamp_to_ns(m.header.stamp) < reset_ns]
+    assert before and before[-1] != second          # episode 0 ran on its own plan up to the reset
