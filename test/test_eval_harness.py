@@ -104,3 +104,7 @@ def test_parallel_stacks_on_separate_domains_report_every_episode(tmp_path, monk
         assert ep['instruction'] == env.instruction
     assert (tmp_path / 'episodes.md').read_text().count('| full |') == 3   # summary + 2 episode rows
     assert all(0.0 < ep['sim_realtime_factor'] <= 1.5 for ep in report['per_episode'])
+    # what each stack did during its episode, from its nodes' diagnostics (bringup's 'episode N stack:' line)
+    for ep in report['per_episode']:
+        assert ep['stack']['action.safety_ticks'] > 0 and ep['stack']['perception.frames_processed'] > 0, ep
+    assert 'failed vs succeeded' in (tmp_path / 'episodes.md').read_text()

@@ -72,8 +72,13 @@ class EpisodeMonitor:
     """Watches TaskStatus to stop after N episodes and print each outcome."""
 
     def __init__(self, node, topic: str, target_episodes: int):
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        from vla_ros.eval.episode_diagnostics import CounterDeltas
         from vla_ros_msgs.msg import TaskStatus
         self.target = target_episodes
+        self._prefix = node.get_namespace().rstrip('/') + '/'     # this stack's nodes only
+        self._counters = CounterDeltas()
         self.results: List[dict] = []
         self.done = threading.Event()
         self._seen = set()
@@ -82,6 +87,12 @@ class EpisodeMonitor:
             from tqdm import tqdm
             self._bar = tqdm(total=target_episodes, desc='episodes', unit='ep')
         node.create_subscription(TaskStatus, topic, self._on_status, 10)
+        node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
+
+    def _on_diagnostics(self, msg) -> None:
+        for status in msg.status:
+            if status.name.startswith(self._prefix):
+                self._counters.update(status.name, {kv.key: kv.value for kv in status.values})
 
     def _on_status(self, msg) -> None:
         if not msg.done or msg.episode in self._seen:
@@ -91,6 +102,10 @@ class EpisodeMonitor:
                              'success': bool(msg.success), 'elapsed_s': float(msg.elapsed)})
         line = (f'episode {msg.episode}: {"SUCCESS" if msg.success else "fail"} '
                 f'in {msg.elapsed:.1f}s ({msg.instruction})')
+        from vla_ros.eval.episode_diagnostics import format_line
+        stack_line = format_line(int(msg.episode), self._counters.episode_end())
+        if stack_line:
+            line += '\n' + stack_line
         if self._bar is not None:
             self._bar.write(line)
             self._bar.update(1)

@@ -35,6 +35,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from vla_ros.config.tasks import TASKS
+from vla_ros.eval.episode_diagnostics import compare_outcomes, parse_lines as parse_stack_lines
 from vla_ros.eval.paired import compare_rows, markdown as paired_markdown, rows_of_episodes
 from vla_ros.eval.stats import wilson_interval
 
@@ -94,6 +95,9 @@ def parse_episode_lines(text: str, seed: int) -> List[dict]:
     for ep, factor in realtime.items():
         if ep in out:
             out[ep]['sim_realtime_factor'] = factor
+    for ep, counters in parse_stack_lines(text).items():
+        if ep in out:
+            out[ep]['stack'] = counters
     return [out[k] for k in sorted(out)]
 
 
@@ -192,7 +196,8 @@ def summarise(label: str, requested: int, episodes: List[dict]) -> dict:
             'sim_realtime_factor_min': round(float(np.min(rtf)), 3) if rtf else None}
 
 
-def markdown(rows: List[dict], per_episode: List[dict], paired: Sequence[dict] = ()) -> str:
+def markdown(rows: List[dict], per_episode: List[dict], paired: Sequence[dict] = (),
+             by_outcome: Sequence[dict] = ()) -> str:
     lines = ['| row | episodes | successes | success rate | Wilson 95% CI | time to success (mean / median s) '
              '| missing | sim x real time (mean / min) |',
              '| --- | --- | --- | --- | --- | --- | --- | --- |']
@@ -206,6 +211,13 @@ def markdown(rows: List[dict], per_episode: List[dict], paired: Sequence[dict] =
     if paired:
         lines += ['', 'Each row against the first on the seeds both ran (Newcombe paired 95% interval):', '',
                   paired_markdown(paired).rstrip('\n')]
+    if by_outcome:
+        lines += ['', 'What the stack did per episode (growth of node counters, all rows), failed vs succeeded:', '',
+                  '| counter | failed: mean per episode | succeeded: mean per episode |', '| --- | --- | --- |']
+        for r in by_outcome:
+            cells = [f"{r[k]:.1f} ({r[k + '_episodes']})" if r[k] is not None else 'n/a'
+                     for k in ('failed', 'succeeded')]
+            lines.append(f"| {r['counter']} | {cells[0]} | {cells[1]} |")
     lines += ['', '| row | seed | success | time (s) | sim x real time | instruction |',
               '| --- | --- | --- | --- | --- | --- |']
     for e in per_episode:
@@ -263,7 +275,9 @@ def write_report(rows: Sequence[str], results: List[JobResult], args, partial: b
         per_episode += [dict(e, row=label) for e in mine]
         summary.append(summarise(label, args.episodes, mine))
     paired = compare_rows(rows_of_episodes(per_episode), base=rows[0]) if len(rows) > 1 else []
-    report = {'rows': summary, 'paired': paired, 'per_episode': per_episode, 'workers': args.workers,
+    by_outcome = compare_outcomes(per_episode)
+    report = {'rows': summary, 'paired': paired, 'stack_by_outcome': by_outcome, 'per_episode': per_episode,
+              'workers': args.workers,
               'partial': partial,
               'inference_delay_s': getattr(args, 'inference_delay_s', 0.0), 'load_average': _load_average(),
               'seeds': [args.seed, args.seed + args.episodes - 1],
@@ -276,7 +290,7 @@ def write_report(rows: Sequence[str], results: List[JobResult], args, partial: b
         with open(os.path.join(args.out, 'episodes.json'), 'w') as fh:
             json.dump(report, fh, indent=1)
         with open(os.path.join(args.out, 'episodes.md'), 'w') as fh:
-            fh.write(markdown(summary, per_episode, paired))
+            fh.write(markdown(summary, per_episode, paired, by_outcome))
     return report
 
 
