@@ -180,6 +180,11 @@ def _held_after(h, settle_s, window_s):
 
 
 ARM = np.array([0.1, 0.2, 0.3])      # where the fake arm reports j1..j3, always
+# How long a dropped input may take to show in the diagnostics' counters (returns as soon as it does). The
+# action node takes the harness' 20 Hz inputs at a few Hz with ~0.3 s latency here (its process, the inference
+# process and the SCHED_FIFO control process share 2 cores; the same before and after the eighth session's
+# changes), and CI once saw no counted duplicate-name drop within 6 s.
+COUNTED_WITHIN_S = 20.0
 
 
 def _holds(held):
@@ -209,26 +214,26 @@ def test_hostile_inputs_hold_the_arm_and_are_counted(harness):
     # 2: plan and tokens stamped in 1970 arrive on time, but are 56 years old -> hold.
     h.token_stamp = Time(sec=0, nanosec=1)
     assert _held_after(h, 1.2, 0.6)
-    h.run(6.0, until=lambda: h.drops('plan_stale_stamp') > 0 and h.drops('perception_stale_stamp') > 0)
+    h.run(COUNTED_WITHIN_S, until=lambda: h.drops('plan_stale_stamp') > 0 and h.drops('perception_stale_stamp') > 0)
     assert h.drops('plan_stale_stamp') > 0 and h.drops('perception_stale_stamp') > 0, h.diagnostics
     h.token_stamp = None
     assert _moving(h)
     # 3: the arm's joint states fall silent while a gripper keeps publishing on joint_states -> hold.
     h.js_names = ['gripper']
     assert _held_after(h, 1.0, 0.6)
-    h.run(6.0, until=lambda: h.drops('joint_state_no_arm_joints') > 0)
+    h.run(COUNTED_WITHIN_S, until=lambda: h.drops('joint_state_no_arm_joints') > 0)
     assert h.drops('joint_state_no_arm_joints') > 0
     # duplicate names: rejected (counted), so still no fresh arm positions -> still holding
     h.js_names = ['j1', 'j1', 'j2', 'j3']
     assert _held_after(h, 1.0, 0.6)
-    h.run(6.0, until=lambda: h.drops('joint_state_duplicate_joint_names') > 0)
+    h.run(COUNTED_WITHIN_S, until=lambda: h.drops('joint_state_duplicate_joint_names') > 0)
     assert h.drops('joint_state_duplicate_joint_names') > 0
     h.js_names = ['extra'] + JOINTS
     assert _moving(h)
     # 5: finite but absurd token values are dropped -> inputs go stale -> hold.
     h.token_value = 1e30
     assert _held_after(h, 1.2, 0.6)
-    h.run(6.0, until=lambda: h.drops('bad_perception_tokens') > 0)
+    h.run(COUNTED_WITHIN_S, until=lambda: h.drops('bad_perception_tokens') > 0)
     assert h.drops('bad_perception_tokens') > 0
     h.token_value = 0.5
     assert _moving(h)
