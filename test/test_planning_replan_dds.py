@@ -18,7 +18,8 @@ from vla_ros.nodes.common import LATCHED_QOS, reliable_qos, stamp_to_ns, tokens_
 from vla_ros_msgs.msg import LatentTokens, Plan  # noqa: E402
 
 NS = '/replantest'
-PERIOD_S = 20.0          # the planner's own timer: far longer than any wait below
+PERIOD_S = 60.0          # the planner's own timer: its first tick comes a minute after start
+ANSWER_WITHIN_S = 30.0   # generous for a loaded CI machine (a fresh-clone CI took 7 s for the replan)
 PARAMS = f"""
 /**:
   ros__parameters:
@@ -54,13 +55,11 @@ def test_instruction_and_replan_request_are_planned_on_the_next_frame(tmp_path):
                     return True
             return False
 
-        # the node's first timer tick (no frame yet) and its subscriptions: wait until it takes frames
+        # let discovery match the subscriptions (the planner's timer does not tick for a minute)
         assert spin_frames(lambda: False, 3.0) is False
         sent_ns = node.get_clock().now().nanoseconds
         instr_pub.publish(String(data='put the red cube on the blue pad'))
-        t0 = time.monotonic()
-        assert spin_frames(lambda: plans, 10.0), 'no plan for the instruction'
-        assert time.monotonic() - t0 < 5.0                 # well before the timer's next tick
+        assert spin_frames(lambda: plans, ANSWER_WITHIN_S), 'no plan for the instruction'
         first = plans[0]
         assert first.instruction == 'put the red cube on the blue pad' and not first.cache_hit
         assert stamp_to_ns(first.header.stamp) >= sent_ns  # planned on a frame captured after the instruction
@@ -69,9 +68,7 @@ def test_instruction_and_replan_request_are_planned_on_the_next_frame(tmp_path):
         # frame captured after the request, at once
         n, sent_ns = len(plans), node.get_clock().now().nanoseconds
         replan_pub.publish(Empty())
-        t0 = time.monotonic()
-        assert spin_frames(lambda: len(plans) > n, 10.0), 'no plan after the replan request'
-        assert time.monotonic() - t0 < 5.0
+        assert spin_frames(lambda: len(plans) > n, ANSWER_WITHIN_S), 'no plan after the replan request'
         fresh = plans[n]
         assert not fresh.cache_hit and fresh.plan_id == first.plan_id + 1
         assert stamp_to_ns(fresh.header.stamp) >= sent_ns
@@ -79,5 +76,5 @@ def test_instruction_and_replan_request_are_planned_on_the_next_frame(tmp_path):
         # the same instruction sent again (the next episode may repeat it) is a new task too
         n, sent_ns = len(plans), node.get_clock().now().nanoseconds
         instr_pub.publish(String(data='put the red cube on the blue pad'))
-        assert spin_frames(lambda: len(plans) > n, 10.0), 'no plan after the repeated instruction'
+        assert spin_frames(lambda: len(plans) > n, ANSWER_WITHIN_S), 'no plan after the repeated instruction'
         assert not plans[n].cache_hit and stamp_to_ns(plans[n].header.stamp) >= sent_ns
