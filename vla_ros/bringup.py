@@ -33,6 +33,7 @@ from typing import Dict, List, Optional
 import yaml
 
 from vla_ros import stack
+from vla_ros.eval.episode_diagnostics import CounterDeltas, format_line
 from vla_ros.config.base import ConfigError, parse_assignment
 
 STOP_TIMEOUT_S = 15.0
@@ -74,7 +75,6 @@ class EpisodeMonitor:
     def __init__(self, node, topic: str, target_episodes: int):
         from diagnostic_msgs.msg import DiagnosticArray
 
-        from vla_ros.eval.episode_diagnostics import CounterDeltas
         from vla_ros_msgs.msg import TaskStatus
         self.target = target_episodes
         self._prefix = node.get_namespace().rstrip('/') + '/'     # this stack's nodes only
@@ -102,7 +102,6 @@ class EpisodeMonitor:
                              'success': bool(msg.success), 'elapsed_s': float(msg.elapsed)})
         line = (f'episode {msg.episode}: {"SUCCESS" if msg.success else "fail"} '
                 f'in {msg.elapsed:.1f}s ({msg.instruction})')
-        from vla_ros.eval.episode_diagnostics import format_line
         stack_line = format_line(int(msg.episode), self._counters.episode_end())
         if stack_line:
             line += '\n' + stack_line

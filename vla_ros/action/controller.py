@@ -237,7 +237,7 @@ class ControlLoop:
                 return None
             with self._lock:
                 plan, vis, prop = self._plan, self._vis, self._proprio
-            if self._before_restart(vis.received) or self._before_restart(plan.received):
+            if self._before_restart(min(vis.received, plan.received)):
                 return None   # a frame of the scene before the arm restarted, or a plan made from one
             cfg = self.cfg
             prefix = weights = None
@@ -265,7 +265,7 @@ class ControlLoop:
                 self.inference_errors += 1
                 self.last_error = 'non-finite actions from head'
                 return None
-            if self._before_restart(vis.received) or self._before_restart(plan.received):
+            if self._before_restart(min(vis.received, plan.received)):
                 return None   # the arm restarted while this chunk was inferred
             chunk = self.buffer.add(actions, request, cfg.action_dt, active_from=max(ready, request))
             self.buffer.prune(request)

@@ -274,11 +274,10 @@ def write_report(rows: Sequence[str], results: List[JobResult], args, partial: b
         mine = sorted((e for r in results if r.job.label == label for e in r.episodes), key=lambda e: e['seed'])
         per_episode += [dict(e, row=label) for e in mine]
         summary.append(summarise(label, args.episodes, mine))
-    paired = compare_rows(rows_of_episodes(per_episode), base=rows[0]) if len(rows) > 1 else []
+    paired = compare_rows(rows_of_episodes(per_episode), base=rows[0])
     by_outcome = compare_outcomes(per_episode)
     report = {'rows': summary, 'paired': paired, 'stack_by_outcome': by_outcome, 'per_episode': per_episode,
-              'workers': args.workers,
-              'partial': partial,
+              'workers': args.workers, 'partial': partial,
               'inference_delay_s': getattr(args, 'inference_delay_s', 0.0), 'load_average': _load_average(),
               'seeds': [args.seed, args.seed + args.episodes - 1],
               'jobs': [{'row': r.job.label, 'seed': r.job.seed, 'episodes': r.job.episodes,

@@ -26,7 +26,7 @@ Outcomes = Dict[Hashable, bool]          # (run, seed) -> success
 
 def compare(base: Outcomes, other: Outcomes) -> dict:
     """other - base on the keys both rows ran."""
-    shared = sorted(set(base) & set(other), key=str)
+    shared = set(base) & set(other)
     both = sum(base[k] and other[k] for k in shared)
     only_base = sum(base[k] and not other[k] for k in shared)
     only_other = sum(other[k] and not base[k] for k in shared)

@@ -42,7 +42,6 @@ class CommandPublisher:
             self._cmd_pub = node.create_publisher(Float64MultiArray, topic_names['joint_command'], cmd_qos)
         else:
             self._traj_pub = node.create_publisher(JointTrajectory, topic_names['joint_trajectory'], qos)
-        self.replans = 0
         n = len(cfg.joint_names)
         self._cmd_msg = Float64MultiArray()
         self._cmd_msg.layout.dim = [MultiArrayDimension(label='joints', size=n, stride=n)]
@@ -86,5 +85,4 @@ class CommandPublisher:
         self._chunk_pub.publish(msg)
 
     def replan(self) -> None:
-        self.replans += 1
         self._replan_pub.publish(Empty())
