@@ -55,6 +55,10 @@ class SimConfig:
     cube_yaw_range: float = param(0.6, 'pick_place: cube yaw drawn from [-this, this] (rad)', range=(0.0, 3.2))
     pad_x_range: List[float] = param([0.40, 0.62], 'pick_place: pad centre x range (m)')
     pad_y_range: List[float] = param([-0.24, 0.24], 'pick_place: pad centre y range (m)')
+    reach_range_m: List[float] = param([0.0, 100.0], 'Cube and pad centres lie this far from the base (m, '
+                                       '[near, far]) as well as in their x/y ranges: an arm\'s reach')
+    cube_half_size_m: float = param(0.0, "Cube half edge (m); 0 = the scene's (0.025)", range=(0.0, 0.05))
+    pad_radius_m: float = param(0.0, "pick_place: pad radius (m); 0 = the scene's (0.05)", range=(0.0, 0.2))
     place_tolerance_m: float = param(0.035, 'pick_place: cube centre within this (xy) of the pad centre counts as '
                                      'on the pad', range=(0.001, 1.0))
     light_jitter: float = param(0.0, 'Per-episode light intensity jitter (fraction, 0 = off)', range=(0.0, 1.0))
@@ -90,12 +94,9 @@ class SimConfig:
         if not gripper_range[0] <= self.gripper_hold_opening <= gripper_range[1]:
             raise ConfigError(f'sim.gripper_hold_opening {self.gripper_hold_opening} is outside the {self.arm} '
                               f"gripper's range {list(gripper_range)}")
-        if self.task == 'pick_place' and self.arm != 'panda':
-            raise ConfigError(f'sim.task=pick_place runs on sim.arm=panda only (its scripted expert grasps with '
-                              f'the Panda hand); sim.arm={self.arm} has the touch task')
         if self.task == 'pick_place' and gripper not in self.joint_names:
             raise ConfigError(f'sim.task=pick_place needs {gripper} in sim.joint_names')
-        for name in ('cube_x_range', 'cube_y_range', 'pad_x_range', 'pad_y_range'):
+        for name in ('cube_x_range', 'cube_y_range', 'pad_x_range', 'pad_y_range', 'reach_range_m'):
             rng = getattr(self, name)
             if len(rng) != 2 or rng[0] > rng[1]:
                 raise ConfigError(f'sim.{name} must be [low, high]')

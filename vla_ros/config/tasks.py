@@ -18,14 +18,19 @@ for grasping; the sim servo is not rate-limited, so the filter is the only limit
 from typing import Dict, Optional
 
 from vla_ros.config.action import SafetyConfig
-from vla_ros.config.sim import (GRIPPER_JOINT_NAME, PANDA_GRIPPER_RANGE, PANDA_JOINT_NAMES, SO101_JOINT_LOWER,
-                                SO101_JOINT_NAMES, SO101_JOINT_UPPER)
+from vla_ros.config.sim import (GRIPPER_JOINT_NAME, PANDA_GRIPPER_RANGE, PANDA_JOINT_NAMES, SO101_GRIPPER_JOINT_NAME,
+                                SO101_GRIPPER_RANGE, SO101_JOINT_LOWER, SO101_JOINT_NAMES, SO101_JOINT_UPPER)
 
 GRIPPER_RANGE = PANDA_GRIPPER_RANGE
 GRIPPER_MAX_VELOCITY = 0.1
 GRIPPER_MAX_ACCELERATION = 2.0
 _PICK_PLACE_JOINTS = list(PANDA_JOINT_NAMES) + [GRIPPER_JOINT_NAME]
 _ARM_SAFETY = SafetyConfig()
+_SO101_PICK_PLACE_JOINTS = list(SO101_JOINT_NAMES) + [SO101_GRIPPER_JOINT_NAME]
+# the SO-101's jaw (rad): its STS3215 servo turns at up to ~5 rad/s unloaded; 1.5 rad/s closes it from open
+# (1.0) onto a 35 mm cube (0.39) in 0.4 s, as the Panda hand's 0.1 m/s closes on a 50 mm one
+SO101_GRIPPER_MAX_VELOCITY = 1.5
+SO101_GRIPPER_MAX_ACCELERATION = 30.0
 
 TASK_PRESETS: Dict[str, Dict[str, object]] = {
     'pick_place': {
@@ -65,6 +70,36 @@ TASK_PRESETS: Dict[str, Dict[str, object]] = {
         'action.checkpoint_path': 'package://vla_ros/checkpoints/so101_touch/action_head.pt',
         'action.safety.joint_lower': list(SO101_JOINT_LOWER),
         'action.safety.joint_upper': list(SO101_JOINT_UPPER),
+    },
+    # pick-and-place on the SO-101: 35 mm cubes and 70 mm pads (its jaws open ~75 mm; LeRobot's own SO-101
+    # scene uses a 40 mm block) where the jaws can point straight down (x <= ~0.3 m from the base)
+    'so101_pick_place': {
+        'sim.arm': 'so101',
+        'sim.task': 'pick_place',
+        'sim.joint_names': _SO101_PICK_PLACE_JOINTS,
+        'sim.episode_timeout_s': 30.0,
+        'sim.cube_half_size_m': 0.0175,
+        'sim.pad_radius_m': 0.035,
+        'sim.place_tolerance_m': 0.025,
+        'sim.cube_x_range': [0.12, 0.28],
+        'sim.cube_y_range': [-0.2, 0.2],
+        'sim.pad_x_range': [0.12, 0.28],
+        'sim.pad_y_range': [-0.2, 0.2],
+        'sim.reach_range_m': [0.165, 0.28],
+        'sim.cube_min_separation_m': 0.06,
+        'perception.joint_names': _SO101_PICK_PLACE_JOINTS,
+        'perception.encoder_path': 'package://vla_ros/checkpoints/so101_pick_place/vision_encoder',
+        'perception.pruning': 'query',
+        'action.joint_names': _SO101_PICK_PLACE_JOINTS,
+        'action.action_dim': len(_SO101_PICK_PLACE_JOINTS),
+        'action.checkpoint_path': 'package://vla_ros/checkpoints/so101_pick_place/action_head.pt',
+        'action.safety.joint_lower': list(SO101_JOINT_LOWER) + [SO101_GRIPPER_RANGE[0]],
+        'action.safety.joint_upper': list(SO101_JOINT_UPPER) + [SO101_GRIPPER_RANGE[1]],
+        'action.safety.joint_max_velocity': [_ARM_SAFETY.max_velocity] * len(SO101_JOINT_NAMES)
+        + [SO101_GRIPPER_MAX_VELOCITY],
+        'action.safety.joint_max_acceleration': [_ARM_SAFETY.max_acceleration] * len(SO101_JOINT_NAMES)
+        + [SO101_GRIPPER_MAX_ACCELERATION],
+        'action.safety.joint_max_tracking_error': [_ARM_SAFETY.max_tracking_error] * len(SO101_JOINT_NAMES) + [0.0],
     },
 }
 TASKS = ('touch',) + tuple(TASK_PRESETS)      # touch = the defaults (config/vla.yaml)

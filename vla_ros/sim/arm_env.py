@@ -63,12 +63,24 @@ class ArmEnv:
         self.pad_body = {c: mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, f'pad_{c}') for c in PAD_COLOURS}
         self.finger_geom = {side: mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, name)
                             for side, name in zip(('left', 'right'), arm.finger_geoms)}
+        if self.config.cube_half_size_m > 0:   # collision and rendering read geom_size
+            for geom in self.cube_geom.values():
+                self.model.geom_size[geom] = self.config.cube_half_size_m
+        if self.config.pad_radius_m > 0:
+            for colour in PAD_COLOURS:
+                self.model.geom_size[mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM,
+                                                       f'pad_{colour}_geom')][0] = self.config.pad_radius_m
         self.cube_half_size = float(self.model.geom_size[self.cube_geom['red']][2])
+        if self.config.task == 'pick_place':    # the jaws' contact geoms grasp (the SO-101's are inert until now)
+            for geom in self.finger_geom.values():
+                self.model.geom_contype[geom] |= 1
+                self.model.geom_conaffinity[geom] |= 1
         self._gripper_qpos = [self.model.jnt_qposadr[mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_JOINT, n)]
                               for n in arm.gripper_qpos_joints]
         self._gripper_act = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_ACTUATOR,
                                               arm.actuator_prefix + arm.gripper_joint)
         self.gripper_joint = arm.gripper_joint
+        self.grasp_offset, self.gripper_grasp_value = self._grasp_geometry()
         self.has_gripper = arm.gripper_joint in self.joint_names
         self.arm_index = np.array([i for i, n in enumerate(self.joint_names) if n in arm.arm_joints])
         home = dict(zip(arm.arm_joints, arm.home_q), **{arm.gripper_joint: arm.gripper_open})
@@ -86,6 +98,29 @@ class ArmEnv:
         self._hold_time = 0.0
         self._start_time = 0.0
         self.reset(seed=self._base_seed)
+
+    def _grasp_geometry(self):
+        """(grasp point in the ee_site frame [3], gripper value at which the jaws touch a cube's two faces).
+
+        Panda: the ee_site is between the fingertips and the value is the per-finger opening, i.e. the cube's
+        half size. A fixed-jaw gripper (SO-101): the jaw angle is swept on a scratch copy until the pads' inner
+        faces are one cube edge apart, and the grasp point is midway between them."""
+        if not self.arm.fixed_jaw:
+            return np.zeros(3), self.cube_half_size
+        m = self.model
+        scratch = mujoco.MjData(m)
+        fixed, moving = (self.finger_geom['left'], self.finger_geom['right'])
+        inset = float(m.geom_size[fixed][0] + m.geom_size[moving][0])   # pad half thicknesses (box x)
+        lo, hi = self.arm.gripper_closed, self.arm.gripper_open
+        for _ in range(40):                    # bisection: the gap grows with the jaw angle
+            mid = 0.5 * (lo + hi)
+            scratch.qpos[self._gripper_qpos] = mid
+            mujoco.mj_kinematics(m, scratch)
+            gap = float(np.linalg.norm(scratch.geom_xpos[moving] - scratch.geom_xpos[fixed])) - inset
+            lo, hi = (mid, hi) if gap < 2 * self.cube_half_size else (lo, mid)
+        centre = 0.5 * (scratch.geom_xpos[moving] + scratch.geom_xpos[fixed])
+        rot = scratch.site_xmat[self.ee_site_id].reshape(3, 3)
+        return rot.T @ (centre - scratch.site_xpos[self.ee_site_id]), 0.5 * (lo + hi)
 
     # ---------------------------------------------------------------- episode control
     def reset(self, seed: Optional[int] = None) -> Dict[str, object]:

@@ -45,6 +45,14 @@ class SimArm:
     camera_xyaxes: Optional[Tuple[float, ...]] = None          # workspace (None = the scene's own)
     # ChunkIKConfig fields of this arm's scripted experts, on top of the defaults
     ik_settings: Tuple[Tuple[str, object], ...] = ()
+    # pick_place: the gripper value that holds nothing (fully closed) and the PickPlaceExpertConfig fields
+    # of this arm's gripper units and reach, on top of the defaults (which are the Panda hand's, in m)
+    gripper_closed: float = 0.0
+    pick_place_settings: Tuple[Tuple[str, object], ...] = ()
+    # jaw gripper (one fixed jaw, ee_site at its tip): grasps are planned for the point midway between the
+    # jaws' pads, and the gripper value that closes the pads on a cube is read off the model; False = a
+    # parallel hand whose ee_site is already between the fingers and whose value is the per-finger opening
+    fixed_jaw: bool = False
 
 
 PANDA = SimArm(
@@ -60,13 +68,19 @@ SO101 = SimArm(
     # upper arm back, wrist flexed down: jaw tips ~0.1 m above the table at x ~0.16 m, pointing down
     home_q=(0.0, -0.5, 0.3, 1.55, 0.0),
     gripper_joint=SO101_GRIPPER_JOINT_NAME, gripper_open=1.0, gripper_qpos_joints=(SO101_GRIPPER_JOINT_NAME,),
-    actuator_prefix='',
+    actuator_prefix='', finger_geoms=('fixed_jaw_pad', 'moving_jaw_pad'),
     # the scene's camera looks at the Panda's workspace (x 0.4..0.62 m): this one at the SO-101's
     camera_pos=(0.55, 0.0, 0.45), camera_xyaxes=(0.0, 1.0, 0.0, -0.45, 0.0, 0.40),
     # Five joints cannot point the jaws straight down everywhere on the table (wrist_flex stops at
     # 1.66 rad): a touch needs only the tips' position, and the wrist at its stop must not stall the IK
     # (with "point down" weighted 0.5, 8 of 30 expert episodes stalled on the way; position only: 0).
-    ik_settings=(('orientation_weight', 0.0), ('limit_aware', True)))
+    ik_settings=(('orientation_weight', 0.0), ('limit_aware', True)),
+    # the jaw angle (rad): -0.17 = closed on nothing, 1.0 = open ~75 mm; a 35 mm cube is held at ~0.4 rad
+    gripper_closed=-0.17, fixed_jaw=True,
+    pick_place_settings=(('gripper_speed', 1.5), ('firm_squeeze', 0.15), ('open_tolerance', 0.06),
+                         ('release_margin', 0.15), ('hover_height', 0.07), ('retreat_height', 0.12),
+                         ('fixed_jaw_clearance', 0.008), ('funnel_slope', 8.0),
+                         ('orientation_weight', 0.1), ('limit_aware', True)))
 
 ARM_MODELS: Dict[str, SimArm] = {arm.name: arm for arm in (PANDA, SO101)}
 assert set(ARM_MODELS) == set(SIM_ARMS), 'every sim.arm choice (vla_ros.config.sim.SIM_ARMS) needs a model'

@@ -23,15 +23,21 @@ class ChunkIKConfig:
 
 
 class ArmKinematics:
-    """Forward kinematics of the ee site and damped-least-squares IK steps over a subset of joints.
+    """Forward kinematics of a point fixed to the ee site and damped-least-squares IK steps over a subset
+    of joints.
 
     `qpos_adr` / `dof_adr` pick the joints the expert moves (ArmEnv._qpos_adr / _qvel_adr, or a slice);
-    every call works on a private MjData, so the live simulation is never disturbed.
+    `point_offset` (site frame, m) moves the controlled point off the site (the SO-101's grasp point between
+    its jaws: ArmEnv.grasp_offset); every call works on a private MjData, so the live simulation is never
+    disturbed.
     """
 
-    def __init__(self, env, qpos_adr: np.ndarray, dof_adr: np.ndarray):
+    def __init__(self, env, qpos_adr: np.ndarray, dof_adr: np.ndarray, point_offset: Optional[np.ndarray] = None):
         self.model = env.model
         self.site = env.ee_site_id
+        self._body = int(self.model.site_bodyid[self.site])
+        self._offset = None if point_offset is None or not np.any(point_offset) else np.asarray(point_offset, float)
+        self._point = np.zeros(3)
         self._scratch = mujoco.MjData(self.model)
         self._jacp = np.zeros((3, self.model.nv))
         self._jacr = np.zeros((3, self.model.nv))
@@ -39,12 +45,15 @@ class ArmKinematics:
         self._dofs = dof_adr
 
     def forward(self, q: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """(ee position [3], ee rotation matrix [3, 3]) at joint positions `q`."""
+        """(point position [3], ee rotation matrix [3, 3]) at joint positions `q`."""
         self._scratch.qpos[self._qadr] = q
         mujoco.mj_kinematics(self.model, self._scratch)
         mujoco.mj_comPos(self.model, self._scratch)
-        return (self._scratch.site_xpos[self.site].copy(),
-                self._scratch.site_xmat[self.site].reshape(3, 3).copy())
+        rot = self._scratch.site_xmat[self.site].reshape(3, 3).copy()
+        self._point = self._scratch.site_xpos[self.site].copy()
+        if self._offset is not None:
+            self._point += rot @ self._offset
+        return self._point.copy(), rot
 
     def dls_step(self, q: np.ndarray, pos_err: np.ndarray, rot_err: np.ndarray, orientation_weight: float,
                  damping: float, posture_gain: float, home: np.ndarray,
@@ -55,7 +64,10 @@ class ArmKinematics:
         With `limits` (lower, upper), a joint at a limit that the step would push further is locked
         and the step solved again with the other joints (a short arm's wrist at its stop otherwise
         stalls the whole solution: its share of the step is clipped away every time)."""
-        mujoco.mj_jacSite(self.model, self._scratch, self._jacp, self._jacr, self.site)
+        if self._offset is None:
+            mujoco.mj_jacSite(self.model, self._scratch, self._jacp, self._jacr, self.site)
+        else:
+            mujoco.mj_jac(self.model, self._scratch, self._jacp, self._jacr, self._point, self._body)
         jac = np.vstack([self._jacp[:, self._dofs], orientation_weight * self._jacr[:, self._dofs]])
         err = np.concatenate([pos_err, orientation_weight * rot_err])
         posture = posture_gain * (home - q)

@@ -5,11 +5,14 @@ learned policy drifts into (DART noise, DAgger). The phase is read from the sim 
 contacts with the target cube, grip firmness, cube on the pad), then the arm kinematics, a virtual
 gripper and, while grasped, the carried cube are rolled forward `horizon` steps of `action_dt`,
 switching phase inside the chunk where the rollout reaches the next one. Each chunk row is
-[7 joint targets, gripper target]; the gripper target is the commanded per-finger opening (m):
-GRIPPER_OPEN or GRIPPER_CLOSED (the servo squeezes the cube), ramped by the safety filter online.
+[arm joint targets, gripper target]; the gripper target is open or closed (the servo squeezes the cube),
+ramped by the safety filter online. The defaults are the Panda hand's (per-finger opening, m: GRIPPER_OPEN,
+GRIPPER_CLOSED); another arm's gripper units and reach come from its SimArm.pick_place_settings, and a
+fixed-jaw gripper (SO-101) is steered by the point midway between its jaws (ArmEnv.grasp_offset).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -29,7 +32,8 @@ class PickPlaceExpertConfig(ChunkIKConfig):   # + chunk grid and IK settings
     gripper_speed: float = 0.1       # finger speed assumed by the rollout (m/s), = the gripper safety limit
     grasp_height: float = 0.015      # fingertip (ee site) height above the table when closing (m)
     hover_height: float = 0.09       # approach / carry height above the grasp / place pose (m)
-    funnel_slope: float = 2.0        # allowed height above the pose per metre of horizontal error
+    funnel_slope: float = 2.0        # allowed height above the grasp pose per metre of horizontal error
+    carry_funnel_slope: float = 2.0  # the same above the place pose, carrying the cube
     lift_first_margin: float = 0.02  # below subgoal height by more than this: go straight up first
     pose_tolerance: float = 0.006    # ee within this of the grasp pose (m) -> close
     yaw_tolerance: float = 0.08      # hand yaw within this of the cube's faces (rad) -> close
@@ -37,6 +41,10 @@ class PickPlaceExpertConfig(ChunkIKConfig):   # + chunk grid and IK settings
     place_drop: float = 0.002        # lower the cube this far below its resting height (m)
     release_tolerance: float = 0.006 # cube centre within this of its place pose -> open
     retreat_height: float = 0.16     # fingertip height after releasing (m)
+    open_tolerance: float = 0.004    # measured gripper within this of open counts as open (gripper units)
+    release_margin: float = 0.008    # commanded this far past the grasp value: the cube is let go (units)
+    fixed_jaw_clearance: float = 0.0 # fixed-jaw gripper: its jaw descends this far off the cube's face (m),
+                                     # the moving jaw then pushes the cube onto it
 
 
 def _yaw_of(axis: np.ndarray) -> float:
@@ -51,14 +59,15 @@ class PickPlaceExpert:
     def __init__(self, env: ArmEnv, config: Optional[PickPlaceExpertConfig] = None):
         if not env.has_gripper or env.task.name != 'pick_place':
             raise ValueError('PickPlaceExpert needs sim.task=pick_place with the gripper joint in sim.joint_names')
-        if env.arm.name != 'panda':   # its grasp is planned in the Panda hand's finger opening (m)
-            raise ValueError(f'PickPlaceExpert drives the Panda hand only (sim.arm=panda), not {env.arm.name!r}')
         self.env = env
-        self.config = config or PickPlaceExpertConfig()
+        # the arm's gripper units and reach (SimArm.pick_place_settings) on top: they belong to the arm
+        self.config = dataclasses.replace(config or PickPlaceExpertConfig(), **dict(env.arm.pick_place_settings))
         self.model = env.model
         self._arm = env.arm_index
         self._grip = list(env.joint_names).index(env.gripper_joint)
-        self._kin = ArmKinematics(env, env._qpos_adr[self._arm], env._qvel_adr[self._arm])
+        self._open = env.arm.gripper_open
+        self._closed = env.arm.gripper_closed
+        self._kin = ArmKinematics(env, env._qpos_adr[self._arm], env._qvel_adr[self._arm], env.grasp_offset)
         self._home = env.home_q[self._arm]   # the null-space posture
         margin = 0.02
         self._lo = env.joint_lower[self._arm] + margin
@@ -74,7 +83,7 @@ class PickPlaceExpert:
         pos, rot = self._forward(q)
         rot_err = 0.5 * sum(np.cross(rot[:, i], r_des[:, i]) for i in range(3))
         return self._kin.dls_step(q, p_des - pos, rot_err, c.orientation_weight, c.damping, c.posture_gain,
-                                  self._home)
+                                  self._home, (self._lo, self._hi) if c.limit_aware else None)
 
     @staticmethod
     def _rotation(yaw: float) -> np.ndarray:
@@ -96,7 +105,9 @@ class PickPlaceExpert:
         left, right = task.finger_contacts()
         g = float(env.gripper_opening())
         g_cmd = float(env.target()[self._grip])
-        firm = left and right and g_cmd <= g - c.firm_squeeze
+        # squeezing (the command well inside the jaws, which something stops) with a jaw on the cube: held
+        # (one jaw's contact flickers while carrying; the expert must not let go then)
+        firm = (left or right) and g_cmd <= g - c.firm_squeeze
         cube = env.cube_position(env.target_cube)
         goal = task.goal_position()
         if task.cube_on_pad() and not (left or right):
@@ -110,24 +121,35 @@ class PickPlaceExpert:
         if left and right:
             return 'close'
         ee, rot = self._forward(np.asarray(q_full, dtype=np.float64)[self._arm])
-        if self._at_grasp_pose(ee, rot, cube, g):
+        if self._at_grasp_pose(ee, rot, cube, g, closing=g_cmd < self._open - c.open_tolerance):
             return 'close'
         return 'reach'
 
-    def _at_grasp_pose(self, ee, rot, cube, g) -> bool:
+    def grasp_point(self, cube: np.ndarray, r_des: np.ndarray) -> np.ndarray:
+        """Where the grasp point closes: over the cube's centre, less the fixed jaw's clearance along the
+        closing line (hand y points from the fixed jaw to the moving one)."""
+        c = self.config
+        return np.array([cube[0], cube[1], c.grasp_height]) - c.fixed_jaw_clearance * np.array([*r_des[:2, 1], 0.0])
+
+    def _at_grasp_pose(self, ee, rot, cube, g, closing: bool = False) -> bool:
+        """Hand at the grasp pose with the gripper open; `closing` (the gripper already commanded shut, the
+        jaws on their way in, a moving jaw pushing the cube onto the fixed one): any opening, and the
+        fixed jaw's clearance more slack."""
         c = self.config
         yaw = _yaw_of(rot[:, 1])
-        return (np.linalg.norm(ee[:2] - cube[:2]) <= c.pose_tolerance
+        grasp = self.grasp_point(cube, self._rotation(self.grasp_yaw(yaw)))
+        slack = c.fixed_jaw_clearance if closing else 0.0
+        return (np.linalg.norm(ee[:2] - grasp[:2]) <= c.pose_tolerance + slack
                 and abs(ee[2] - c.grasp_height) <= c.pose_tolerance
                 and abs(_wrap(self.grasp_yaw(yaw) - yaw)) <= c.yaw_tolerance
-                and g >= GRIPPER_OPEN - 0.004)
+                and (closing or g >= self._open - c.open_tolerance))
 
-    def _funnel(self, point: np.ndarray, goal: np.ndarray) -> np.ndarray:
-        """Subgoal for `point` (ee or carried cube) heading to `goal`: high while far sideways, straight up
-        first when too low to travel."""
+    def _funnel(self, point: np.ndarray, goal: np.ndarray, slope: float) -> np.ndarray:
+        """Subgoal for `point` (ee or carried cube) heading to `goal`: high while far sideways (`slope` m up
+        per m off), straight up first when too low to travel."""
         c = self.config
         horizontal = float(np.linalg.norm(point[:2] - goal[:2]))
-        height = goal[2] + min(c.hover_height, c.funnel_slope * max(0.0, horizontal - 0.004))
+        height = goal[2] + min(c.hover_height, slope * max(0.0, horizontal - 0.004))
         if point[2] < height - c.lift_first_margin and horizontal > 0.02:
             return np.array([point[0], point[1], height])
         return np.array([goal[0], goal[1], height])
@@ -145,11 +167,11 @@ class PickPlaceExpert:
         ee0, rot0 = self._forward(q)
         offset = cube - ee0                                  # carried cube relative to the fingertips
         g_cmd = float(env.target()[self._grip])
-        half = env.cube_half_size
+        half = env.gripper_grasp_value             # the gripper value that touches the cube's faces
         hand_yaw = _yaw_of(rot0[:, 1])
         yaw = self.grasp_yaw(hand_yaw) if phase in ('reach', 'close') else hand_yaw
         r_des = self._rotation(yaw)
-        grasp = np.array([cube[0], cube[1], c.grasp_height])
+        grasp = self.grasp_point(cube, r_des)
         max_dq = c.max_joint_speed * c.action_dt
         step_len = c.max_speed * c.action_dt
         g_step = c.gripper_speed * c.action_dt
@@ -158,27 +180,27 @@ class PickPlaceExpert:
         for k in range(c.horizon):
             ee, rot = self._forward(q)
             if phase == 'reach':
-                target = self._funnel(ee, grasp)
-                if g_virtual < GRIPPER_OPEN - 0.004:          # never descend with closed fingers
+                target = self._funnel(ee, grasp, c.funnel_slope)
+                if g_virtual < self._open - c.open_tolerance:   # never descend with closed fingers
                     target[2] = max(target[2], grasp[2] + c.hover_height)
-                grip = GRIPPER_OPEN
+                grip = self._open
                 if self._at_grasp_pose(ee, rot, cube, g_virtual):
                     phase = 'close'
             elif phase == 'close':
-                target, grip = grasp, GRIPPER_CLOSED
+                target, grip = grasp, self._closed
                 if g_cmd <= half - c.firm_squeeze:
                     phase = 'carry'
             elif phase == 'carry':
-                target = self._funnel(ee + offset, goal) - offset
-                grip = GRIPPER_CLOSED
+                target = self._funnel(ee + offset, goal, c.carry_funnel_slope) - offset
+                grip = self._closed
                 if np.linalg.norm(ee + offset - goal) <= c.release_tolerance:
                     phase = 'release'
             elif phase == 'release':
-                target, grip = ee, GRIPPER_OPEN
-                if g_cmd >= half + 0.008:
+                target, grip = ee, self._open
+                if g_cmd >= half + c.release_margin:
                     phase = 'retreat'
             else:  # retreat
-                target, grip = np.array([ee[0], ee[1], c.retreat_height]), GRIPPER_OPEN
+                target, grip = np.array([ee[0], ee[1], c.retreat_height]), self._open
             delta = target - ee
             dist = float(np.linalg.norm(delta))
             p_des = target if dist <= step_len else ee + delta * (step_len / dist)

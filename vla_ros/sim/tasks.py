@@ -33,16 +33,19 @@ HIDDEN_Z = -0.2          # pads of the touch task sit inside the table, out of s
 
 
 def sample_separated(rng: np.random.Generator, n: int, x_range, y_range, min_sep: List[float],
-                     placed: List[np.ndarray] = None) -> List[np.ndarray]:
-    """n points in the box, each at least min_sep[i] from every point placed before it (rejection)."""
+                     placed: List[np.ndarray] = None, radius_range=(0.0, np.inf)) -> List[np.ndarray]:
+    """n points in the box, each at least min_sep[i] from every point placed before it and at a distance
+    from the base (origin) within radius_range (rejection)."""
     (x0, x1), (y0, y1) = x_range, y_range
+    r0, r1 = radius_range
     placed = list(placed or [])
     seps = [0.0] * len(placed)
     out: List[np.ndarray] = []
     for i in range(n):
         for _ in range(2000):
             xy = np.array([rng.uniform(x0, x1), rng.uniform(y0, y1)])
-            if all(np.linalg.norm(xy - p) >= max(min_sep[i], s) for p, s in zip(placed, seps)):
+            if (r0 <= float(np.linalg.norm(xy)) <= r1
+                    and all(np.linalg.norm(xy - p) >= max(min_sep[i], s) for p, s in zip(placed, seps))):
                 break
         else:
             raise ValueError('sim ranges too small for the requested object separations')
@@ -64,7 +67,7 @@ class TouchTask:
     def reset(self, rng: np.random.Generator) -> str:
         env, cfg = self.env, self.env.config
         xys = sample_separated(rng, len(CUBE_COLOURS), cfg.cube_x_range, cfg.cube_y_range,
-                               [cfg.cube_min_separation_m] * len(CUBE_COLOURS))
+                               [cfg.cube_min_separation_m] * len(CUBE_COLOURS), radius_range=cfg.reach_range_m)
         for colour, (x, y) in zip(CUBE_COLOURS, xys):
             env.place_cube(colour, x, y, rng.uniform(-np.pi / 4, np.pi / 4))
         self.target_cube = CUBE_COLOURS[int(rng.integers(len(CUBE_COLOURS)))]
@@ -99,11 +102,13 @@ class PickPlaceTask:
         env, cfg = self.env, self.env.config
         pad_sep = 2 * self.pad_radius + 0.02
         obj_sep = self.pad_radius + env.cube_half_size * 1.5 + 0.01
-        pads = sample_separated(rng, len(PAD_COLOURS), cfg.pad_x_range, cfg.pad_y_range, [pad_sep] * len(PAD_COLOURS))
+        pads = sample_separated(rng, len(PAD_COLOURS), cfg.pad_x_range, cfg.pad_y_range, [pad_sep] * len(PAD_COLOURS),
+                                radius_range=cfg.reach_range_m)
         for colour, (x, y) in zip(PAD_COLOURS, pads):
             env.model.body_pos[env.pad_body[colour]] = (x, y, 0.0)
         cubes = sample_separated(rng, len(CUBE_COLOURS), cfg.cube_x_range, cfg.cube_y_range,
-                                 [max(cfg.cube_min_separation_m, obj_sep)] * len(CUBE_COLOURS), placed=pads)
+                                 [max(cfg.cube_min_separation_m, obj_sep)] * len(CUBE_COLOURS), placed=pads,
+                                 radius_range=cfg.reach_range_m)
         for colour, (x, y) in zip(CUBE_COLOURS, cubes):
             env.place_cube(colour, x, y, rng.uniform(-cfg.cube_yaw_range, cfg.cube_yaw_range))
         self.target_cube = CUBE_COLOURS[int(rng.integers(len(CUBE_COLOURS)))]
