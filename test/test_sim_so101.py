@@ -108,8 +108,11 @@ def test_scripted_expert_touches_on_so101(env):
 def test_config_errors():
     with pytest.raises(ConfigError, match='not joints of sim.arm=so101'):
         SimConfig(arm='so101').validate()                         # the Panda's default joint names
-    with pytest.raises(ConfigError, match='pick_place runs on sim.arm=panda'):
-        SimConfig(arm='so101', task='pick_place', joint_names=SO101_JOINTS + ['gripper']).validate()
+    with pytest.raises(ConfigError, match='pick_place needs gripper in sim.joint_names'):
+        SimConfig(arm='so101', task='pick_place', joint_names=SO101_JOINTS).validate()
+    SimConfig(arm='so101', task='pick_place', joint_names=SO101_JOINTS + ['gripper']).validate()
+    with pytest.raises(ConfigError, match='reach_range_m must be'):
+        SimConfig(reach_range_m=[0.3, 0.2]).validate()
     with pytest.raises(ConfigError, match='sim.arm must be one of'):
         SimConfig(arm='ur5e').validate()
     with pytest.raises(ConfigError, match="outside the panda gripper's range"):

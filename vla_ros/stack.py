@@ -20,7 +20,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 from vla_ros.config.base import ConfigError, coerce_value, flatten_config
 from vla_ros.config.layout import NODE_SECTIONS, SHARED_SECTIONS
-from vla_ros.config.tasks import TASKS
+from vla_ros.config.tasks import POLICY_PATH_KEYS, TASK_PRESETS, TASKS
 from vla_ros.resources import package_uri, resolve_path
 
 PACKAGE = 'vla_ros'
@@ -199,6 +199,15 @@ def resolve(arguments: Optional[Mapping[str, str]] = None,
         overrides['recorder.output_dir'] = os.path.abspath(
             arg['bag_dir'] or time.strftime('vla_bag_%Y%m%d_%H%M%S'))
     overrides.update({k: typed_override(k, v) for k, v in (extra_overrides or {}).items()})
+    for key in POLICY_PATH_KEYS:       # a task's own policy, unless the launch names another
+        path = TASK_PRESETS.get(task, {}).get(key)
+        if path and key not in overrides:
+            try:
+                resolve_path(path, key, kind='dir' if key.endswith('encoder_path') else 'file')
+            except Exception:
+                raise StackError(f'task:={task}: its trained policy is not installed ({key} {path} is missing). '
+                                 f'Train one: vla_train --task {task} --out-dir checkpoints/{task} '
+                                 f'(checkpoints/README.md), or pass {key} (--set / launch argument)') from None
 
     nodes = []
     for spec in NODES:

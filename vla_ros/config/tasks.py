@@ -103,6 +103,11 @@ TASK_PRESETS: Dict[str, Dict[str, object]] = {
     },
 }
 TASKS = ('touch',) + tuple(TASK_PRESETS)      # touch = the defaults (config/vla.yaml)
+# Presets whose policy is not shipped yet (their checkpoint paths name where `vla_train --task <task>
+# --out-dir checkpoints/<task>` puts it): launching one without it is a clear error saying so. so101_pick_place:
+# no GPU machine of the `device` tool could be started in the session that added the task (2026-12-07).
+UNTRAINED_TASKS = ('so101_pick_place',)
+POLICY_PATH_KEYS = ('perception.encoder_path', 'action.checkpoint_path')
 
 
 def task_config(cls, section: str, task: str = 'touch', overrides: Optional[Dict[str, object]] = None):

@@ -201,10 +201,12 @@ def relevance_of(image: np.ndarray, instruction: str, grid_hw: Tuple[int, int]) 
 
 
 def task_colours(task: str = 'touch') -> Tuple[str, ...]:
-    """Object colours of a task's scene: the cubes (touch), cubes and pads (pick_place)."""
+    """Object colours of a task preset's scene: the cubes (sim task touch), cubes and pads (pick_place)."""
+    from vla_ros.config.tasks import TASK_PRESETS
     from vla_ros.sim.tasks import CUBE_COLOURS, PAD_COLOURS
 
-    return CUBE_COLOURS + (PAD_COLOURS if task == 'pick_place' else ())
+    sim_task = TASK_PRESETS.get(task, {}).get('sim.task', task)
+    return CUBE_COLOURS + (PAD_COLOURS if sim_task == 'pick_place' else ())
 
 
 def colour_maps(image: np.ndarray, grid_hw: Tuple[int, int], task: str = 'touch') -> np.ndarray:
