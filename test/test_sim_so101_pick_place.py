@@ -118,3 +118,17 @@ def test_training_colour_targets_follow_the_sim_task():
     assert task_colours('so101_pick_place') == task_colours('pick_place') == \
         ('red', 'green', 'blue', 'yellow', 'purple')
     assert task_colours('so101_touch') == task_colours('touch') == ('red', 'green', 'blue')
+
+
+def test_command_jump_leaves_the_squeezing_gripper_out(env):
+    """The sim (like a real driver) refuses arm targets far from the arm, but a jaw closed on a cube is
+    commanded ~0.56 rad inside it: that is a grasp, not a discontinuity (sim.max_command_jump)."""
+    env.reset(seed=100000)
+    q = env.joint_positions()
+    squeeze = q.copy()
+    squeeze[-1] = env.arm.gripper_closed - 0.4                  # far past the measured jaw
+    assert env.command_jump(squeeze) == pytest.approx(0.0, abs=1e-12)
+    jump = q.copy()
+    jump[1] += 0.5
+    assert env.command_jump(jump) == pytest.approx(0.5)
+    assert env.command_jump(jump) > env.config.max_command_jump

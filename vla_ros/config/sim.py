@@ -70,9 +70,10 @@ class SimConfig:
                                        range=(0.0, 1.0))
     command_timeout_s: float = param(0.0, 'Hold the measured position if no command arrives for this long '
                                      '(0 = keep the last target forever)', range=(0.0, 3600.0))
-    max_command_jump: float = param(0.3, 'Reject a joint target further than this (rad) from the current position '
-                                    '(a discontinuity, as real arm drivers do; e.g. commands computed before an '
-                                    'episode reset); 0 = accept any', range=(0.0, 100.0))
+    max_command_jump: float = param(0.3, 'Reject a target with an arm joint further than this (rad) from its '
+                                    'current position (a discontinuity, as real arm drivers do; e.g. commands '
+                                    'computed before an episode reset); the gripper, commanded inside what it '
+                                    'squeezes, is not checked; 0 = accept any', range=(0.0, 100.0))
     episode_clock_start: str = param('first_chunk', "When the first episode's clock starts: first_chunk = at the "
                                      'first command after the first action chunk (topics.action_chunk), i.e. '
                                      'once the policy drives; first_command = at the first joint command (the '

@@ -168,10 +168,9 @@ class SimArmNode(Node):
                 target, self._pending_target = self._pending_target, None
                 following = self._follower.active
                 new_trajectory, self._trajectory_started = self._trajectory_started, False
-            if target is not None and cfg.max_command_jump > 0 and \
-                    float(np.max(np.abs(target - env.joint_positions()))) > cfg.max_command_jump:
-                self.drops.drop('command_jump', f'target {float(np.max(np.abs(target - env.joint_positions()))):.3f} '
-                                                f'rad from the arm > {cfg.max_command_jump}')
+            jump = 0.0 if target is None else env.command_jump(target)
+            if cfg.max_command_jump > 0 and jump > cfg.max_command_jump:
+                self.drops.drop('command_jump', f'target {jump:.3f} rad from the arm > {cfg.max_command_jump}')
                 target = None           # a discontinuity: keep the current target
             if target is not None or new_trajectory:
                 if target is not None:

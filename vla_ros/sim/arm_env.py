@@ -179,6 +179,12 @@ class ArmEnv:
         self.data.ctrl[self._actuator_ids] = q
         return q
 
+    def command_jump(self, q_target) -> float:
+        """Largest distance (rad) of an arm joint's target from its position (sim.max_command_jump). The
+        gripper is left out: squeezing an object, it is commanded inside it (the SO-101's jaw by ~0.56 rad)."""
+        q = np.asarray(q_target, dtype=np.float64).reshape(-1)
+        return float(np.max(np.abs(q - self.joint_positions())[self.arm_index]))
+
     def target(self) -> np.ndarray:
         return self.data.ctrl[self._actuator_ids].copy()
 
