@@ -20,8 +20,8 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 from vla_ros.config.base import ConfigError, coerce_value, flatten_config
 from vla_ros.config.layout import NODE_SECTIONS, SHARED_SECTIONS
-from vla_ros.config.tasks import POLICY_PATH_KEYS, TASK_PRESETS, TASKS
-from vla_ros.resources import package_uri, resolve_path
+from vla_ros.config.tasks import POLICY_PATHS, TASK_PRESETS, TASKS
+from vla_ros.resources import ResourceError, package_uri, resolve_path
 
 PACKAGE = 'vla_ros'
 # Respawns allowed per node before its exit shuts the stack down (launch's respawn_max_retries).
@@ -199,12 +199,12 @@ def resolve(arguments: Optional[Mapping[str, str]] = None,
         overrides['recorder.output_dir'] = os.path.abspath(
             arg['bag_dir'] or time.strftime('vla_bag_%Y%m%d_%H%M%S'))
     overrides.update({k: typed_override(k, v) for k, v in (extra_overrides or {}).items()})
-    for key in POLICY_PATH_KEYS:       # a task's own policy, unless the launch names another
+    for key, kind in POLICY_PATHS.items():       # a task's own policy, unless the launch names another
         path = TASK_PRESETS.get(task, {}).get(key)
         if path and key not in overrides:
             try:
-                resolve_path(path, key, kind='dir' if key.endswith('encoder_path') else 'file')
-            except Exception:
+                resolve_path(path, key, kind=kind)
+            except ResourceError:
                 raise StackError(f'task:={task}: its trained policy is not installed ({key} {path} is missing). '
                                  f'Train one: vla_train --task {task} --out-dir checkpoints/{task} '
                                  f'(checkpoints/README.md), or pass {key} (--set / launch argument)') from None

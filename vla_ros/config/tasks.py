@@ -107,7 +107,8 @@ TASKS = ('touch',) + tuple(TASK_PRESETS)      # touch = the defaults (config/vla
 # --out-dir checkpoints/<task>` puts it): launching one without it is a clear error saying so. so101_pick_place:
 # no GPU machine of the `device` tool could be started in the session that added the task (2026-12-07).
 UNTRAINED_TASKS = ('so101_pick_place',)
-POLICY_PATH_KEYS = ('perception.encoder_path', 'action.checkpoint_path')
+# a preset's policy files: parameter -> what it names (resources.resolve_path kind)
+POLICY_PATHS = {'perception.encoder_path': 'dir', 'action.checkpoint_path': 'file'}
 
 
 def task_config(cls, section: str, task: str = 'touch', overrides: Optional[Dict[str, object]] = None):

@@ -18,11 +18,12 @@ from typing import Optional
 
 import numpy as np
 
-from vla_ros.sim.arm_env import GRIPPER_OPEN, ArmEnv
+from vla_ros.sim.arm_env import ArmEnv
+from vla_ros.sim.arm_models import PANDA
 from vla_ros.sim.expert import DOWN
 from vla_ros.sim.kinematics import ArmKinematics, ChunkIKConfig
 
-GRIPPER_CLOSED = 0.0
+GRIPPER_CLOSED = PANDA.gripper_closed      # the Panda hand's (m); GRIPPER_OPEN: vla_ros.sim.arm_env
 PHASES = ('reach', 'close', 'carry', 'release', 'retreat')
 
 
@@ -106,7 +107,6 @@ class PickPlaceExpert:
         g = float(env.gripper_opening())
         g_cmd = float(env.target()[self._grip])
         # squeezing (the command well inside the jaws, which something stops) with a jaw on the cube: held
-        # (one jaw's contact flickers while carrying; the expert must not let go then)
         firm = (left or right) and g_cmd <= g - c.firm_squeeze
         cube = env.cube_position(env.target_cube)
         goal = task.goal_position()
