@@ -136,7 +136,7 @@ class PlannerNode(Node):
             self._frame_seq += 1
         if self._plan_after_ns is not None and stamp_ns >= self._plan_after_ns:
             self._plan_after_ns = None     # the first frame captured after an instruction or replan request
-            self._on_timer()
+            self._submit_newest_frame()
 
     def _on_instruction(self, msg: String) -> None:
         text = msg.data.strip()
@@ -164,6 +164,9 @@ class PlannerNode(Node):
         self._plan_next_frame()
 
     def _on_timer(self) -> None:
+        self._submit_newest_frame()
+
+    def _submit_newest_frame(self) -> None:
         """Hand the newest frame to the background planner (returns at once)."""
         with self._lock:
             frame, seq = self._frame, self._frame_seq
