@@ -22,7 +22,7 @@ import os
 import shutil
 import sys
 import time
-from typing import List, Optional
+from typing import Iterable, List, Optional
 
 import numpy as np
 
@@ -48,6 +48,15 @@ def save_policy(policy, out_dir: str) -> dict:
     return {'encoder_dir': enc_dir, 'head_path': head_path, 'bytes': size}
 
 
+def policy_jobs(seeds: Iterable[int], model_dir: str, *, record: bool = False, observation_delay_s: float = 0.0,
+                plan_cache: bool = False, perception: Optional[dict] = None, inference_delay_s: float = 0.0,
+                smoothing: str = '') -> List[dict]:
+    """One `rollouts.policy_episode` job per seed (closed-loop evaluation, or a DAgger round with `record`)."""
+    return [{'seed': int(s), 'model_dir': model_dir, 'record': record, 'delay': observation_delay_s,
+             'plan_cache': plan_cache, 'perception': dict(perception or {}), 'inference_delay': inference_delay_s,
+             'smoothing': smoothing} for s in seeds]
+
+
 def evaluate_checkpoint(model_dir: str, seeds: List[int], workers: int, timeout_s: float,
                         progress: bool = True, desc: str = 'closed-loop eval', task: str = 'touch',
                         observation_delay_s: float = 0.0, plan_cache: bool = False,
@@ -57,9 +66,8 @@ def evaluate_checkpoint(model_dir: str, seeds: List[int], workers: int, timeout_
     from vla_ros.training.rollouts import policy_episode, run_jobs
     from vla_ros.eval.stats import wilson_interval
 
-    jobs = [{'seed': s, 'model_dir': model_dir, 'delay': observation_delay_s, 'plan_cache': plan_cache,
-             'perception': dict(perception or {}), 'inference_delay': inference_delay_s, 'smoothing': smoothing}
-            for s in seeds]
+    jobs = policy_jobs(seeds, model_dir, observation_delay_s=observation_delay_s, plan_cache=plan_cache,
+                       perception=perception, inference_delay_s=inference_delay_s, smoothing=smoothing)
     results = run_jobs(policy_episode, jobs, workers, timeout_s, desc=desc, progress=progress, task=task)
     wins = sum(r['success'] for r in results)
     lo, hi = wilson_interval(wins, len(results))
@@ -130,11 +138,10 @@ def run(cfg) -> dict:
         save_policy(policy, round_dir)
         policy.to(device)
         first = cfg.dagger_seed + r * cfg.dagger_episodes
-        jobs = [{'seed': first + i, 'model_dir': os.path.abspath(round_dir), 'record': True,
-                 'delay': cfg.rollout_observation_delay_s, 'plan_cache': cfg.rollout_plan_cache,
-                 'perception': perception, 'inference_delay': cfg.rollout_inference_delay_s,
-                 'smoothing': cfg.rollout_smoothing}
-                for i in range(cfg.dagger_episodes)]
+        jobs = policy_jobs(range(first, first + cfg.dagger_episodes), os.path.abspath(round_dir), record=True,
+                           observation_delay_s=cfg.rollout_observation_delay_s, plan_cache=cfg.rollout_plan_cache,
+                           perception=perception, inference_delay_s=cfg.rollout_inference_delay_s,
+                           smoothing=cfg.rollout_smoothing)
         t1 = time.perf_counter()
         rollouts = run_jobs(policy_episode, jobs, cfg.workers, cfg.episode_timeout_s, desc=f'DAgger round {r + 1}',
                             progress=cfg.progress, task=cfg.task)
