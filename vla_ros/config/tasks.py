@@ -105,7 +105,7 @@ TASK_PRESETS: Dict[str, Dict[str, object]] = {
 TASKS = ('touch',) + tuple(TASK_PRESETS)      # touch = the defaults (config/vla.yaml)
 # Presets whose policy is not shipped yet (their checkpoint paths name where `vla_train --task <task>
 # --out-dir checkpoints/<task>` puts it): launching one without it is a clear error saying so. so101_pick_place:
-# no GPU machine of the `device` tool could be started in the session that added the task (2026-12-07).
+# no GPU machine of the `device` tool could be started in the two sessions since the task was added (2026-12-07).
 UNTRAINED_TASKS = ('so101_pick_place',)
 # a preset's policy files: parameter -> what it names (resources.resolve_path kind)
 POLICY_PATHS = {'perception.encoder_path': 'dir', 'action.checkpoint_path': 'file'}
