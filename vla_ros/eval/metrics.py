@@ -314,7 +314,7 @@ def _follows_the_arm(commands: List[Command], k: int, arm: _MeasuredArm, unknown
 
 
 def reset_step_indices(commands: List[Command], status: List[dict], step_limit: float,
-                       joint_states: Sequence[Command] = (), arm: Optional[_MeasuredArm] = None) -> List[int]:
+                       joint_states: Sequence[Command] = ()) -> List[int]:
     """Index (into command_steps) of the re-anchoring step of each episode start after the first: the
     largest step over `step_limit` whose command arrived between the previous episode's last status
     message and this episode's first (receive times, each widened by RESET_WINDOW_S), and that moved the
@@ -331,8 +331,7 @@ def reset_step_indices(commands: List[Command], status: List[dict], step_limit: 
         last_seen[msg['episode']] = max(last_seen.get(msg['episode'], msg['log_ns']), msg['log_ns'])
     episodes = sorted(first_seen, key=first_seen.get)
     window = int(RESET_WINDOW_S * NS_PER_S)
-    if arm is None:
-        arm = _MeasuredArm(joint_states, commands[0].positions.size)
+    arm = _MeasuredArm(joint_states, commands[0].positions.size)
     found = set()
     for previous, episode in zip(episodes, episodes[1:]):
         lo = np.searchsorted(times, min(last_seen[previous], first_seen[episode]) - window, 'left')
@@ -369,22 +368,20 @@ def seam_metrics(series: BagSeries, resets: Sequence[int]) -> Optional[dict]:
 
 def safety_metrics(series: BagSeries, max_velocity: float, control_rate_hz: float,
                    joint_lower: Sequence[float] = (), joint_upper: Sequence[float] = (),
-                   resets: Optional[Sequence[int]] = None, arm: Optional[_MeasuredArm] = None) -> Optional[dict]:
-    """Command steps against the speed limit; `resets` = reset_step_indices (computed here when None);
-    `arm` = the bag's measured joint states (built here when None)."""
+                   resets: Optional[Sequence[int]] = None) -> Optional[dict]:
+    """Command steps against the speed limit; `resets` = reset_step_indices (computed here when None)."""
     commands = _uniform_commands(series.commands)
     estops = sum(1 for _, on in series.estop if on)
     if not commands:
         return {'estop_messages': estops} if series.estop else None
     all_steps = command_steps(commands)
     step_limit = max_velocity / control_rate_hz
-    if arm is None:
-        arm = _MeasuredArm(series.joint_states, commands[0].positions.size)
     if resets is None:
-        resets = reset_step_indices(commands, series.status, step_limit, arm=arm)
+        resets = reset_step_indices(commands, series.status, step_limit, series.joint_states)
     resets = list(resets)
     # mid-episode, the safety filter also re-anchors on an arm held back from its command (an obstruction,
     # tracking error over max_tracking_error): a step onto the measured arm (joint states required)
+    arm = _MeasuredArm(series.joint_states, commands[0].positions.size)
     over = set(np.flatnonzero(all_steps > step_limit + LIMIT_TOLERANCE).tolist()) - set(resets)
     reanchors = [k for k in sorted(over) if _follows_the_arm(commands, k, arm, unknown=False)]
     steps = np.delete(all_steps, resets + reanchors)   # the steps that drive the arm
@@ -445,16 +442,15 @@ def compute_from_series(series: BagSeries, *, max_velocity: Optional[float] = No
     joint_lower = list(joint_lower) or list(defaults.safety.joint_lower)
     joint_upper = list(joint_upper) or list(defaults.safety.joint_upper)
     # an episode reset's re-anchoring command step: counted apart by both the seam and the safety metrics
-    commands = _uniform_commands(series.commands)
-    arm = _MeasuredArm(series.joint_states, commands[0].positions.size) if commands else None
-    resets = reset_step_indices(commands, series.status, max_velocity / control_rate_hz, arm=arm)
+    resets = reset_step_indices(_uniform_commands(series.commands), series.status, max_velocity / control_rate_hz,
+                                series.joint_states)
     metrics = {
         'latency': latency_metrics(series),
         'control': control_metrics(series),
         'tokens': token_metrics(series),
         'plan_cache': plan_cache_metrics(series),
         'seams': seam_metrics(series, resets),
-        'safety': safety_metrics(series, max_velocity, control_rate_hz, joint_lower, joint_upper, resets, arm),
+        'safety': safety_metrics(series, max_velocity, control_rate_hz, joint_lower, joint_upper, resets),
         'success': success_metrics(series),
         'diagnostics': series.diagnostics or None,
         'instructions': sorted(set(series.instructions)),

@@ -103,7 +103,7 @@ class PlannerNode(Node):
         self.create_subscription(Empty, self.topics.replan, self._on_replan, reliable_qos(),
                                  callback_group=group)
         self._timer_group = group
-        self._timer = self.create_timer(1.0 / self.cfg.rate_hz, self._on_timer, callback_group=group)
+        self._timer = self.create_timer(1.0 / self.cfg.rate_hz, self._submit_newest_frame, callback_group=group)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._diagnostics = Diagnostics(self, self._status, level_fn=self._level)
 
@@ -162,9 +162,6 @@ class PlannerNode(Node):
     def _on_replan(self, _msg: Empty) -> None:
         self.replan_requests += 1
         self._plan_next_frame()
-
-    def _on_timer(self) -> None:
-        self._submit_newest_frame()
 
     def _submit_newest_frame(self) -> None:
         """Hand the newest frame to the background planner (returns at once)."""
@@ -237,7 +234,8 @@ class PlannerNode(Node):
         if old.rate_hz != new.rate_hz:
             self._timer.cancel()
             self.destroy_timer(self._timer)
-            self._timer = self.create_timer(1.0 / new.rate_hz, self._on_timer, callback_group=self._timer_group)
+            self._timer = self.create_timer(1.0 / new.rate_hz, self._submit_newest_frame,
+                                            callback_group=self._timer_group)
         self._stamp_gate.max_age_s = new.max_input_age_s
 
     def _start_load(self, old_cfg: PlannerConfig, new_cfg: PlannerConfig) -> None:
