@@ -44,6 +44,17 @@ def test_task_file_in_sync_and_consistent(task):
     assert task_config(ActionConfig, 'action', task) == action
 
 
+def test_a_preset_without_its_policy_stops_the_launch_with_the_training_command(monkeypatch):
+    """Independent of UNTRAINED_TASKS (empty once every preset is trained): a preset whose policy file is
+    missing is a StackError naming vla_train, unless the launch names another policy."""
+    missing = 'package://vla_ros/checkpoints/pick_place/no_such_head.pt'
+    monkeypatch.setitem(TASK_PRESETS['pick_place'], 'action.checkpoint_path', missing)
+    with pytest.raises(stack.StackError, match='vla_train --task pick_place .*action.checkpoint_path'):
+        stack.resolve({'task': 'pick_place'})
+    head = os.path.join(ROOT, 'checkpoints', 'pick_place', 'action_head.pt')
+    assert stack.resolve({'task': 'pick_place'}, {'action.checkpoint_path': head})
+
+
 def test_pick_place_preset_commands_the_gripper():
     action = task_config(ActionConfig, 'action', 'pick_place')
     assert action.action_dim == 8 and action.joint_names[-1] == 'finger_joint1'
