@@ -246,3 +246,45 @@ def test_ema_phase_ends_on_the_weight_average():
     assert torch.allclose(frozen[key], start[key], atol=1e-6)          # decay ~1: the average never moved
     assert 0 < (averaged[key] - start[key]).norm() <= moved * 1.05      # the average trails the weights
     assert not torch.equal(averaged[key], raw[key])
+
+
+def test_a_checkpoint_of_another_arm_warm_starts_encoder_and_matching_head_weights(tmp_path):
+    """--init-from a policy with another joint count (the SO-101 touch head: 5 values, pick-and-place: 6) copies
+    the encoder and every head tensor of the same shape; the joint-sized layers start fresh, the data's
+    normalisation is installed and the warm-started policy trains. The same joint count continues as before."""
+    import dataclasses
+
+    from vla_ros.training.cli import save_policy
+    from vla_ros.training.trainer import Policy, train_policy
+
+    horizon = 4
+    cfg = TrainConfig(task='pick_place', device='cpu', image_size=32, patch_size=16, head_hidden=32, head_layers=1,
+                      head_memory_layers=1, batch_size=16, keep_tokens=[4], progress=False, **SMALL)
+    torch.manual_seed(0)
+    source = Policy(cfg, action_dim=5, horizon=horizon, proprio_dim=5)
+    source.head.set_normalization(np.zeros(5), np.full(5, 2.0), np.zeros(5), np.full(5, 3.0))
+    save_policy(source, str(tmp_path / 'touch'))
+
+    data = _random_episode_data(2, 32, horizon, 6)
+    warm = Policy(dataclasses.replace(cfg, init_from=str(tmp_path / 'touch')), action_dim=6, horizon=horizon,
+                  proprio_dim=6)
+    assert warm.head_statistics_needed
+    assert set(warm.transfer['fresh']) == {'proprio_proj.0.weight', 'action_in.weight', 'out.weight', 'out.bias',
+                                           'proprio_mean', 'proprio_std', 'action_mean', 'action_std'}
+    theirs = source.head.state_dict()
+    mine = warm.head.state_dict()
+    for k in warm.transfer['copied']:
+        assert torch.equal(mine[k], theirs[k]), k
+    assert mine['out.weight'].shape == (6, 32) and mine['proprio_proj.0.weight'].shape == (32, 6)
+    for k, v in source.encoder.state_dict().items():
+        assert torch.equal(warm.encoder.state_dict()[k], v), k
+    warm.head.set_normalization(*data.statistics())
+    assert torch.allclose(warm.head.action_std, data.tensors['actions'].reshape(-1, 6).std(0).clamp_min(1e-3),
+                          rtol=1e-3)
+    report = train_policy(warm, data, cfg, epochs=2, lr=1e-3, seed=1)
+    assert np.isfinite(report['final_loss'])
+
+    same = Policy(dataclasses.replace(cfg, init_from=str(tmp_path / 'touch')), action_dim=5, horizon=horizon,
+                  proprio_dim=5)
+    assert not same.head_statistics_needed and not same.transfer
+    assert torch.equal(same.head.action_std, torch.full((5,), 3.0))

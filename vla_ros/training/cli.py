@@ -114,8 +114,13 @@ def run(cfg) -> dict:
     sample = data.tensors
     policy = Policy(cfg, action_dim=int(sample['actions'].shape[-1]), horizon=int(sample['actions'].shape[1]),
                     proprio_dim=int(sample['proprio'].shape[-1]))
-    if not policy.initialised_from:
+    if policy.head_statistics_needed:
         policy.head.set_normalization(*data.statistics())
+    if policy.transfer:
+        report['transfer'] = {'from': cfg.init_from, **policy.transfer}
+        print(f'[vla_train] warm start from {cfg.init_from} (another action/proprio size): encoder and '
+              f'{len(policy.transfer["copied"])} head tensors copied, fresh: {", ".join(policy.transfer["fresh"])}',
+              flush=True)
 
     def checkpoint() -> None:
         saved = save_policy(policy, cfg.out_dir)

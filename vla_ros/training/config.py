@@ -14,7 +14,9 @@ class TrainConfig:
                                                          'train_metrics.json are written here'})
     work_dir: str = field(default='runs/train', metadata={'help': 'scratch space (worker checkpoints)'})
     init_from: str = field(default='', metadata={'help': 'continue from a checkpoint directory (vision_encoder/ + '
-                                                  'action_head.pt) instead of a fresh policy'})
+                                                  'action_head.pt) instead of a fresh policy; one of another '
+                                                  'arm or task (other joint count) is a warm start: encoder and '
+                                                  'same-shape head weights copied'})
     task: str = field(default='touch', metadata={'help': 'sim task: touch or pick_place (vla_ros.config.tasks: '
                                                  'joints, gripper, expert)'})
     seed: int = field(default=0, metadata={'help': 'first demo seed; also the torch seed'})

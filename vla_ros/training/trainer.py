@@ -78,8 +78,17 @@ def observation_index(idx: torch.Tensor, step: torch.Tensor, dt: torch.Tensor, l
 
 
 class Policy(torch.nn.Module):
+    """Encoder + flow head (+ training-only probes), fresh or from `cfg.init_from`.
+
+    A checkpoint of another task or arm (another number of joints: the head's action or proprio size differs)
+    is a warm start: the encoder and every head tensor of the same name and shape are copied into a fresh
+    head, and `head_statistics_needed` says the data's normalisation must be installed.
+    """
+
     def __init__(self, cfg: TrainConfig, action_dim: int, horizon: int, proprio_dim: int):
         super().__init__()
+        self.head_statistics_needed = True
+        self.transfer: Dict[str, List[str]] = {}
         if cfg.init_from:
             import os
 
@@ -87,20 +96,35 @@ class Policy(torch.nn.Module):
 
             from vla_ros.action.flow_head import FlowMatchingActionHead
             self.encoder = SiglipVisionModel.from_pretrained(os.path.join(cfg.init_from, 'vision_encoder'))
-            self.head = FlowMatchingActionHead.load(os.path.join(cfg.init_from, 'action_head.pt'))
             if self.encoder.config.hidden_size != cfg.encoder_hidden:
                 raise ValueError(f'{cfg.init_from}: encoder width {self.encoder.config.hidden_size} != '
                                  f'--encoder-hidden {cfg.encoder_hidden}')
+            self.head = FlowMatchingActionHead.load(os.path.join(cfg.init_from, 'action_head.pt'))
+            c = self.head.config
+            if (c.action_dim, c.horizon, c.proprio_dim) == (action_dim, horizon, proprio_dim):
+                self.head_statistics_needed = False
+            else:
+                self.head, self.transfer = transfer_head(self.head, build_head(cfg, action_dim, horizon, proprio_dim))
         else:
             self.encoder = build_encoder(cfg)
             self.head = build_head(cfg, action_dim, horizon, proprio_dim)
-        self.initialised_from = cfg.init_from
         # Training-only probe: which cube colour each token's patch shows (not saved).
         from vla_ros.training.policy import task_colours
         self.colour_probe = torch.nn.Linear(cfg.encoder_hidden, len(task_colours(cfg.task)))
         # Training-only probe: the named cube's and the goal's position from the head's proprio token.
         self.target_probe = torch.nn.Sequential(torch.nn.Linear(cfg.head_hidden, cfg.head_hidden), torch.nn.GELU(),
                                                 torch.nn.Linear(cfg.head_hidden, TASK_TARGETS_DIM))
+
+
+def transfer_head(source, fresh):
+    """Copy every tensor of `source` whose name and shape `fresh` shares into `fresh` (a head for another
+    action/proprio size): returns (fresh, {'copied': [...], 'fresh': [...]}) with the tensor names."""
+    mine = fresh.state_dict()
+    theirs = source.state_dict()
+    copied = [k for k, v in mine.items() if k in theirs and theirs[k].shape == v.shape
+              and k not in ('proprio_mean', 'proprio_std', 'action_mean', 'action_std')]
+    fresh.load_state_dict({**mine, **{k: theirs[k] for k in copied}})
+    return fresh, {'copied': copied, 'fresh': [k for k in mine if k not in copied]}
 
 
 def train_policy(policy: Policy, data: EpisodeData, cfg: TrainConfig, epochs: int, desc: str = 'train',
