@@ -104,9 +104,9 @@ TASK_PRESETS: Dict[str, Dict[str, object]] = {
 }
 TASKS = ('touch',) + tuple(TASK_PRESETS)      # touch = the defaults (config/vla.yaml)
 # Presets whose policy is not shipped yet (their checkpoint paths name where `vla_train --task <task>
-# --out-dir checkpoints/<task>` puts it): launching one without it is a clear error saying so. so101_pick_place:
-# no GPU machine of the `device` tool could be started in the two sessions since the task was added (2026-12-07).
-UNTRAINED_TASKS = ('so101_pick_place',)
+# --out-dir checkpoints/<task>` puts it): launching one without it is a clear error saying so. Empty: every
+# preset's policy is in checkpoints/.
+UNTRAINED_TASKS: tuple = ()
 # a preset's policy files: parameter -> what it names (resources.resolve_path kind)
 POLICY_PATHS = {'perception.encoder_path': 'dir', 'action.checkpoint_path': 'file'}
 
