@@ -24,6 +24,8 @@ from torch import nn
 
 # Floor for per-dimension std so constant dimensions (e.g. a locked gripper) do not blow up.
 _MIN_STD = 1e-3
+# The dataset statistics a head carries as buffers, in set_normalization's argument order.
+NORMALIZATION_BUFFERS = ('proprio_mean', 'proprio_std', 'action_mean', 'action_std')
 
 
 @dataclass
@@ -88,8 +90,7 @@ class FlowMatchingActionHead(nn.Module):
     # ------------------------------------------------------------------ normalisation
     def set_normalization(self, proprio_mean, proprio_std, action_mean, action_std) -> None:
         """Install dataset statistics; std is floored so constant dimensions stay finite."""
-        for name, value in (('proprio_mean', proprio_mean), ('proprio_std', proprio_std),
-                            ('action_mean', action_mean), ('action_std', action_std)):
+        for name, value in zip(NORMALIZATION_BUFFERS, (proprio_mean, proprio_std, action_mean, action_std)):
             buf = getattr(self, name)
             tensor = torch.as_tensor(value, dtype=torch.float32).reshape(buf.shape).to(buf.device)
             if name.endswith('std'):

@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from vla_ros.action.flow_head import NORMALIZATION_BUFFERS
 from vla_ros.config.sim import TASK_TARGETS_DIM
 from vla_ros.training.config import TrainConfig
 from vla_ros.training.policy import PlanTokens, augment, build_encoder, build_head, encode_subset, sample_kept
@@ -82,12 +83,12 @@ class Policy(torch.nn.Module):
 
     A checkpoint of another task or arm (another number of joints: the head's action or proprio size differs)
     is a warm start: the encoder and every head tensor of the same name and shape are copied into a fresh
-    head, and `head_statistics_needed` says the data's normalisation must be installed.
+    head (`transfer` names them), whose normalisation then comes from the data.
     """
 
     def __init__(self, cfg: TrainConfig, action_dim: int, horizon: int, proprio_dim: int):
         super().__init__()
-        self.head_statistics_needed = True
+        self.initialised_from = cfg.init_from
         self.transfer: Dict[str, List[str]] = {}
         if cfg.init_from:
             import os
@@ -101,9 +102,7 @@ class Policy(torch.nn.Module):
                                  f'--encoder-hidden {cfg.encoder_hidden}')
             self.head = FlowMatchingActionHead.load(os.path.join(cfg.init_from, 'action_head.pt'))
             c = self.head.config
-            if (c.action_dim, c.horizon, c.proprio_dim) == (action_dim, horizon, proprio_dim):
-                self.head_statistics_needed = False
-            else:
+            if (c.action_dim, c.horizon, c.proprio_dim) != (action_dim, horizon, proprio_dim):
                 self.head, self.transfer = transfer_head(self.head, build_head(cfg, action_dim, horizon, proprio_dim))
         else:
             self.encoder = build_encoder(cfg)
@@ -115,6 +114,11 @@ class Policy(torch.nn.Module):
         self.target_probe = torch.nn.Sequential(torch.nn.Linear(cfg.head_hidden, cfg.head_hidden), torch.nn.GELU(),
                                                 torch.nn.Linear(cfg.head_hidden, TASK_TARGETS_DIM))
 
+    @property
+    def head_statistics_needed(self) -> bool:
+        """The head's normalisation must come from the training data (a fresh or warm-started head)."""
+        return not self.initialised_from or bool(self.transfer)
+
 
 def transfer_head(source, fresh):
     """Copy every tensor of `source` whose name and shape `fresh` shares into `fresh` (a head for another
@@ -122,7 +126,7 @@ def transfer_head(source, fresh):
     mine = fresh.state_dict()
     theirs = source.state_dict()
     copied = [k for k, v in mine.items() if k in theirs and theirs[k].shape == v.shape
-              and k not in ('proprio_mean', 'proprio_std', 'action_mean', 'action_std')]
+              and k not in NORMALIZATION_BUFFERS]
     fresh.load_state_dict({**mine, **{k: theirs[k] for k in copied}})
     return fresh, {'copied': copied, 'fresh': [k for k in mine if k not in copied]}
 
